@@ -1,0 +1,65 @@
+"""The `qpelican` command line.
+
+Each command family lives in its own module exposing `register(app)`; heavy imports
+(TensorFlow, hls4ml, Pythia) happen inside the commands so that `--help` stays fast.
+User errors (`QpelicanError`) print one paragraph and exit with status 2, no traceback.
+"""
+import importlib
+import sys
+
+import typer
+from rich.console import Console
+
+from qpelican.errors import QpelicanError
+
+app = typer.Typer(
+    name="qpelican",
+    help="Train, tune and export quantized Lorentz-invariant PELICAN / nanoPELICAN jet taggers.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+# Command modules, in the order data flows: data -> fit/evaluate/explain -> tune -> export.
+COMMAND_MODULES = [
+    "qpelican.data.cli",
+    "qpelican.train_cli",
+    "qpelican.tune_cli",
+    "qpelican.hls.cli",
+]
+
+for _name in COMMAND_MODULES:
+    try:
+        importlib.import_module(_name).register(app)
+    except ModuleNotFoundError as exc:  # a command family not installed in this checkout
+        if exc.name != _name:
+            raise
+
+
+def main(argv=None):
+    """Entry point: run the app, turning user errors into a short message and exit code 2."""
+    err = Console(stderr=True)
+    try:
+        app(args=argv, standalone_mode=False)
+    except QpelicanError as exc:
+        err.print(f"[bold red]error:[/] {exc}", highlight=False)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        err.print("interrupted: finished work is kept; rerun with --resume to continue")
+        sys.exit(130)
+    except SystemExit:
+        raise
+    except Exception as exc:  # click usage errors arrive as click exceptions
+        import click
+
+        if isinstance(exc, click.exceptions.ClickException):
+            exc.show()
+            sys.exit(exc.exit_code)
+        if isinstance(exc, click.exceptions.Abort):
+            sys.exit(1)
+        raise
+    return 0
+
+
+if __name__ == "__main__":
+    main()
