@@ -1,0 +1,90 @@
+"""Shared machinery of qpelican layers: quantizer attributes, masks and the aggregate scale table."""
+import math
+
+import numpy as np
+import tensorflow as tf
+import tf_keras
+
+from qpelican.quant import fixed_format, get_quantizer, quantize, serialize_quantizer
+
+
+class QuantizedLayer(tf_keras.layers.Layer):
+    """Base class keeping QKeras quantizers QDense-style.
+
+    Subclasses list their quantizer names in ``QUANTIZERS`` (e.g. ``("coefficient", "bias")``);
+    each is stored as ``self.<name>_quantizer`` (the object), exposed in ``get_config()`` as
+    ``<name>_quantizer`` (QKeras serialisation) and rounded with :meth:`q`.
+    """
+
+    QUANTIZERS = ()
+
+    def _init_quantizers(self, **quantizers):
+        for name in self.QUANTIZERS:
+            q = get_quantizer(quantizers.get(f"{name}_quantizer"))
+            setattr(self, f"{name}_quantizer", q)
+            setattr(self, f"{name}_format", fixed_format(q))
+
+    @property
+    def quantized(self):
+        """True when any quantizer is set: the layer then computes its sums exactly in float64."""
+        return any(getattr(self, f"{n}_quantizer") is not None for n in self.QUANTIZERS)
+
+    @property
+    def compute_dtype_exact(self):
+        return tf.float64 if self.quantized else tf.float32
+
+    def q(self, name, x):
+        """Round ``x`` onto the grid of this layer's ``<name>`` quantizer (identity for float)."""
+        return quantize(x, getattr(self, f"{name}_format"))
+
+    def get_quantizers(self):
+        """Quantizer objects in QUANTIZERS order (QKeras layers expose the same method)."""
+        return [getattr(self, f"{n}_quantizer") for n in self.QUANTIZERS]
+
+    def _quantizer_config(self):
+        return {f"{n}_quantizer": serialize_quantizer(getattr(self, f"{n}_quantizer")) for n in self.QUANTIZERS}
+
+
+def particle_mask(p):
+    """Particle mask m_i = [E_i != 0] of momenta (B, N, 4) -> (B, N), in p's dtype."""
+    return tf.cast(tf.not_equal(p[..., 0], 0), p.dtype)
+
+
+def edge_mask(m):
+    """Edge mask m_ij = m_i m_j: (B, N) -> (B, N, N, 1)."""
+    return (m[:, :, None] * m[:, None, :])[..., None]
+
+
+def scale_table(n_max, nbar, powers, aggregation, alpha=None, table_bits=None):
+    """Aggregate normalisers t_k(n) for multiplicities n = 0..n_max, in float64.
+
+    ``t_k(n) = norm(n)^p_k * (n / nbar)^alpha_k`` with ``norm = 1/nbar`` ("sum") or ``1/n``
+    ("mean"), ``p_k`` = ``powers[k]`` (1 for row/column sums and trace, 2 for the total sum).
+
+    Args:
+      powers: list of K normalisation powers.
+      alpha: None or a (K, C) tensor of trainable exponents.
+      table_bits: None (float) or W: each column (k, c) is rounded to W significant bits,
+        ``t = round(t * 2^F) / 2^F`` with ``F = W - e`` and ``2^(e-1) <= max_n t < 2^e`` — the
+        unsigned W-bit integer table times a constant shift that the firmware stores.
+
+    Returns: (n_max + 1, K, C) tensor (C = 1 without alpha).
+    """
+    n = tf.maximum(tf.range(n_max + 1, dtype=tf.float64), 1.0)[:, None, None]  # n=0: empty jet
+    p = tf.constant(np.asarray(powers, np.float64))[None, :, None]
+    norm = tf.constant(1.0 / nbar, tf.float64) if aggregation == "sum" else 1.0 / n
+    t = tf.pow(norm, p) * tf.ones_like(n)
+    if alpha is not None:
+        t = t * tf.pow(n / nbar, tf.cast(alpha, tf.float64)[None])
+    if table_bits is None:
+        return t
+    frac = tf.stop_gradient(table_bits - (tf.floor(tf.math.log(tf.reduce_max(t, axis=0)) / math.log(2.0)) + 1.0))
+    step = tf.pow(tf.constant(2.0, tf.float64), frac)
+    t_int = tf.clip_by_value(tf.round(t * step), 0.0, 2.0**table_bits - 1.0)
+    return t + tf.stop_gradient(t_int / step - t)
+
+
+def table_frac_bits(table, table_bits):
+    """Fractional bits F of each column of a quantized scale table (for the firmware)."""
+    tmax = np.max(np.asarray(table), axis=0)
+    return (table_bits - (np.floor(np.log2(tmax)) + 1)).astype(int)

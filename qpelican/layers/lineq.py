@@ -1,0 +1,252 @@
+"""Linear permutation-equivariant layers LinEq(2->2) and LinEq(2->0) (DESIGN.md section 2).
+
+Fixed-point contract (what the firmware reproduces bit for bit), for a quantized layer:
+
+1. the input x is already on its grid (float32, at most 24 bits);
+2. every sum over particles (row/column sums S, R, trace, total T) is exact (float64 here,
+   a full-width accumulator in HLS);
+3. each aggregate is multiplied by its normaliser t(n) from a table indexed by the multiplicity
+   n (``1/Nbar^p``, or ``1/n^p`` for mean aggregation, times ``(n/Nbar)^alpha``), stored with
+   ``table_bits`` significant bits, and the exact product is rounded once by the aggregate
+   quantizer;
+4. coefficients and biases are rounded by their quantizers; the pre-activation
+   ``z = sum_b c_b A_b + beta + beta_diag delta_ij`` is exact; the activation is applied and the
+   result rounded once by the output quantizer (round half to even, saturate);
+5. padded entries are zeroed by the edge mask m_i m_j.
+
+Without quantizers the same graph runs in float32.
+"""
+import math
+
+import tensorflow as tf
+import tf_keras
+
+from qpelican.errors import QpelicanError
+from qpelican.layers.base import QuantizedLayer, edge_mask, scale_table
+
+# (source, placement, normalisation power). Sources: x, xT (transpose), dg (diagonal x_ii),
+# R (R_i = sum_k x_ik), S (S_j = sum_k x_kj), tr (trace), T (total sum).
+# Placements: elem (ij), row (depends on i), col (depends on j), diag (delta_ij * v_i),
+# scalar (everywhere), diagscalar (delta_ij * s).
+FULL_BASIS = (
+    ("x", "elem", 0), ("xT", "elem", 0),
+    ("dg", "diag", 0), ("dg", "row", 0), ("dg", "col", 0),
+    ("R", "diag", 1), ("S", "diag", 1),
+    ("R", "row", 1), ("R", "col", 1), ("S", "row", 1), ("S", "col", 1),
+    ("tr", "diagscalar", 1), ("tr", "scalar", 1),
+    ("T", "diagscalar", 2), ("T", "scalar", 2),
+)
+# nano basis A1..A6 for symmetric input with zero diagonal: x_ij, delta_ij S_j/Nbar, S_j/Nbar,
+# S_i/Nbar, T/Nbar^2, delta_ij T/Nbar^2.
+NANO_BASIS = (
+    ("x", "elem", 0), ("S", "diag", 1), ("S", "col", 1),
+    ("S", "row", 1), ("T", "scalar", 2), ("T", "diagscalar", 2),
+)
+BASES = {"nano": NANO_BASIS, "full": FULL_BASIS}
+AGGREGATIONS = ("sum", "mean")
+
+
+def _check_common(aggregation, nbar):
+    if aggregation not in AGGREGATIONS:
+        raise QpelicanError(f"aggregation {aggregation!r} is not supported; use one of {AGGREGATIONS}.")
+    if not nbar or nbar <= 0:
+        raise QpelicanError(f"nbar must be a positive number (paper: 49), got {nbar!r}.")
+
+
+class _EquivariantBase(QuantizedLayer):
+    QUANTIZERS = ("coefficient", "bias", "aggregate", "output")
+
+    def __init__(self, channels, aggregation="sum", nbar=49.0, alpha=False, activation=None,
+                 table_bits=18, coefficient_quantizer=None, bias_quantizer=None,
+                 aggregate_quantizer=None, output_quantizer=None, **kwargs):
+        super().__init__(**kwargs)
+        _check_common(aggregation, nbar)
+        self.channels = int(channels)
+        self.aggregation = aggregation
+        self.nbar = float(nbar)
+        self.alpha = bool(alpha)
+        self.activation = tf_keras.activations.get(activation)
+        self.table_bits = int(table_bits)
+        self._init_quantizers(coefficient_quantizer=coefficient_quantizer, bias_quantizer=bias_quantizer,
+                              aggregate_quantizer=aggregate_quantizer, output_quantizer=output_quantizer)
+
+    def _build_alpha(self, shape):
+        self.alphas = (self.add_weight(name="alpha", shape=shape, initializer="zeros", trainable=True)
+                       if self.alpha else None)
+
+    def scale_table(self):
+        """Normalisers t(n) for n = 0..N: (N+1, K, C) float64, quantized to ``table_bits`` when quantized."""
+        return scale_table(self.n_max, self.nbar, self.powers, self.aggregation, self.alphas,
+                           self.table_bits if self.quantized else None)
+
+    def _multiplicity(self, m):
+        return tf.cast(tf.reduce_sum(m, axis=1), tf.int32)
+
+    def _finish(self, z):
+        y = self.activation(z) if self.activation is not None else z
+        return self.q("output", y)
+
+    def get_config(self):
+        cfg = super().get_config()
+        cfg.update(channels=self.channels, aggregation=self.aggregation, nbar=self.nbar, alpha=self.alpha,
+                   activation=tf_keras.activations.serialize(self.activation), table_bits=self.table_bits,
+                   **self._quantizer_config())
+        return cfg
+
+
+class LinEq2to2(_EquivariantBase):
+    """Linear permutation-equivariant map of rank-2 arrays, with masking and quantization.
+
+    ``y_ij^h = Q_out(act( sum_{c,b} Q_coef(w[c,h,b]) A_b^c + Q_bias(beta_h)
+    + Q_bias(beta_diag_h) delta_ij )) * m_i m_j`` where the aggregates ``A_b`` are the ``nano``
+    basis (6 ops, symmetric input with zero diagonal) or the ``full`` basis (15 ops of Maron et al.);
+    see the module docstring for where rounding happens.
+
+    Args:
+      channels: output channels C_out.
+      basis: "nano" or "full".
+      aggregation: "sum" (divide sums by nbar) or "mean" (divide by the multiplicity n).
+      nbar: normaliser Nbar (paper: 49).
+      alpha: if True, each aggregating op b and input channel c is scaled by (n/Nbar)^alpha[b,c].
+      diag_bias: add the diagonal bias beta_diag.
+      activation: Keras activation applied before the output quantizer.
+      table_bits: significant bits of the normaliser table (quantized layers only).
+      *_quantizer: QKeras quantizers (strings/objects) or None.
+
+    Inputs: ``[x, m]`` with x of shape (B, N, N, C_in) and particle mask m of shape (B, N).
+    Output shape: (B, N, N, C_out).
+    """
+
+    def __init__(self, channels, basis="nano", diag_bias=True, **kwargs):
+        if basis not in BASES:
+            raise QpelicanError(f"basis {basis!r} is not supported; use 'nano' (6 ops) or 'full' (15 ops).")
+        super().__init__(channels, **kwargs)
+        self.basis = basis
+        self.diag_bias = bool(diag_bias)
+        self.ops = BASES[basis]
+        self.powers = [p for _, _, p in self.ops if p > 0]
+
+    def build(self, input_shape):
+        x_shape, m_shape = input_shape
+        if len(x_shape) != 4 or len(m_shape) != 2:
+            raise QpelicanError(f"{self.name}: expected inputs [(B, N, N, C), (B, N)], got {input_shape}.")
+        self.n_max = int(x_shape[1])
+        c_in = int(x_shape[-1])
+        bound = 1.0 / math.sqrt(c_in * len(self.ops))
+        self.kernel = self.add_weight(name="kernel", shape=(c_in, self.channels, len(self.ops)),
+                                      initializer=tf_keras.initializers.RandomUniform(-bound, bound))
+        self.bias = self.add_weight(name="bias", shape=(self.channels,), initializer="zeros")
+        self.diag_bias_weight = (self.add_weight(name="diag_bias", shape=(self.channels,), initializer="zeros")
+                                 if self.diag_bias else None)
+        self._build_alpha((len(self.powers), c_in))
+        super().build(input_shape)
+
+    def call(self, inputs):
+        x, m = inputs
+        dt = self.compute_dtype_exact
+        x = tf.cast(x, dt)
+        m = tf.cast(m, dt)
+        n_size = tf.shape(x)[1]
+        src = {"x": x}
+        needs = {s for s, _, _ in self.ops}
+        if needs & {"S", "T"}:
+            src["S"] = tf.reduce_sum(x, axis=1)  # S_j = sum_k x_kj: (B, N, C)
+        if "T" in needs:
+            src["T"] = tf.reduce_sum(src["S"], axis=1)  # (B, C)
+        if "R" in needs:
+            src["R"] = tf.reduce_sum(x, axis=2)
+        if "xT" in needs:
+            src["xT"] = tf.transpose(x, [0, 2, 1, 3])
+        if needs & {"dg", "tr"}:
+            src["dg"] = tf.transpose(tf.linalg.diag_part(tf.transpose(x, [0, 3, 1, 2])), [0, 2, 1])
+            src["tr"] = tf.reduce_sum(src["dg"], axis=1)
+        t = tf.gather(tf.cast(self.scale_table(), dt), self._multiplicity(m))  # (B, K, C_in or 1)
+        kernel = tf.cast(self.q("coefficient", self.kernel), dt)
+        acc = {}
+
+        def add(place, value):
+            acc[place] = value if place not in acc else acc[place] + value
+
+        j = 0
+        for b, (name, place, power) in enumerate(self.ops):
+            v = src[name]
+            if power > 0:
+                tj = t[:, j, :]
+                v = self.q("aggregate", v * (tj[:, None, :] if v.shape.rank == 3 else tj))
+                j += 1
+            w = kernel[:, :, b]
+            if place == "elem":
+                add(place, v * w[0] if v.shape[-1] == 1 else tf.einsum("bijc,ch->bijh", v, w))
+            elif v.shape.rank == 3:
+                add(place, tf.einsum("bnc,ch->bnh", v, w))
+            else:
+                add(place, tf.einsum("bc,ch->bh", v, w))
+        eye = tf.eye(n_size, dtype=dt)[None, :, :, None]
+        scalar = tf.cast(self.q("bias", self.bias), dt)[None, :] + acc.get("scalar", 0.0)  # (B|1, H)
+        diag_scalar = acc.get("diagscalar", 0.0)
+        if self.diag_bias_weight is not None:
+            diag_scalar = diag_scalar + tf.cast(self.q("bias", self.diag_bias_weight), dt)[None, :]
+        z = acc["elem"] + scalar[:, None, None, :]
+        if "row" in acc:
+            z = z + acc["row"][:, :, None, :]
+        if "col" in acc:
+            z = z + acc["col"][:, None, :, :]
+        if "diag" in acc:
+            z = z + eye * acc["diag"][:, :, None, :]
+        if isinstance(diag_scalar, tf.Tensor):
+            z = z + eye * diag_scalar[:, None, None, :]
+        y = self._finish(z) * edge_mask(m)
+        return tf.cast(y, tf.float32)
+
+    def compute_output_shape(self, input_shape):
+        x_shape = input_shape[0]
+        return (x_shape[0], x_shape[1], x_shape[2], self.channels)
+
+    def get_config(self):
+        cfg = super().get_config()
+        cfg.update(basis=self.basis, diag_bias=self.diag_bias)
+        return cfg
+
+
+class LinEq2to0(_EquivariantBase):
+    """Permutation-invariant readout of a rank-2 array: total sum and trace aggregators.
+
+    ``U1^c = Q_agg(t_1(n) sum_ij x_ij^c)``, ``U2^c = Q_agg(t_2(n) sum_i x_ii^c)`` with
+    ``t_1 = 1/Nbar^2``, ``t_2 = 1/Nbar`` (times ``(n/Nbar)^alpha`` with ``alpha``, one exponent
+    per aggregator shared by all channels: the paper's 7 extra parameters of nPELICAN_N with the
+    2->2 layer's 5), then ``out_h = Q_out(act(sum_c Q_coef(v[c,k,h]) U_k^c + Q_bias(b_h)))``.
+
+    Inputs: ``[x, m]``, x of shape (B, N, N, C_in), m of shape (B, N). Output shape: (B, C_out).
+    """
+
+    powers = (2, 1)
+
+    def build(self, input_shape):
+        x_shape, m_shape = input_shape
+        if len(x_shape) != 4 or len(m_shape) != 2:
+            raise QpelicanError(f"{self.name}: expected inputs [(B, N, N, C), (B, N)], got {input_shape}.")
+        self.n_max = int(x_shape[1])
+        c_in = int(x_shape[-1])
+        bound = 1.0 / math.sqrt(2 * c_in)
+        self.kernel = self.add_weight(name="kernel", shape=(c_in, 2, self.channels),
+                                      initializer=tf_keras.initializers.RandomUniform(-bound, bound))
+        self.bias = self.add_weight(name="bias", shape=(self.channels,), initializer="zeros")
+        self._build_alpha((2, 1))
+        super().build(input_shape)
+
+    def call(self, inputs):
+        x, m = inputs
+        dt = self.compute_dtype_exact
+        x = tf.cast(x, dt)
+        total = tf.reduce_sum(x, axis=[1, 2])  # (B, C)
+        trace = tf.reduce_sum(tf.linalg.diag_part(tf.transpose(x, [0, 3, 1, 2])), axis=-1)
+        t = tf.gather(tf.cast(self.scale_table(), dt), self._multiplicity(m))  # (B, 2, 1)
+        u1 = self.q("aggregate", total * t[:, 0, :])
+        u2 = self.q("aggregate", trace * t[:, 1, :])
+        kernel = tf.cast(self.q("coefficient", self.kernel), dt)
+        z = (tf.einsum("bc,ch->bh", u1, kernel[:, 0, :]) + tf.einsum("bc,ch->bh", u2, kernel[:, 1, :])
+             + tf.cast(self.q("bias", self.bias), dt))
+        return tf.cast(self._finish(z), tf.float32)
+
+    def compute_output_shape(self, input_shape):
+        return (input_shape[0][0], self.channels)

@@ -1,0 +1,119 @@
+"""Input layers: momentum scaling/quantization, particle mask, pairwise Minkowski dot products."""
+import tensorflow as tf
+
+from qpelican.errors import QpelicanError
+from qpelican.layers.base import QuantizedLayer, edge_mask, particle_mask
+from qpelican.quant import check_exact
+
+
+def _check_momentum_shape(input_shape, layer):
+    shape = tuple(input_shape)
+    if len(shape) != 3 or shape[-1] != 4:
+        raise QpelicanError(
+            f"{layer}: got input of shape {shape}; expected 4-momenta of shape (B, N, 4) with "
+            "(E, px, py, pz) on the last axis."
+        )
+
+
+class MomentumInput(QuantizedLayer):
+    """Scales, quantizes and optionally prepends beam particles to constituent 4-momenta.
+
+    ``p_hat = Q_input(p / scale)``; with ``beams`` the two massless beams
+    ``(beam_energy, 0, 0, +-beam_energy)`` come first. In firmware, ``p_hat`` is what the
+    trigger delivers (fixed point, in units of ``scale`` GeV); the beams are constants.
+
+    Input shape: (B, N, 4), (E, px, py, pz) in GeV, zero-padded.
+    Output shape: (B, N + 2*beams, 4) in units of ``scale`` GeV.
+    """
+
+    QUANTIZERS = ("input",)
+
+    def __init__(self, scale=1.0, beams=False, beam_energy=1.0, input_quantizer=None, **kwargs):
+        super().__init__(**kwargs)
+        self.scale = float(scale)
+        self.beams = bool(beams)
+        self.beam_energy = float(beam_energy)
+        self._init_quantizers(input_quantizer=input_quantizer)
+        check_exact(self.input_format, "the input quantizer")
+
+    def build(self, input_shape):
+        _check_momentum_shape(input_shape, self.name)
+        super().build(input_shape)
+
+    def call(self, p):
+        p = self.q("input", p * (1.0 / self.scale))
+        if not self.beams:
+            return p
+        e = self.beam_energy
+        beam = tf.constant([[e, 0.0, 0.0, e], [e, 0.0, 0.0, -e]], p.dtype)
+        beam = tf.broadcast_to(beam[None], tf.stack([tf.shape(p)[0], 2, 4]))
+        return tf.concat([beam, p], axis=1)
+
+    def compute_output_shape(self, input_shape):
+        return (input_shape[0], None if input_shape[1] is None else input_shape[1] + 2 * self.beams, 4)
+
+    def get_config(self):
+        cfg = super().get_config()
+        cfg.update(scale=self.scale, beams=self.beams, beam_energy=self.beam_energy, **self._quantizer_config())
+        return cfg
+
+
+class ParticleMask(QuantizedLayer):
+    """Particle mask m_i = [E_i != 0] of (quantized) momenta.
+
+    Input shape: (B, N, 4). Output shape: (B, N), 1.0 for real particles, 0.0 for padding.
+    """
+
+    def build(self, input_shape):
+        _check_momentum_shape(input_shape, self.name)
+        super().build(input_shape)
+
+    def call(self, p):
+        return particle_mask(p)
+
+    def compute_output_shape(self, input_shape):
+        return tuple(input_shape[:2])
+
+
+class LorentzInvariants(QuantizedLayer):
+    """Pairwise Minkowski dot products d_ij = E_i E_j - px_i px_j - py_i py_j - pz_i pz_j.
+
+    ``d_ij = Q_invariant(p_i . p_j) * m_i m_j``; with ``zero_diagonal`` d_ii = 0 (massless
+    constituents; the nano basis and its firmware rely on it). With an invariant quantizer the
+    products are summed exactly in float64 and rounded once (as the firmware does with a
+    full-width product and one cast); the result fits float32 exactly.
+
+    Input shape: (B, N, 4) quantized momenta (output of :class:`MomentumInput`).
+    Output shape: (B, N, N, 1).
+    """
+
+    QUANTIZERS = ("invariant",)
+
+    def __init__(self, zero_diagonal=True, invariant_quantizer=None, **kwargs):
+        super().__init__(**kwargs)
+        self.zero_diagonal = bool(zero_diagonal)
+        self._init_quantizers(invariant_quantizer=invariant_quantizer)
+        check_exact(self.invariant_format, "the invariant quantizer")
+
+    def build(self, input_shape):
+        _check_momentum_shape(input_shape, self.name)
+        super().build(input_shape)
+
+    def call(self, p):
+        dt = self.compute_dtype_exact
+        p = tf.cast(p, dt)
+        metric = tf.constant([1.0, -1.0, -1.0, -1.0], dt)
+        d = tf.matmul(p * metric, p, transpose_b=True)[..., None]
+        d = d * edge_mask(particle_mask(p))
+        if self.zero_diagonal:
+            n = tf.shape(p)[1]
+            d = d * (1.0 - tf.eye(n, dtype=dt))[None, :, :, None]
+        return tf.cast(self.q("invariant", d), tf.float32)
+
+    def compute_output_shape(self, input_shape):
+        return (input_shape[0], input_shape[1], input_shape[1], 1)
+
+    def get_config(self):
+        cfg = super().get_config()
+        cfg.update(zero_diagonal=self.zero_diagonal, **self._quantizer_config())
+        return cfg
