@@ -1,0 +1,77 @@
+"""`qpelican data simulate | inspect`. Heavy imports (Pythia, matplotlib) live inside the commands."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from qpelican.errors import DataError
+
+data_app = typer.Typer(help="Simulate (Pythia 8 + FastJet) and inspect top-tagging jet files.",
+                       no_args_is_help=True)
+
+
+def _parse_split(text: str):
+    try:
+        parts = tuple(float(x) for x in text.split(","))
+    except ValueError:
+        parts = ()
+    if len(parts) != 3:
+        raise DataError(f"--split {text!r}: expected three comma-separated fractions train,val,test, e.g. 0.8,0.1,0.1")
+    return parts
+
+
+@data_app.command()
+def simulate(
+    jets: int = typer.Option(100_000, "--jets", "-n", help="Total jets (half top, half QCD)."),
+    out: Path = typer.Option(Path("data/sim"), "--out", "-o", help="Output directory for train/val/test.h5."),
+    seed: int = typer.Option(0, "--seed", help="Same seed and --jets give the same jets."),
+    workers: Optional[int] = typer.Option(None, "--workers", "-j", help="Processes (default: all cores)."),
+    split: str = typer.Option("0.8,0.1,0.1", "--split", help="train,val,test fractions."),
+    mpi: bool = typer.Option(False, "--mpi/--no-mpi", help="Multi-parton interactions (off in the reference)."),
+):
+    """Generate jets with Pythia 8 + FastJet into the converted layout (Pmu, Nobj, is_signal, truth_Pmu).
+
+    An interrupted run keeps finished chunks; rerun the same command to resume.
+    """
+    import time
+
+    from rich.console import Console
+
+    from qpelican.data.simulate import simulate as run
+
+    fractions = _parse_split(split)
+    t0 = time.perf_counter()
+    paths = run(jets, str(out), seed=seed, workers=workers, split=fractions, mpi=mpi, progress=True)
+    dt = time.perf_counter() - t0
+    con = Console()
+    for name, p in paths.items():
+        con.print(f"{name:5s} {p}")
+    con.print(f"{jets} jets in {dt:.1f} s ({jets / max(dt, 1e-9):.0f} jets/s)")
+
+
+@data_app.command()
+def inspect(
+    file: Path = typer.Argument(..., help="HDF5 jet file (pandas or converted layout)."),
+    png: Optional[Path] = typer.Option(None, "--png", help="Write multiplicity and jet-mass histograms here."),
+    max_jets: Optional[int] = typer.Option(None, "--max-jets", help="Only the first N rows."),
+):
+    """Jets, signal fraction, multiplicity and jet-mass summaries (and a PNG of the distributions)."""
+    from rich.console import Console
+
+    from qpelican.data.inspect import render_table, summarize, write_png
+
+    s = summarize(str(file), max_jets=max_jets)
+    if s["jets"] == 0:
+        raise DataError(f"{file}: no jets to inspect (the file is empty or every jet has no constituents)")
+    con = Console()
+    con.print(render_table(s))
+    if png is not None:
+        png.parent.mkdir(parents=True, exist_ok=True)
+        con.print(f"wrote {write_png(s, str(png))}")
+
+
+def register(app: typer.Typer):
+    """Attach `data` to the main qpelican app."""
+    app.add_typer(data_app, name="data")
