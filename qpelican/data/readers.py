@@ -173,7 +173,7 @@ class Dataset:
             raise DataError(f"{self.path}: key '{self._label_key}' has dtype {lab.dtype}; expected 0/1 numbers")
         if bad.any():
             i = int(np.nonzero(bad)[0][0])
-            raise DataError(f"{self.path}: key '{self._label_key}' row {a + i} has label {lab[i]!r}; "
+            raise DataError(f"{self.path}: key '{self._label_key}' row {a + i} has label {lab[i].item()!r}; "
                             "expected 0 (background) or 1 (signal)")
         return lab.astype(np.int8)
 
