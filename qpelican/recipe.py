@@ -1,0 +1,309 @@
+"""YAML training recipes: schema, validation and conversion to a model config.
+
+A recipe has five sections and two top-level keys; every key is optional except where noted::
+
+    name: c2_8bit                  # defaults to the file stem
+    description: free text
+    data:
+      path: null                   # directory with train.h5/val.h5/test.h5 (or one file); null = simulated sample
+      jets: null                   # simulated sample size (train+val+test) when path is null (null = 40000);
+                                   # with a path: cap on training jets read into memory (null = all)
+      val_jets: null               # cap on validation jets (null = all of the split)
+      test_jets: null              # cap on test jets (null = all of the split)
+      n_constituents: 80           # N, highest-pT constituents per jet
+      beams: false                 # prepend the two beam particles
+      seed: 0                      # seed of the simulated sample
+    model:                         # keys and defaults of qpelican.models.DEFAULTS (null/absent = default)
+      architecture: nano           # nano | pelican
+      channels: 2
+      aggregation: sum             # sum | mean
+      nbar: 49.0
+      alpha: false                 # (n/Nbar)^alpha scaled aggregators (nPELICAN_N)
+      scale: 8.0                   # input momenta enter as p / scale (GeV)
+      batchnorm: false             # float recipes only (see below)
+      dropout: 0.0
+      table_bits: 18
+      embedding: 8                 # full PELICAN widths
+      blocks: [8, 8]
+      eq2to0_channels: 8
+      mlp: [16]
+    quantization:                  # QKeras quantizer strings or "float", per tensor
+      input: float
+      invariants: float
+      coefficients: float
+      biases: float
+      activation: float
+      aggregates: float
+      output: float
+    training:
+      epochs: 140
+      batch_size: 512
+      optimizer: adamw             # adamw | adam
+      learning_rate: 2.5e-3
+      weight_decay: 0.0
+      schedule: paper              # paper | constant | cosine
+      lr_final: 1.0e-5             # cosine floor of the paper schedule
+      qat: from_scratch            # from_scratch | finetune (float pre-training, then QAT)
+      pretrain_epochs: 0           # float epochs before QAT when qat = finetune
+      finetune_learning_rate: null # initial LR of the QAT phase (null = learning_rate / 4)
+      jit_compile: auto            # auto (XLA for float models) | true | false
+    seeds: 1                       # number of seeds; seed k uses seed + k
+    seed: 0                        # first training seed
+
+BatchNorm: the fixed-point layers do not fold a BatchNorm, so ``batchnorm: true`` is only allowed
+in float recipes (the saved model then runs BatchNorm in inference mode with its moving
+statistics, exactly as evaluated). Quantized recipes must say ``batchnorm: false``.
+
+Unknown keys and wrong types raise :class:`qpelican.errors.RecipeError` naming the key and the
+allowed keys or values.
+"""
+from __future__ import annotations
+
+import copy
+import os
+from typing import List, Literal, Optional, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from qpelican.errors import RecipeError
+
+DEFAULT_SIMULATED_JETS = 40000
+QUANTIZED_TENSORS = ("input", "invariants", "coefficients", "biases", "activation", "aggregates", "output")
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class DataSection(_Section):
+    path: Optional[str] = None
+    jets: Optional[int] = Field(default=None, ge=30)
+    val_jets: Optional[int] = Field(default=None, ge=1)
+    test_jets: Optional[int] = Field(default=None, ge=1)
+    n_constituents: int = Field(default=80, ge=2, le=200)
+    beams: bool = False
+    seed: int = 0
+
+
+class ModelSection(_Section):
+    architecture: Optional[Literal["nano", "pelican"]] = None
+    channels: Optional[int] = Field(default=None, ge=1)
+    aggregation: Optional[Literal["sum", "mean"]] = None
+    nbar: Optional[float] = Field(default=None, gt=0)
+    alpha: Optional[bool] = None
+    scale: Optional[float] = Field(default=None, gt=0)
+    batchnorm: Optional[bool] = None
+    dropout: Optional[float] = Field(default=None, ge=0, lt=1)
+    table_bits: Optional[int] = Field(default=None, ge=2, le=32)
+    embedding: Optional[int] = Field(default=None, ge=1)
+    blocks: Optional[List[int]] = None
+    eq2to0_channels: Optional[int] = Field(default=None, ge=1)
+    mlp: Optional[List[int]] = None
+
+
+class QuantizationSection(_Section):
+    input: Optional[str] = None
+    invariants: Optional[str] = None
+    coefficients: Optional[str] = None
+    biases: Optional[str] = None
+    activation: Optional[str] = None
+    aggregates: Optional[str] = None
+    output: Optional[str] = None
+
+    @field_validator(*QUANTIZED_TENSORS, mode="before")
+    @classmethod
+    def _check_quantizer(cls, v, info):
+        if v is None:
+            return None
+        if not isinstance(v, str):
+            raise ValueError(f"expected a quantizer string such as 'quantized_bits(8,0,alpha=1)' or 'float', got {v!r}")
+        from qpelican.errors import QpelicanError
+        from qpelican.quant import fixed_format, get_quantizer
+
+        try:
+            fixed_format(get_quantizer(v))
+        except QpelicanError as exc:
+            raise ValueError(str(exc)) from None
+        return None if v.strip() in ("float", "none", "None", "") else v.strip()
+
+
+class TrainingSection(_Section):
+    epochs: int = Field(default=140, ge=1)
+    batch_size: int = Field(default=512, ge=1)
+    optimizer: Literal["adamw", "adam"] = "adamw"
+    learning_rate: float = Field(default=2.5e-3, gt=0)
+    weight_decay: float = Field(default=0.0, ge=0)
+    schedule: Literal["paper", "constant", "cosine"] = "paper"
+    lr_final: float = Field(default=1e-5, ge=0)
+    qat: Literal["from_scratch", "finetune"] = "from_scratch"
+    pretrain_epochs: int = Field(default=0, ge=0)
+    finetune_learning_rate: Optional[float] = Field(default=None, gt=0)
+    jit_compile: Union[Literal["auto"], bool] = "auto"
+
+
+class Recipe(_Section):
+    name: Optional[str] = None
+    description: Optional[str] = None
+    data: DataSection = Field(default_factory=DataSection)
+    model: ModelSection = Field(default_factory=ModelSection)
+    quantization: QuantizationSection = Field(default_factory=QuantizationSection)
+    training: TrainingSection = Field(default_factory=TrainingSection)
+    seeds: int = Field(default=1, ge=1)
+    seed: int = Field(default=0, ge=0)
+
+    # ------------------------------------------------------------------ helpers
+    @property
+    def quantized(self) -> bool:
+        """True when any tensor has a quantizer."""
+        return any(getattr(self.quantization, k) is not None for k in QUANTIZED_TENSORS)
+
+    def to_model_config(self, quantized: bool = True) -> dict:
+        """The ``qpelican.models.build_model`` dict: only keys the recipe sets (the rest come
+        from ``models.DEFAULTS``), plus ``n_constituents``/``beams`` from the data section.
+        ``quantized=False`` drops the quantizers (float pre-training of a finetune recipe)."""
+        cfg = {k: v for k, v in self.model.model_dump().items() if v is not None}
+        cfg["n_constituents"] = self.data.n_constituents
+        cfg["beams"] = self.data.beams
+        cfg["quantization"] = {k: (getattr(self.quantization, k) if quantized else None) for k in QUANTIZED_TENSORS}
+        return cfg
+
+    def resolved_model_config(self, quantized: bool = True) -> dict:
+        """``to_model_config`` merged over ``models.DEFAULTS`` (what is actually built)."""
+        from qpelican.models import model_config
+
+        return model_config(self.to_model_config(quantized))
+
+    def simulated_jets(self) -> int:
+        """Size of the simulated sample used when data.path is null."""
+        return self.data.jets or DEFAULT_SIMULATED_JETS
+
+    def seed_list(self) -> list:
+        return [self.seed + k for k in range(self.seeds)]
+
+    def to_dict(self, resolved: bool = False) -> dict:
+        """Plain dict (for YAML/JSON), float quantizers written as 'float'. ``resolved=True`` fills
+        the model section from ``models.DEFAULTS`` and data.jets of a simulated sample (the recipe
+        as run; it loads back to the same recipe)."""
+        d = self.model_dump()
+        if resolved:
+            full = self.resolved_model_config()
+            d["model"] = {k: full[k] for k in ModelSection.model_fields}
+            if d["data"]["path"] is None:
+                d["data"]["jets"] = self.simulated_jets()
+            if not d.get("name"):
+                d["name"] = "recipe"
+        d["quantization"] = {k: (v if v is not None else "float") for k, v in d["quantization"].items()}
+        return d
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+    def with_overrides(self, epochs=None, data=None, seeds=None, jets=None) -> "Recipe":
+        """A copy with the CLI's common overrides applied (and validated)."""
+        d = self.model_dump()
+        if epochs is not None:
+            d["training"]["epochs"] = epochs
+        if data is not None:
+            d["data"]["path"] = str(data)
+        if seeds is not None:
+            d["seeds"] = seeds
+        if jets is not None:
+            d["data"]["jets"] = jets
+        return recipe_from_dict(d, source="command-line overrides")
+
+
+# ---------------------------------------------------------------------- loading / errors
+_SECTIONS = {"data": DataSection, "model": ModelSection, "quantization": QuantizationSection,
+             "training": TrainingSection}
+
+
+def _allowed_at(loc):
+    """Allowed keys at a location tuple (for unknown-key errors)."""
+    cls = Recipe
+    for part in loc[:-1]:
+        cls = _SECTIONS.get(part) if cls is Recipe else None
+        if cls is None:
+            return []
+    return list(cls.model_fields)
+
+
+def _format_error(err, source):
+    loc = tuple(str(p) for p in err["loc"])
+    key = ".".join(loc) or "(top level)"
+    kind = err["type"]
+    got = err.get("input")
+    if kind == "extra_forbidden":
+        allowed = ", ".join(_allowed_at(loc))
+        return f"{source}: unknown key {key!r}; allowed keys here: {allowed}."
+    if kind == "literal_error":
+        expected = err.get("ctx", {}).get("expected", "")
+        return f"{source}: {key} = {got!r} is not allowed; allowed values: {expected}."
+    if kind == "value_error":
+        return f"{source}: {key} = {got!r}: {err['msg'].removeprefix('Value error, ')}"
+    if kind == "model_type" or kind == "dict_type":
+        return f"{source}: {key} must be a mapping of keys (got {got!r}); allowed keys: {', '.join(_allowed_at(loc + ('x',)))}."
+    return f"{source}: {key} = {got!r}: {err['msg']}."
+
+
+def recipe_from_dict(d, source="recipe", name=None) -> Recipe:
+    """Validate a dict as a recipe; raise RecipeError naming the key(s) and the allowed values."""
+    if d is None:
+        d = {}
+    if not isinstance(d, dict):
+        raise RecipeError(f"{source}: a recipe must be a YAML mapping of sections (data, model, quantization, "
+                          f"training, seeds), got {type(d).__name__}.")
+    d = copy.deepcopy(d)
+    try:
+        recipe = Recipe.model_validate(d)
+    except ValidationError as exc:
+        msgs = [_format_error(e, source) for e in exc.errors()]
+        raise RecipeError("\n".join(msgs)) from None
+    if name and not recipe.name:
+        recipe.name = name
+    _check_semantics(recipe, source)
+    return recipe
+
+
+def _check_semantics(recipe, source):
+    from qpelican.errors import QpelicanError
+    from qpelican.models import model_config
+
+    bn = recipe.model.batchnorm
+    if recipe.quantized and bn:
+        raise RecipeError(
+            f"{source}: model.batchnorm is true in a quantized recipe. The fixed-point layers do not fold "
+            "BatchNorm, so the exported model would differ from the trained one. Set model.batchnorm: false "
+            "(or use float quantizers everywhere)."
+        )
+    t = recipe.training
+    if t.qat == "finetune":
+        if not recipe.quantized:
+            raise RecipeError(f"{source}: training.qat = 'finetune' needs at least one quantizer in the "
+                              "quantization section; use qat: from_scratch for float recipes.")
+        if t.pretrain_epochs < 1:
+            raise RecipeError(f"{source}: training.qat = 'finetune' needs training.pretrain_epochs >= 1 "
+                              "(float epochs before quantization-aware fine-tuning).")
+    try:
+        model_config(recipe.to_model_config())
+    except QpelicanError as exc:
+        raise RecipeError(f"{source}: {exc}") from None
+
+
+def load_recipe(path) -> Recipe:
+    """Read and validate a YAML recipe file (``yaml.safe_load``)."""
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise RecipeError(f"recipe file {path!r} does not exist; pass a YAML file such as recipes/c2_8bit.yaml.")
+    try:
+        with open(path) as f:
+            d = yaml.safe_load(f)
+    except yaml.YAMLError as exc:
+        where = ""
+        mark = getattr(exc, "problem_mark", None)
+        if mark is not None:
+            where = f" at line {mark.line + 1}, column {mark.column + 1}"
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise RecipeError(f"{path}: not valid YAML{where} ({problem}); fix the syntax (indentation, colons, quotes).") from None
+    stem = os.path.splitext(os.path.basename(path))[0]
+    return recipe_from_dict(d, source=path, name=stem)

@@ -1,0 +1,128 @@
+"""Run results: results.json, the ROC curve PNG and the seeds summary (mean +- std, best).
+
+``RUN/results.json`` keys (the contract other commands read):
+
+    recipe, accuracy, auc, rej30, rej50, loss        test metrics of the best seed
+    val_loss, best_epoch, seed                       the best seed (lowest validation loss)
+    n_params, n_params_all, bops, cost               paper parameter count, all trainable, cost model
+    timing                                           train seconds, jets/s, seconds/epoch (summed over seeds)
+    baseline                                         jet-mass baseline on the same test jets
+    data                                             where the jets came from and how many
+    quantized, quantization                          the quantizers of the recipe
+    seeds                                            list of the seeds' metrics
+    seeds_summary                                    (K > 1) {metric: {mean, std, best}}, best_seed
+
+Metrics: accuracy (logit > 0), ROC AUC, background rejection 1/eps_B at eps_S = 0.3 (rej30) and
+0.5 (rej50), binary cross-entropy (loss).
+"""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+SUMMARY_KEYS = ("accuracy", "auc", "rej30", "rej50", "loss", "val_loss")
+
+
+def mass_window_baseline(splits):
+    """Jet-mass baseline fitted on the training jets, scored on the test jets (roc_metrics + method)."""
+    from qpelican.data.baseline import MassWindow
+    from qpelican.metrics import roc_metrics
+
+    mw = MassWindow("likelihood").fit(splits.train[0], splits.train[1])
+    scores = mw.score(splits.test[0])
+    m = roc_metrics(splits.test[1], scores, threshold=0.0)
+    m["method"] = mw.describe()
+    return m
+
+
+def _finite(x):
+    return x if x is None or np.isfinite(x) else None
+
+
+def seeds_summary(per_seed, best_seed):
+    """{metric: {mean, std, best}} over seeds (std with ddof=0 as numpy; inf rejections skipped)."""
+    out = {}
+    best = next(m for m in per_seed if m["seed"] == best_seed)
+    for k in SUMMARY_KEYS:
+        vals = np.array([m[k] for m in per_seed if m.get(k) is not None and np.isfinite(m[k])], np.float64)
+        out[k] = {"mean": float(vals.mean()) if vals.size else None,
+                  "std": float(vals.std()) if vals.size else None,
+                  "best": best.get(k)}
+    out["best_seed"] = best_seed
+    out["n_seeds"] = len(per_seed)
+    out["selection"] = "best = lowest validation loss"
+    return out
+
+
+def write_run_results(out_dir, recipe, splits, per_seed, best, baseline):
+    """Write RUN/model.keras (best seed), RUN/results.json and RUN/roc.png; return the results dict."""
+    from qpelican.train import _save_model, _write_json
+
+    model, bm = best
+    _save_model(model, os.path.join(out_dir, "model.keras"))
+    results = {"recipe": recipe.name}
+    for k in ("accuracy", "auc", "rej30", "rej50", "loss", "val_loss", "best_epoch", "seed", "n_params",
+              "n_params_all", "bops", "cost", "test_jets"):
+        results[k] = bm.get(k)
+    tr = sum(m["timing"]["train_seconds"] for m in per_seed)
+    epochs = sum(m["timing"]["epochs"] for m in per_seed)
+    n_train = bm["timing"]["train_jets"]
+    results["timing"] = {"train_seconds": round(tr, 3), "seeds": len(per_seed), "epochs_per_seed": bm["epochs"],
+                         "train_jets": n_train,
+                         "jets_per_second": round(n_train * epochs / tr, 1) if tr else None,
+                         "seconds_per_epoch": round(tr / epochs, 3) if epochs else None}
+    results["baseline"] = baseline
+    results["data"] = splits.description
+    results["quantized"] = recipe.quantized
+    results["quantization"] = recipe.to_dict()["quantization"]
+    results["seeds"] = [{k: v for k, v in m.items() if k not in ("cost", "baseline")} for m in per_seed]
+    if len(per_seed) > 1:
+        results["seeds_summary"] = seeds_summary(per_seed, bm["seed"])
+    for k in ("rej30", "rej50"):
+        results[k] = _finite(results[k])
+    _write_json(os.path.join(out_dir, "results.json"), results)
+    logits = np.load(os.path.join(out_dir, "seeds", str(bm["seed"]), "test_logits.npy"))
+    plot_roc(os.path.join(out_dir, "roc.png"), splits, logits, label=f"{recipe.name} (seed {bm['seed']})",
+             baseline_splits=splits)
+    return results
+
+
+def plot_roc(path, splits, logits, label="model", baseline_splits=None):
+    """ROC as background rejection 1/eps_B vs signal efficiency eps_S (log scale), with the
+    jet-mass baseline fitted on the training jets and scored on the same test jets."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from qpelican.metrics import roc_curve
+
+    y = splits.test[1]
+    fig, ax = plt.subplots(figsize=(5.5, 4.2), dpi=120)
+    curves = [(label, logits)]
+    if baseline_splits is not None:
+        from qpelican.data.baseline import MassWindow
+
+        mw = MassWindow("likelihood").fit(baseline_splits.train[0], baseline_splits.train[1])
+        curves.append(("jet-mass baseline", mw.score(baseline_splits.test[0])))
+    from sklearn.metrics import roc_auc_score
+
+    for name, s in curves:
+        fpr, tpr = roc_curve(y, s)
+        ok = fpr > 0
+        ax.plot(tpr[ok], 1.0 / fpr[ok], label=f"{name}: AUC {roc_auc_score(y, s):.4f}")
+    ax.set_yscale("log")
+    ax.set_xlabel(r"signal efficiency $\epsilon_S$")
+    ax.set_ylabel(r"background rejection $1/\epsilon_B$")
+    ax.set_xlim(0, 1)
+    ax.axvline(0.3, color="grey", lw=0.5, ls=":")
+    ax.axvline(0.5, color="grey", lw=0.5, ls=":")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=8)
+    ax.set_title(f"test jets: {len(y)}", fontsize=9)
+    fig.tight_layout()
+    tmp = path[:-4] + f".tmp{os.getpid()}.png"
+    fig.savefig(tmp)
+    plt.close(fig)
+    os.replace(tmp, path)

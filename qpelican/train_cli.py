@@ -1,0 +1,112 @@
+"""`qpelican fit`, `qpelican evaluate`, `qpelican explain` (heavy imports inside the commands)."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from qpelican.errors import QpelicanError
+
+
+def register(app: typer.Typer):
+    app.command("fit")(fit)
+    app.command("evaluate")(evaluate)
+    app.command("explain")(explain)
+
+
+def _console():
+    from rich.console import Console
+
+    return Console(highlight=False, soft_wrap=True)
+
+
+def fit(
+    recipe: Path = typer.Argument(..., help="YAML recipe, e.g. recipes/c2_8bit.yaml"),
+    out: Optional[Path] = typer.Option(None, "--out", help="run directory (default runs/<recipe stem>)"),
+    epochs: Optional[int] = typer.Option(None, "--epochs", min=1, help="override training.epochs"),
+    data: Optional[Path] = typer.Option(None, "--data", help="dataset directory/file, overrides data.path"),
+    seeds: Optional[int] = typer.Option(None, "--seeds", min=1, help="train K seeds (override seeds)"),
+    jets: Optional[int] = typer.Option(None, "--jets", min=30,
+                                       help="simulated sample size (or cap on training jets with a dataset)"),
+    resume: bool = typer.Option(False, "--resume", help="continue an interrupted run in --out"),
+):
+    """Train a model (or several seeds) from a YAML recipe and write the run directory."""
+    from qpelican.recipe import load_recipe
+
+    r = load_recipe(recipe).with_overrides(epochs=epochs, data=data, seeds=seeds, jets=jets)
+    out = out or Path("runs") / recipe.stem
+    if not resume and (out / "seeds").exists() and any((out / "seeds").iterdir()):
+        raise QpelicanError(f"run directory {out} already holds a run; pass --resume to continue it, "
+                            "or --out NEW_DIR to start another (delete the directory to start over).")
+    con = _console()
+    con.print(f"[bold]qpelican fit[/] {recipe} -> {out}  ({r.seeds} seed(s), {r.training.epochs} epochs"
+              + (", quantized" if r.quantized else ", float") + ")")
+    import qpelican.train as train
+
+    res = train.fit_recipe(r, out, resume=resume, progress=True, log=con.print)
+    _print_metrics(con, res, title=f"results ({out}/results.json)")
+
+
+def _fmt(x, spec):
+    return "-" if x is None else format(x, spec)
+
+
+def _print_metrics(con, res, title="results"):
+    from rich.table import Table
+
+    t = Table(title=title, show_header=True)
+    for c in ("", "accuracy", "AUC", "1/eps_B @0.3", "1/eps_B @0.5"):
+        t.add_column(c)
+    t.add_row("model", _fmt(res.get("accuracy"), ".4f"), _fmt(res.get("auc"), ".4f"), _fmt(res.get("rej30"), ".1f"),
+              _fmt(res.get("rej50"), ".1f"))
+    ss = res.get("seeds_summary")
+    if ss:
+        def ms(k, spec):
+            v = ss[k]
+            return f"{_fmt(v['mean'], spec)} ± {_fmt(v['std'], spec)}"
+        t.add_row(f"{ss['n_seeds']} seeds mean±std", ms("accuracy", ".4f"), ms("auc", ".4f"), ms("rej30", ".1f"),
+                  ms("rej50", ".1f"))
+    b = res.get("baseline")
+    if b:
+        t.add_row("jet-mass baseline", _fmt(b.get("accuracy"), ".4f"), _fmt(b.get("auc"), ".4f"),
+                  _fmt(b.get("rej30"), ".1f"), _fmt(b.get("rej50"), ".1f"))
+    con.print(t)
+    extra = []
+    if res.get("n_params") is not None:
+        extra.append(f"parameters {res['n_params']}")
+    if res.get("bops") is not None:
+        extra.append(f"BOPs {res['bops']:,}")
+    tm = res.get("timing") or {}
+    if tm.get("jets_per_second"):
+        extra.append(f"training {tm['train_seconds']:.0f} s, {tm['jets_per_second']:.0f} jets/s, "
+                     f"{tm['seconds_per_epoch']:.2f} s/epoch")
+    if extra:
+        con.print(", ".join(extra))
+
+
+def evaluate(
+    run: Path = typer.Argument(..., help="run directory (uses RUN/model.keras) or a .keras model file"),
+    data: Path = typer.Argument(..., help="HDF5 file, or a directory (its test split is used)"),
+    out: Optional[Path] = typer.Option(None, "--out", help="JSON file (default RUN/evaluate_<data name>.json)"),
+    jets: Optional[int] = typer.Option(None, "--jets", min=2, help="evaluate only the first K jets"),
+):
+    """Evaluate a trained model on a dataset: accuracy, AUC, 1/eps_B at eps_S = 0.3 and 0.5."""
+    from qpelican.results import evaluate_run
+
+    con = _console()
+    res, path = evaluate_run(run, data, out=out, jets=jets)
+    _print_metrics(con, res, title=f"{res['data']['file']} ({res['jets']} jets)")
+    con.print(f"written {path}")
+
+
+def explain(
+    run: Path = typer.Argument(..., help="run directory (uses RUN/model.keras) or a .keras model file"),
+    data: Optional[Path] = typer.Option(None, "--data", help="jets for the numerical check (default: the run's test split)"),
+    jets: int = typer.Option(1000, "--jets", min=1, help="jets used for the numerical check"),
+):
+    """Print a nanoPELICAN as the paper's analytic formula (eq. 1) and check it reproduces the model."""
+    from qpelican.explain import explain_run
+
+    explain_run(run, data=data, jets=jets, log=_console().print)
