@@ -1,0 +1,180 @@
+"""Pythia 8 + FastJet simulator: physics of the jets, file layout, determinism, resume, CLI."""
+import os
+import subprocess
+import sys
+
+import h5py
+import numpy as np
+import pytest
+
+from qpelican.data import simulate as sim
+from qpelican.data.baseline import jet_mass
+from qpelican.data.readers import open_dataset
+from qpelican.errors import DataError
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SPLITS = ("train", "val", "test")
+
+
+def _load(sim_dir):
+    arrays = {}
+    for s in SPLITS:
+        with h5py.File(sim_dir / f"{s}.h5", "r") as f:
+            arrays[s] = {k: f[k][()] for k in ("Pmu", "Nobj", "is_signal", "truth_Pmu")}
+    return {k: np.concatenate([arrays[s][k] for s in SPLITS]) for k in arrays["train"]}, arrays
+
+
+def test_layout_split_and_balance(sim_dir):
+    from conftest import SIM_JETS
+
+    allj, per = _load(sim_dir)
+    sizes = [len(per[s]["is_signal"]) for s in SPLITS]
+    n_train, n_val = round(0.8 * SIM_JETS), round(0.1 * SIM_JETS)
+    assert sizes == [n_train, n_val, SIM_JETS - n_train - n_val]
+    assert allj["Pmu"].shape == (SIM_JETS, 200, 4) and allj["Pmu"].dtype == np.float32
+    assert int(allj["is_signal"].sum()) == SIM_JETS // 2
+    assert set(np.unique(allj["is_signal"]).tolist()) == {0, 1}
+    for s in SPLITS:  # each split mixes both classes
+        assert 0.2 < per[s]["is_signal"].mean() < 0.8
+    ds = open_dataset(sim_dir / "train.h5")
+    assert ds.layout == "converted" and ds.n_jets == sizes[0]
+    assert not list(sim_dir.glob(".sim-chunks-*")) and not list(sim_dir.glob("*.tmp*"))
+
+
+def test_jet_physics(sim_dir):
+    a, _ = _load(sim_dir)
+    p4, nobj, y, truth = a["Pmu"].astype(np.float64), a["Nobj"], a["is_signal"], a["truth_Pmu"]
+    real = p4[..., 0] > 0
+    # Nobj = number of stored constituents; padding is exactly zero
+    np.testing.assert_array_equal(real.sum(1), nobj)
+    assert (nobj >= 2).all()
+    assert not p4[~real].any()
+    assert (real[:, :-1] >= real[:, 1:]).all()  # real constituents first
+    # massless constituents: E = |p|
+    pabs = np.linalg.norm(p4[..., 1:], axis=-1)
+    np.testing.assert_allclose(p4[..., 0][real], pabs[real], rtol=1e-5, atol=1e-4)
+    # sorted by pT (descending)
+    pt = np.hypot(p4[..., 1], p4[..., 2])
+    assert (pt[:, :-1] >= pt[:, 1:] - 1e-3).all()
+    # jet kinematics recomputed from the constituents (massless recombination = E-scheme up to rounding)
+    s = p4.sum(1)
+    jpt = np.hypot(s[:, 1], s[:, 2])
+    jeta = np.arcsinh(s[:, 3] / jpt)
+    assert (jpt > 549.0).all() and (jpt < 651.0).all()
+    assert (np.abs(jeta) < 2.0 + 1e-3).all()
+    # jet mass: signal peaks at the top mass, background well below
+    m = jet_mass(p4)
+    assert 150 < np.median(m[y == 1]) < 195
+    assert np.median(m[y == 0]) < 120
+    hist, edges = np.histogram(m[y == 1], bins=np.arange(0, 400, 20))
+    assert 140 <= edges[np.argmax(hist)] <= 190  # peak bin of the signal mass near 173 GeV
+    # truth: the matched top for signal (on shell, within dR 0.8), zeros for background
+    assert not truth[y == 0].any()
+    t = truth[y == 1].astype(np.float64)
+    mt = np.sqrt(np.maximum(t[:, 0] ** 2 - (t[:, 1:] ** 2).sum(1), 0))
+    assert abs(np.median(mt) - 172.5) < 2 and np.mean(np.abs(mt - 172.5) < 10) > 0.95  # Breit-Wigner
+    teta = np.arcsinh(t[:, 3] / np.hypot(t[:, 1], t[:, 2]))
+    dphi = (np.arctan2(t[:, 2], t[:, 1]) - np.arctan2(s[y == 1, 2], s[y == 1, 1]) + np.pi) % (2 * np.pi) - np.pi
+    assert np.all(np.hypot(teta - jeta[y == 1], dphi) < 0.8)
+    # signal jets have more constituents on average (3-prong vs 1-prong)
+    assert nobj[y == 1].mean() > nobj[y == 0].mean()
+
+
+def _arrays(d):
+    return {s: {k: v[()] for k, v in h5py.File(os.path.join(d, f"{s}.h5"), "r").items()} for s in SPLITS}
+
+
+def _assert_same(a, b):
+    for s in SPLITS:
+        for k in a[s]:
+            np.testing.assert_array_equal(a[s][k], b[s][k])
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    """20 jets, seed 7, one worker: the reference for determinism and resume tests."""
+    d = tmp_path_factory.mktemp("tiny1")
+    sim.simulate(20, str(d), seed=7, workers=1, progress=False)
+    return str(d)
+
+
+def test_same_seed_same_jets_any_workers(tiny, tmp_path):
+    d2 = tmp_path / "w2"
+    sim.simulate(20, str(d2), seed=7, workers=2, progress=False)
+    _assert_same(_arrays(tiny), _arrays(str(d2)))
+    d3 = tmp_path / "seed8"
+    sim.simulate(20, str(d3), seed=8, workers=2, progress=False)
+    assert not np.array_equal(_arrays(tiny)["train"]["Pmu"], _arrays(str(d3))["train"]["Pmu"])
+
+
+def test_interrupted_run_keeps_chunks_and_resumes(tiny, tmp_path, monkeypatch):
+    out = tmp_path / "resume"
+    real = sim.generate_jets
+    calls = []
+
+    def flaky(signal, n, seed, cfg=sim.GenConfig(), report=None):
+        calls.append(signal)
+        if len(calls) == 2:
+            raise KeyboardInterrupt  # as if the user pressed Ctrl-C during the second chunk
+        return real(signal, n, seed, cfg, report)
+
+    monkeypatch.setattr(sim, "generate_jets", flaky)
+    with pytest.raises(KeyboardInterrupt):
+        sim.simulate(20, str(out), seed=7, workers=1, progress=False)
+    assert not any((out / f"{s}.h5").exists() for s in SPLITS)  # no final file after an interruption
+    chunks = list(out.glob(".sim-chunks-*/chunk-*.h5"))
+    assert len(chunks) == 1
+    calls.clear()
+    monkeypatch.setattr(sim, "generate_jets", lambda *a, **k: (calls.append(a[0]), real(*a, **k))[1])
+    sim.simulate(20, str(out), seed=7, workers=1, progress=False)
+    assert len(calls) == 1  # only the missing chunk was generated
+    _assert_same(_arrays(tiny), _arrays(str(out)))
+    calls.clear()
+    sim.simulate(20, str(out), seed=7, workers=1, progress=False)  # complete: nothing regenerated
+    assert calls == []
+
+
+def test_default_sample_is_cached(tiny, tmp_path, monkeypatch):
+    monkeypatch.setenv("QPELICAN_CACHE", str(tmp_path / "cache"))
+    d = sim.default_sample(20, seed=7, workers=1, progress=False)
+    assert d == str(tmp_path / "cache" / "sim-20-7")
+    _assert_same(_arrays(tiny), _arrays(d))
+    mtime = os.path.getmtime(os.path.join(d, "train.h5"))
+    assert sim.default_sample(20, seed=7, progress=False) == d
+    assert os.path.getmtime(os.path.join(d, "train.h5")) == mtime
+
+
+def test_missing_simulator_extra(monkeypatch, tmp_path):
+    monkeypatch.setitem(sys.modules, "pythia8mc", None)
+    with pytest.raises(DataError, match=r"pip install -e '\.\[sim\]'"):
+        sim.simulate(20, str(tmp_path), seed=1, progress=False)
+
+
+def test_bad_split_and_size(tmp_path):
+    with pytest.raises(DataError, match="summing to 1"):
+        sim.simulate(20, str(tmp_path), split=(0.5, 0.1, 0.1), progress=False)
+    with pytest.raises(DataError, match="at least 2"):
+        sim.simulate(1, str(tmp_path), progress=False)
+
+
+def test_chunk_plan_depends_only_on_n():
+    plan = sim.chunk_plan(1001)
+    assert sum(n for c, _, n in plan if c == 1) == 500
+    assert sum(n for c, _, n in plan if c == 0) == 501
+    assert plan == sim.chunk_plan(1001)
+    assert len({sim._pythia_seed(0, c, k) for c, k, _ in plan}) == len(plan)
+
+
+def _cli(*args):
+    return subprocess.run([sys.executable, "-m", "qpelican.cli", *args], capture_output=True, text=True,
+                          cwd=REPO, timeout=300)
+
+
+def test_cli_simulate(tiny, tmp_path):
+    out = tmp_path / "cli"
+    r = _cli("data", "simulate", "--jets", "20", "--seed", "7", "--workers", "1", "--out", str(out))
+    assert r.returncode == 0, r.stderr
+    assert "jets/s" in r.stdout and "train" in r.stdout
+    _assert_same(_arrays(tiny), _arrays(str(out)))
+    r = _cli("data", "simulate", "--jets", "20", "--split", "0.8,0.3", "--out", str(out))
+    assert r.returncode == 2 and "--split" in r.stderr and "Traceback" not in r.stderr
