@@ -75,7 +75,8 @@ def _front(cfg, q):
     p4 = tf_keras.Input(shape=(cfg["n_constituents"], 4), name="momenta")
     p = MomentumInput(scale=cfg["scale"], beams=cfg["beams"], input_quantizer=q["input"], name="momentum_input")(p4)
     m = ParticleMask(name="mask")(p)
-    d = LorentzInvariants(zero_diagonal=True, invariant_quantizer=q["invariants"], name="invariants")(p)
+    d = LorentzInvariants(zero_diagonal=True, invariant_quantizer=q["invariants"], input_quantizer=q["input"],
+                          name="invariants")(p)
     return p4, m, d
 
 
@@ -100,10 +101,13 @@ def build_nanopelican(cfg):
     q = cfg["quantization"]
     p4, m, x = _front(cfg, q)
     x = _regularise(x, m, cfg, "in")
+    # without BatchNorm the incoming arrays are on the invariants' / activation's grids
+    x_q = None if cfg["batchnorm"] else q["invariants"]
+    h_q = None if cfg["batchnorm"] else q["activation"]
     h = LinEq2to2(cfg["channels"], basis="nano", activation="relu", output_quantizer=q["activation"],
-                  name="lineq_2to2", **_eq_kwargs(cfg, q))([x, m])
+                  input_quantizer=x_q, name="lineq_2to2", **_eq_kwargs(cfg, q))([x, m])
     h = _regularise(h, m, cfg, "hidden")
-    w = LinEq2to0(1, output_quantizer=q["output"], name="lineq_2to0", **_eq_kwargs(cfg, q))([h, m])
+    w = LinEq2to0(1, output_quantizer=q["output"], input_quantizer=h_q, name="lineq_2to0", **_eq_kwargs(cfg, q))([h, m])
     return tf_keras.Model(p4, w, name=f"nanopelican_c{cfg['channels']}")
 
 

@@ -13,6 +13,7 @@ round half to even, saturate — exactly what QKeras does (checked against QKera
 for the sums whose exact value needs more than float32's 24-bit significand, so the Keras model
 and the HLS C++ round the same exact number (DESIGN.md section 6).
 """
+import math
 from dataclasses import dataclass
 
 import tensorflow as tf
@@ -135,3 +136,15 @@ def check_exact(fmt, what, limit=24):
             f"{what} has {fmt.bits} bits; tensors passed between layers are float32 and hold at most "
             f"{limit} bits exactly. Use at most {limit} bits."
         )
+
+
+def float32_exact(terms, frac_bits):
+    """True if a sum is exact in float32: ``terms`` are (count, max magnitude) pairs of values
+    that are all multiples of 2^-frac_bits; float32 holds integers of up to 24 bits exactly."""
+    total = sum(count * mag for count, mag in terms)
+    return math.ceil(math.log2(max(total, 2.0 ** -frac_bits))) + frac_bits + 1 <= 24
+
+
+def max_abs(fmt):
+    """Largest magnitude on a format's grid."""
+    return max(abs(fmt.min), fmt.max)

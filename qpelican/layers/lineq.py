@@ -23,6 +23,7 @@ import tf_keras
 
 from qpelican.errors import QpelicanError
 from qpelican.layers.base import QuantizedLayer, edge_mask, scale_table
+from qpelican.quant import float32_exact, max_abs
 
 # (source, placement, normalisation power). Sources: x, xT (transpose), dg (diagonal x_ii),
 # R (R_i = sum_k x_ik), S (S_j = sum_k x_kj), tr (trace), T (total sum).
@@ -54,11 +55,13 @@ def _check_common(aggregation, nbar):
 
 
 class _EquivariantBase(QuantizedLayer):
-    QUANTIZERS = ("coefficient", "bias", "aggregate", "output")
+    # ``input`` is the quantizer of the incoming array; it only decides whether the O(N^2)
+    # arithmetic is exact in float32 (faster) or needs float64.
+    QUANTIZERS = ("coefficient", "bias", "aggregate", "output", "input")
 
     def __init__(self, channels, aggregation="sum", nbar=49.0, alpha=False, activation=None,
                  table_bits=18, coefficient_quantizer=None, bias_quantizer=None,
-                 aggregate_quantizer=None, output_quantizer=None, **kwargs):
+                 aggregate_quantizer=None, output_quantizer=None, input_quantizer=None, **kwargs):
         super().__init__(**kwargs)
         _check_common(aggregation, nbar)
         self.channels = int(channels)
@@ -68,7 +71,16 @@ class _EquivariantBase(QuantizedLayer):
         self.activation = tf_keras.activations.get(activation)
         self.table_bits = int(table_bits)
         self._init_quantizers(coefficient_quantizer=coefficient_quantizer, bias_quantizer=bias_quantizer,
-                              aggregate_quantizer=aggregate_quantizer, output_quantizer=output_quantizer)
+                              aggregate_quantizer=aggregate_quantizer, output_quantizer=output_quantizer,
+                              input_quantizer=input_quantizer)
+
+    @property
+    def quantized(self):
+        return any(q is not None for q in (self.coefficient_quantizer, self.bias_quantizer,
+                                           self.aggregate_quantizer, self.output_quantizer))
+
+    def _formats_known(self):
+        return None not in (self.input_format, self.coefficient_format, self.bias_format, self.aggregate_format)
 
     def _build_alpha(self, shape):
         self.alphas = (self.add_weight(name="alpha", shape=shape, initializer="zeros", trainable=True)
@@ -141,9 +153,27 @@ class LinEq2to2(_EquivariantBase):
         self._build_alpha((len(self.powers), c_in))
         super().build(input_shape)
 
+    @property
+    def elementwise_dtype(self):
+        """dtype of the O(N^2) pre-activation: float32 if every sum is provably exact in it."""
+        if not self.quantized:
+            return tf.float32
+        if not self._formats_known():
+            return tf.float64
+        fx, fc, fa, fb = self.input_format, self.coefficient_format, self.aggregate_format, self.bias_format
+        c_in = self.kernel.shape[0]
+        n_elem = sum(1 for _, p, w in self.ops if w == 0)
+        n_agg = len(self.ops) - n_elem
+        terms = [(c_in * n_elem, max_abs(fc) * max_abs(fx)), (c_in * n_agg, max_abs(fc) * max_abs(fa)),
+                 (2, max_abs(fb))]
+        frac = max(fc.frac + fx.frac, fc.frac + fa.frac, fb.frac)
+        return tf.float32 if float32_exact(terms, frac) else tf.float64
+
     def call(self, inputs):
         x, m = inputs
-        dt = self.compute_dtype_exact
+        dt = self.compute_dtype_exact  # O(N) aggregates: float64 when quantized (cheap)
+        et = self.elementwise_dtype
+        x32 = x
         x = tf.cast(x, dt)
         m = tf.cast(m, dt)
         n_size = tf.shape(x)[1]
@@ -165,6 +195,7 @@ class LinEq2to2(_EquivariantBase):
         acc = {}
 
         def add(place, value):
+            value = tf.cast(value, et)
             acc[place] = value if place not in acc else acc[place] + value
 
         j = 0
@@ -176,16 +207,17 @@ class LinEq2to2(_EquivariantBase):
                 j += 1
             w = kernel[:, :, b]
             if place == "elem":
+                v, w = tf.cast(v if name != "x" else x32, et), tf.cast(w, et)
                 add(place, v * w[0] if v.shape[-1] == 1 else tf.einsum("bijc,ch->bijh", v, w))
             elif v.shape.rank == 3:
                 add(place, tf.einsum("bnc,ch->bnh", v, w))
             else:
                 add(place, tf.einsum("bc,ch->bh", v, w))
-        eye = tf.eye(n_size, dtype=dt)[None, :, :, None]
-        scalar = tf.cast(self.q("bias", self.bias), dt)[None, :] + acc.get("scalar", 0.0)  # (B|1, H)
+        eye = tf.eye(n_size, dtype=et)[None, :, :, None]
+        scalar = tf.cast(self.q("bias", self.bias), et)[None, :] + acc.get("scalar", 0.0)  # (B|1, H)
         diag_scalar = acc.get("diagscalar", 0.0)
         if self.diag_bias_weight is not None:
-            diag_scalar = diag_scalar + tf.cast(self.q("bias", self.diag_bias_weight), dt)[None, :]
+            diag_scalar = diag_scalar + tf.cast(self.q("bias", self.diag_bias_weight), et)[None, :]
         z = acc["elem"] + scalar[:, None, None, :]
         if "row" in acc:
             z = z + acc["row"][:, :, None, :]
@@ -195,7 +227,7 @@ class LinEq2to2(_EquivariantBase):
             z = z + eye * acc["diag"][:, :, None, :]
         if isinstance(diag_scalar, tf.Tensor):
             z = z + eye * diag_scalar[:, None, None, :]
-        y = self._finish(z) * edge_mask(m)
+        y = self._finish(z) * tf.cast(edge_mask(m), et)
         return tf.cast(y, tf.float32)
 
     def compute_output_shape(self, input_shape):
@@ -237,9 +269,11 @@ class LinEq2to0(_EquivariantBase):
     def call(self, inputs):
         x, m = inputs
         dt = self.compute_dtype_exact
-        x = tf.cast(x, dt)
-        total = tf.reduce_sum(x, axis=[1, 2])  # (B, C)
-        trace = tf.reduce_sum(tf.linalg.diag_part(tf.transpose(x, [0, 3, 1, 2])), axis=-1)
+        fx = self.input_format
+        exact32 = not self.quantized or (fx is not None and fx.bits + 2 * math.ceil(math.log2(self.n_max)) <= 24)
+        x = tf.cast(x, tf.float32 if exact32 else dt)
+        total = tf.cast(tf.reduce_sum(x, axis=[1, 2]), dt)  # (B, C), exact
+        trace = tf.cast(tf.reduce_sum(tf.linalg.diag_part(tf.transpose(x, [0, 3, 1, 2])), axis=-1), dt)
         t = tf.gather(tf.cast(self.scale_table(), dt), self._multiplicity(m))  # (B, 2, 1)
         u1 = self.q("aggregate", total * t[:, 0, :])
         u2 = self.q("aggregate", trace * t[:, 1, :])
