@@ -1,0 +1,104 @@
+"""Convert a qpelican model to an hls4ml project (io_parallel, Latency) and compile its C simulation."""
+import contextlib
+import io
+import os
+import shutil
+import time
+
+from qpelican.errors import ExportError
+from qpelican.hls.plan import make_plan
+
+BACKENDS = {"vitis": "Vitis", "vivado": "Vivado"}
+DEFAULT_PART = "xcvu13p-flga2577-2-e"
+DEFAULT_CLOCK = 5.0
+
+
+def _backend_name(backend):
+    key = str(backend).lower()
+    if key not in BACKENDS:
+        raise ExportError(f"backend {backend!r} is not supported; use Vitis or Vivado.")
+    return BACKENDS[key]
+
+
+@contextlib.contextmanager
+def _quiet(enabled=True):
+    """hls4ml prints its layer table and progress; keep the CLI output readable."""
+    if not enabled:
+        yield
+        return
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        yield
+
+
+def export_model(model, out_dir, backend="Vitis", part=None, clock=None, reuse=1, project_name="qpelican",
+                 write=True, quiet=True):
+    """Write the hls4ml project of a qpelican model.
+
+    Args:
+      model: a quantized nanoPELICAN tf-keras model (``qpelican.load_model`` / ``build_model``).
+      out_dir: project folder (created; an existing hls4ml project there is replaced).
+      backend: "Vitis" (default) or "Vivado".
+      part, clock: FPGA part and clock period in ns.
+      reuse: hls4ml reuse factor (1: fully parallel; R limits multipliers to ceil(count / R)).
+      project_name: top-level function name.
+
+    Returns ``(hls_model, plan)``. Raises ExportError for models the firmware cannot reproduce.
+    """
+    import hls4ml
+    from hls4ml.converters import keras_v2_to_hls
+    from hls4ml.utils.config import create_config
+
+    from qpelican.hls import extension
+
+    if int(reuse) < 1:
+        raise ExportError(f"--reuse must be a positive integer, got {reuse}.")
+    plan = make_plan(model)
+    extension.register()
+    bname = _backend_name(backend)
+    out_dir = os.path.abspath(os.fspath(out_dir))
+    if os.path.isdir(out_dir) and os.listdir(out_dir):
+        if not os.path.exists(os.path.join(out_dir, "hls4ml_config.yml")) and not os.path.exists(
+                os.path.join(out_dir, "build_prj.tcl")):
+            raise ExportError(f"{out_dir} exists and is not an hls4ml project; choose an empty or new --out folder.")
+        shutil.rmtree(out_dir)
+    cfg = create_config(output_dir=out_dir, project_name=project_name, backend=bname,
+                        part=part or DEFAULT_PART, clock_period=clock or DEFAULT_CLOCK, io_type="io_parallel")
+    cfg["KerasModel"] = model
+    first = plan["layers"][0]
+    cfg["HLSConfig"] = {
+        "Model": {"Precision": "ap_fixed<16,6>", "ReuseFactor": int(reuse), "Strategy": "Latency", "BitExact": False},
+        "LayerName": {plan["input"]["name"]: {"Precision": {"result": first.types["input"]}}},
+    }
+    extension.PLANS[id(model)] = plan
+    try:
+        with _quiet(quiet):
+            hls_model = keras_v2_to_hls(cfg)
+            if write:
+                hls_model.write()
+    finally:
+        extension.PLANS.pop(id(model), None)
+    del hls4ml
+    return hls_model, plan
+
+
+def compile_model(hls_model, quiet=True):
+    """Compile the C simulation with g++ (``hls_model.compile()``); returns seconds taken."""
+    t0 = time.perf_counter()
+    with _quiet(quiet):
+        try:
+            hls_model.compile()
+        except Exception as exc:
+            raise ExportError(f"the C simulation did not compile ({exc}); see the g++ output above. "
+                              "Check that g++ is installed (the C simulation needs no Vivado).") from None
+    return time.perf_counter() - t0
+
+
+def predict_phat(hls_model, p_hat):
+    """Run the C simulation on quantized momenta p_hat (B, N, 4); returns (B, outputs) float64."""
+    import numpy as np
+
+    x = np.ascontiguousarray(np.asarray(p_hat, dtype=np.float32).reshape(len(p_hat), -1))
+    y = hls_model.predict(x)
+    y = np.asarray(y, dtype=np.float64)
+    return y.reshape(len(p_hat), -1)

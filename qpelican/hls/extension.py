@@ -1,0 +1,207 @@
+"""hls4ml extension for qpelican layers: Keras-v2 handlers, IR layers, config/function templates.
+
+Registered once per process by :func:`register` (idempotent), following hls4ml 1.3.0's extension
+API (``register_keras_v2_layer_handler``, ``hls4ml.model.layers.register_layer``,
+``backend.register_template``, ``backend.register_source``):
+
+* the Keras-v2 handlers map each qpelican layer to an IR layer carrying its
+  :class:`~qpelican.hls.plan.LayerPlan` (types and quantized constants, see ``plan.py``);
+* the IR layers declare their output array and their weights (coefficients, biases and the
+  normaliser tables become hls4ml weight variables, written to ``firmware/weights``);
+* the templates write one config struct per layer and the call of the HLS function in
+  ``export/nnet_qp_*.h`` (copied to ``firmware/nnet_utils``).
+"""
+import importlib.resources
+import math
+from pathlib import Path
+
+from qpelican.hls.plan import IR_NAMES, type_str
+
+BACKENDS = ("Vivado", "Vitis")
+HEADERS = ("nnet_qp_lorentz.h", "nnet_qp_lineq.h")
+
+# plans of the models being converted, keyed by id(keras model); set by the exporter
+PLANS = {}
+_registered = False
+
+
+def header_dir():
+    """Folder of the HLS C++ headers shipped in the installed package (``qpelican.export``)."""
+    return Path(str(importlib.resources.files("qpelican.export")))
+
+
+# ------------------------------------------------------------------------------------------------
+# Keras-v2 handlers
+
+
+def _handler(keras_layer, input_names, input_shapes, data_reader, *args):
+    name = keras_layer["config"]["name"]
+    model = getattr(data_reader, "model", None)
+    plan = PLANS.get(id(model)) if model is not None else None
+    if plan is None:
+        raise RuntimeError(f"qpelican layer {name!r}: convert qpelican models with qpelican.hls.export_model().")
+    lp = plan["by_name"][name]
+    layer = {"class_name": lp.ir_class, "name": name, "qp_plan": lp}
+    if input_names is not None:
+        layer["inputs"] = list(input_names)
+    return layer, [None, *lp.out_shape]
+
+
+# ------------------------------------------------------------------------------------------------
+# IR layers
+
+
+def _ir_layers():
+    from hls4ml.model.layers import Layer
+
+    class _QPLayer(Layer):
+        def initialize(self):
+            lp = self.get_attr("qp_plan")
+            backend = self.model.config.backend
+            self.add_output_variable(list(lp.out_shape), precision=backend.convert_precision_string(lp.out_type))
+            for wname, (data, typ) in lp.weights.items():
+                self.add_weights_variable(name=wname, var_name=f"{wname}_l{{index}}", type_name=f"{wname}_l{{index}}_t",
+                                          precision=backend.convert_precision_string(typ), data=data)
+
+    classes = {}
+    for ir in IR_NAMES.values():
+        classes[ir] = type(ir, (_QPLayer,), {})
+    return classes
+
+
+# ------------------------------------------------------------------------------------------------
+# templates
+
+
+def _cfg_lines(lp, node):
+    """Lines of the config struct of one layer."""
+    p = lp.params
+    t = lp.types
+    reuse = int(node.get_attr("reuse_factor", 1) or 1)
+    b = lambda v: "true" if v else "false"  # noqa: E731
+    n = lp.n
+    lines = []
+    if lp.keras_class == "MomentumInput":
+        lines += [f"static const unsigned n_in = {p['n_in']};", f"static const unsigned n_out = {p['n_out']};",
+                  f"static const bool beams = {b(p['beams'])};",
+                  f"static double beam_energy() {{ return {p['beam_energy']!r}; }}"]
+        base = "qp_momentum_config"
+    elif lp.keras_class == "ParticleMask":
+        lines += [f"static const unsigned n = {n};"]
+        base = "qp_mask_config"
+    elif lp.keras_class == "LorentzInvariants":
+        pairs = n * (n - 1) // 2 if p["zero_diagonal"] else n * (n + 1) // 2
+        lines += [f"static const unsigned n = {n};", f"static const bool zero_diagonal = {b(p['zero_diagonal'])};",
+                  f"static const unsigned reuse_factor = {reuse};",
+                  f"static const unsigned multiplier_limit = {math.ceil(4 * pairs / reuse)};",
+                  f"typedef {type_str(t['dot_t'])} dot_t;"]
+        base = "qp_invariants_config"
+    elif lp.keras_class == "LinEq2to2":
+        ci, co, al = p["n_in"], p["n_out"], p["alias"]
+        n_agg = sum(1 for k in range(5) if al[k] == k)
+        mults = ci * (n_agg_vec(al) * n + (n_agg - n_agg_vec(al))) + ci * co * (n * (n - 1) // 2 + 3 * n + 2)
+        lines += [f"static const unsigned n = {n};", f"static const unsigned n_in = {ci};",
+                  f"static const unsigned n_out = {co};", f"static const bool relu = {b(p['relu'])};",
+                  f"static const unsigned alias_1 = {al[1]};", f"static const unsigned alias_2 = {al[2]};",
+                  f"static const unsigned alias_4 = {al[4]};",
+                  f"static const unsigned reuse_factor = {reuse};",
+                  f"static const unsigned multiplier_limit = {math.ceil(mults / reuse)};"]
+        for k in ("n_t", "sum_t", "total_t", "agg_t", "accum_t"):
+            lines.append(f"typedef {type_str(t[k])} {k};")
+        lines += [f"typedef {node.get_weights('w').type.name} coef_t;", f"typedef {node.get_weights('b').type.name} bias_t;"]
+        for k in range(5):
+            lines.append(f"typedef {node.get_weights(f't{k}').type.name} table{k}_t;")
+        base = "qp_lineq2to2_config"
+    elif lp.keras_class == "LinEq2to0":
+        ci, co = p["n_in"], p["n_out"]
+        mults = 2 * ci + 2 * ci * co
+        lines += [f"static const unsigned n = {n};", f"static const unsigned n_in = {ci};",
+                  f"static const unsigned n_out = {co};", f"static const bool relu = {b(p['relu'])};",
+                  f"static const unsigned reuse_factor = {reuse};",
+                  f"static const unsigned multiplier_limit = {math.ceil(mults / reuse)};"]
+        for k in ("n_t", "total_t", "trace_t", "agg_t", "accum_t"):
+            lines.append(f"typedef {type_str(t[k])} {k};")
+        lines += [f"typedef {node.get_weights('w').type.name} coef_t;", f"typedef {node.get_weights('b').type.name} bias_t;",
+                  f"typedef {node.get_weights('t0').type.name} table0_t;",
+                  f"typedef {node.get_weights('t1').type.name} table1_t;"]
+        base = "qp_lineq2to0_config"
+    else:  # pragma: no cover
+        raise RuntimeError(lp.keras_class)
+    return base, lines
+
+
+def n_agg_vec(alias):
+    """Distinct per-particle aggregates (S-ops whose table is not an alias)."""
+    return sum(1 for k in range(3) if alias[k] == k)
+
+
+def _function_call(lp, node):
+    def var(i):
+        return node.get_input_variable(node.inputs[i])
+
+    out = node.get_output_variable()
+    cfg = f"config{node.index}"
+    if lp.keras_class == "MomentumInput":
+        return f"nnet::qp_momentum_input<{var(0).type.name}, {out.type.name}, {cfg}>({var(0).name}, {out.name});"
+    if lp.keras_class == "ParticleMask":
+        return f"nnet::qp_particle_mask<{var(0).type.name}, {out.type.name}, {cfg}>({var(0).name}, {out.name});"
+    if lp.keras_class == "LorentzInvariants":
+        return f"nnet::qp_lorentz_invariants<{var(0).type.name}, {out.type.name}, {cfg}>({var(0).name}, {out.name});"
+    w = {k: node.get_weights(k).name for k in lp.weights}
+    if lp.keras_class == "LinEq2to2":
+        args = ", ".join([var(0).name, var(1).name, out.name, w["w"], w["b"], w["bd"]] + [w[f"t{k}"] for k in range(5)])
+        return f"nnet::qp_lineq2to2_nano<{var(0).type.name}, {var(1).type.name}, {out.type.name}, {cfg}>({args});"
+    args = ", ".join([var(0).name, var(1).name, out.name, w["w"], w["b"], w["t0"], w["t1"]])
+    return f"nnet::qp_lineq2to0<{var(0).type.name}, {var(1).type.name}, {out.type.name}, {cfg}>({args});"
+
+
+def _templates(classes):
+    from hls4ml.backends.template import FunctionCallTemplate, LayerConfigTemplate
+
+    layer_classes = tuple(classes.values())
+    includes = [f"nnet_utils/{h}" for h in HEADERS]
+
+    class QPConfigTemplate(LayerConfigTemplate):
+        def __init__(self):
+            super().__init__(layer_classes)
+
+        def format(self, node):
+            lp = node.get_attr("qp_plan")
+            base, lines = _cfg_lines(lp, node)
+            body = "".join(f"    {line}\n" for line in lines)
+            return f"struct config{node.index} : nnet::{base} {{\n{body}}};\n"
+
+    class QPFunctionTemplate(FunctionCallTemplate):
+        def __init__(self):
+            super().__init__(layer_classes, include_header=includes)
+
+        def format(self, node):
+            return _function_call(node.get_attr("qp_plan"), node)
+
+    return QPConfigTemplate, QPFunctionTemplate
+
+
+def register():
+    """Register the qpelican extension with hls4ml (once per process)."""
+    global _registered
+    if _registered:
+        return
+    import hls4ml
+    from hls4ml.converters.keras_v2_to_hls import get_layer_handlers
+
+    handlers = get_layer_handlers()
+    for keras_name in IR_NAMES:
+        if keras_name not in handlers:
+            hls4ml.converters.register_keras_v2_layer_handler(keras_name, _handler)
+    classes = _ir_layers()
+    for name, cls in classes.items():
+        hls4ml.model.layers.register_layer(name, cls)
+    cfg_t, fn_t = _templates(classes)
+    hdir = header_dir()
+    for bname in BACKENDS:
+        backend = hls4ml.backends.get_backend(bname)
+        backend.register_template(cfg_t)
+        backend.register_template(fn_t)
+        for h in HEADERS:
+            backend.register_source(hdir / h)
+    _registered = True

@@ -1,0 +1,343 @@
+"""The firmware plan of a qpelican model: which HLS function each layer becomes, with every width.
+
+:func:`make_plan` walks a (tf-keras) qpelican model, rejects what the firmware cannot reproduce
+(with an :class:`~qpelican.errors.ExportError` naming the layer and the fix) and derives, for
+each layer, the quantized constants (coefficients, biases, normaliser tables exactly as Keras
+uses them) and the C++ types:
+
+* tensors rounded by a QKeras quantizer use the quantizer's format
+  (:meth:`qpelican.quant.FixedFormat.ap_type`: ``AP_RND_CONV, AP_SAT``, as QKeras rounds);
+* everything Keras computes exactly (Minkowski products, particle sums, aggregate products,
+  pre-activations) is kept exact in the firmware, in the narrowest type that holds every value
+  it can take for momenta anywhere in the input format's range (:mod:`qpelican.hls.fixed`).
+
+The plan is pure Python/numpy (no hls4ml): the exporter, the report and the tests share it.
+"""
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from qpelican.errors import ExportError
+from qpelican.hls import fixed
+from qpelican.hls.fixed import Fx, const, fit_values, from_format
+
+# Keras class name -> our hls4ml IR layer class name
+IR_NAMES = {
+    "MomentumInput": "QPMomentumInput",
+    "ParticleMask": "QPParticleMask",
+    "LorentzInvariants": "QPLorentzInvariants",
+    "LinEq2to2": "QPLinEq2to2Nano",
+    "LinEq2to0": "QPLinEq2to0",
+}
+SKIPPED = ("Dropout", "InputLayer")
+FLOAT64_BITS = 53
+
+NANO_FIX = ("Export supports the nanoPELICAN graph (MomentumInput -> ParticleMask, LorentzInvariants "
+            "-> [Dropout] -> LinEq2to2 nano -> [Dropout] -> LinEq2to0) with every tensor quantized; "
+            "use a nano recipe with batchnorm: false (architecture: nano).")
+
+
+@dataclass
+class LayerPlan:
+    """One firmware function: its Keras layer, IR class, C++ types and constants."""
+
+    name: str
+    keras_class: str
+    ir_class: str
+    inputs: list
+    n: int  # particles the firmware sees (N, plus 2 with beams)
+    out_shape: tuple  # without batch
+    out_type: str  # C++ type of the output array
+    types: dict = field(default_factory=dict)  # name -> Fx or ap type string of intermediates
+    weights: dict = field(default_factory=dict)  # name -> (np.ndarray flattened C-order, ap type)
+    params: dict = field(default_factory=dict)  # scalar settings for the config struct
+    notes: list = field(default_factory=list)
+
+
+def _inbound(model_config):
+    """{layer name: [input layer names]} from a functional model config."""
+    out = {}
+    for lc in model_config["layers"]:
+        names = []
+        for node in lc.get("inbound_nodes", []) or []:
+            for inp in node:
+                names.append(inp[0])
+        out[lc["config"]["name"]] = names
+    return out
+
+
+def _fmt(layer, name, what, allow_float=False):
+    fmt = getattr(layer, f"{name}_format")
+    if fmt is None and not allow_float:
+        raise ExportError(
+            f"layer {layer.name!r} ({type(layer).__name__}): the {what} is float (no quantizer). The firmware "
+            f"reproduces quantized models bit for bit only: set quantization.{what} in the recipe to a QKeras "
+            "quantizer such as quantized_bits(8,0,alpha=1) (quantized_relu(8,3) for activations) and retrain.")
+    return fmt
+
+
+def _weights(layer, attr, qname):
+    w = getattr(layer, attr)
+    return np.asarray(layer.q(qname, w).numpy(), dtype=np.float64)
+
+
+def _activation_name(layer):
+    import tf_keras
+
+    name = tf_keras.activations.serialize(layer.activation) if layer.activation is not None else "linear"
+    if isinstance(name, dict):
+        name = name.get("config", {}).get("name", name.get("class_name"))
+    if name not in ("relu", "linear", None):
+        raise ExportError(f"layer {layer.name!r}: activation {name!r} is not supported in firmware; use 'relu' or none.")
+    return "relu" if name == "relu" else "linear"
+
+
+def _table_columns(layer, n, c_in):
+    """Normaliser table (n+1, K, C) exactly as Keras uses it, broadcast to C = c_in."""
+    t = np.asarray(layer.scale_table().numpy(), dtype=np.float64)
+    if t.shape[0] != n + 1:
+        raise ExportError(f"layer {layer.name!r}: normaliser table has {t.shape[0]} rows, expected {n + 1}.")
+    if t.shape[2] != c_in:
+        t = np.broadcast_to(t, (t.shape[0], t.shape[1], c_in))
+    return np.ascontiguousarray(t)
+
+
+def _sum_terms(terms):
+    """Range of any partial sum of ``terms`` (each widened to contain 0)."""
+    total = None
+    for t in terms:
+        t = t.with_zero()
+        total = t if total is None else total + t
+    return total
+
+
+def _check_float64(plan, width, what):
+    if width > FLOAT64_BITS:
+        plan.notes.append(f"{what} needs {width} bits > 53: the QKeras reference (float64) is not exact there; "
+                          "reduce table_bits or the invariant width for a bit-exact reference.")
+        plan.params["keras_exact"] = False
+
+
+def make_plan(model):
+    """Analyse ``model`` and return ``{"layers": [LayerPlan...], "input": {...}, "output": {...}}``.
+
+    Raises ExportError for anything the firmware does not implement.
+    """
+    from qpelican.layers import LAYERS
+
+    cfg = model.get_config()
+    if "layers" not in cfg:
+        raise ExportError("only functional qpelican models (built by qpelican.build_model) can be exported.")
+    inbound = _inbound(cfg)
+    known = {cls.__name__ for cls in LAYERS}
+    layers = []
+    by_name = {}
+    input_plan = None
+    state = {}  # tensor name -> dict(range=Fx, fmt=FixedFormat|None, n=int, kind=...)
+
+    def resolve(name):  # follow skipped layers (Dropout) back to their producer
+        while name in state and state[name].get("alias"):
+            name = state[name]["alias"]
+        return name
+
+    for layer in model.layers:
+        cls = type(layer).__name__
+        ins = [resolve(i) for i in inbound.get(layer.name, [])]
+        if cls == "InputLayer":
+            shape = tuple(layer.output_shape[0][1:] if isinstance(layer.output_shape, list) else layer.output_shape[1:])
+            if len(shape) != 2 or shape[1] != 4:
+                raise ExportError(f"model input {layer.name!r} has shape {shape}; expected (N, 4) momenta. {NANO_FIX}")
+            input_plan = {"name": layer.name, "n": int(shape[0]), "shape": shape}
+            state[layer.name] = {"kind": "raw", "n": int(shape[0])}
+            continue
+        if cls == "Dropout":
+            state[layer.name] = {"alias": ins[0]}
+            continue
+        if cls == "MaskedBatchNorm":
+            raise ExportError(
+                f"layer {layer.name!r} (MaskedBatchNorm) cannot be exported: masked batch normalisation has no "
+                f"bit-exact fixed-point form here. {NANO_FIX}")
+        if cls == "EdgeDense" or cls in ("QDense", "Dense"):
+            raise ExportError(
+                f"layer {layer.name!r} ({cls}) belongs to full PELICAN, which the firmware exporter does not "
+                f"support (only nanoPELICAN). {NANO_FIX}")
+        if cls not in IR_NAMES:
+            extra = "" if cls in known else " (not a qpelican layer)"
+            raise ExportError(f"layer {layer.name!r} ({cls}){extra} is not supported by the firmware exporter. {NANO_FIX}")
+
+        if cls == "MomentumInput":
+            src = state[ins[0]]
+            fmt = _fmt(layer, "input", "input")
+            rng = from_format(fmt)
+            n_in = src["n"]
+            n = n_in + 2 * int(layer.beams)
+            out_type = fmt.ap_type()
+            params = {"n_in": n_in, "n_out": n, "beams": bool(layer.beams), "beam_energy": float(layer.beam_energy),
+                      "scale": float(layer.scale)}
+            if layer.beams:
+                e = const(layer.beam_energy)
+                if not (rng.lo <= e.lo <= rng.hi and e.frac <= rng.frac):
+                    rng = rng.union(e).union(-e)
+                    out_type = rng.ap_type()
+            p = LayerPlan(layer.name, cls, IR_NAMES[cls], ins, n, (n, 4), out_type, params=params,
+                          types={"input": fmt.ap_type()})
+            state[layer.name] = {"kind": "momenta", "n": n, "range": rng, "fmt": fmt}
+        elif cls == "ParticleMask":
+            src = state[ins[0]]
+            if src.get("kind") != "momenta":
+                raise ExportError(f"layer {layer.name!r}: the particle mask must be computed from MomentumInput. {NANO_FIX}")
+            n = src["n"]
+            p = LayerPlan(layer.name, cls, IR_NAMES[cls], ins, n, (n,), "ap_uint<1>", params={"n": n})
+            state[layer.name] = {"kind": "mask", "n": n}
+        elif cls == "LorentzInvariants":
+            src = state[ins[0]]
+            if src.get("kind") != "momenta":
+                raise ExportError(f"layer {layer.name!r}: Lorentz invariants must be computed from MomentumInput. {NANO_FIX}")
+            n = src["n"]
+            fmt = _fmt(layer, "invariant", "invariants")
+            pr = src["range"]
+            sq = pr * pr
+            dot = sq - sq - sq - sq  # E_i E_j - px px - py py - pz pz, exact
+            p = LayerPlan(layer.name, cls, IR_NAMES[cls], ins, n, (n, n, 1), fmt.ap_type(),
+                          types={"dot_t": dot}, params={"n": n, "zero_diagonal": bool(layer.zero_diagonal)})
+            _check_float64(p, dot.width, "the Minkowski product")
+            state[layer.name] = {"kind": "pairs", "n": n, "range": from_format(fmt), "fmt": fmt, "c": 1,
+                                 "symmetric": True, "zero_diagonal": bool(layer.zero_diagonal)}
+        elif cls == "LinEq2to2":
+            if layer.basis != "nano":
+                raise ExportError(
+                    f"layer {layer.name!r} (LinEq2to2, basis {layer.basis!r}): only the 6-op nano basis is exported; "
+                    f"the 15-op full basis (full PELICAN) is not supported. {NANO_FIX}")
+            x, m = state[ins[0]], state[ins[1]]
+            if x.get("kind") != "pairs" or not x.get("symmetric") or not x.get("zero_diagonal") or m.get("kind") != "mask":
+                raise ExportError(
+                    f"layer {layer.name!r}: the nano basis needs the symmetric, zero-diagonal invariants d_ij and the "
+                    f"particle mask as inputs. {NANO_FIX}")
+            p = _plan_2to2(layer, ins, x)
+            state[layer.name] = {"kind": "pairs", "n": x["n"], "range": from_format(layer.output_format),
+                                 "fmt": layer.output_format, "c": layer.channels, "symmetric": False,
+                                 "zero_diagonal": False}
+        elif cls == "LinEq2to0":
+            x, m = state[ins[0]], state[ins[1]]
+            if x.get("kind") != "pairs" or m.get("kind") != "mask":
+                raise ExportError(f"layer {layer.name!r}: LinEq2to0 needs a pair array and the particle mask. {NANO_FIX}")
+            p = _plan_2to0(layer, ins, x)
+            state[layer.name] = {"kind": "vector", "n": x["n"], "c": layer.channels}
+        layers.append(p)
+        by_name[p.name] = p
+
+    outputs = [o.name if hasattr(o, "name") else o for o in model.output_names] if hasattr(model, "output_names") else []
+    if len(model.outputs) != 1 or not layers or layers[-1].keras_class != "LinEq2to0":
+        raise ExportError(f"the model must end in one LinEq2to0 readout. {NANO_FIX}")
+    return {"input": input_plan, "layers": layers, "by_name": by_name, "output": outputs,
+            "keras_exact": all(p.params.get("keras_exact", True) for p in layers)}
+
+
+def _plan_2to2(layer, ins, x):
+    n = x["n"]
+    c_in = int(layer.kernel.shape[0])
+    h = layer.channels
+    coef = _fmt(layer, "coefficient", "coefficients")
+    bias = _fmt(layer, "bias", "biases")
+    agg = _fmt(layer, "aggregate", "aggregates")
+    out = _fmt(layer, "output", "activation")
+    act = _activation_name(layer)
+    xr = x["range"]
+    s_rng = xr.times(n - 1)  # S_j = sum_{k != j} x_kj (zero diagonal)
+    t_rng = s_rng.times(n)  # T = sum_j S_j
+    w = _weights(layer, "kernel", "coefficient")  # (c_in, h, 6)
+    b = _weights(layer, "bias", "bias")
+    bd = _weights(layer, "diag_bias_weight", "bias") if layer.diag_bias_weight is not None else np.zeros(h)
+    table = _table_columns(layer, n, c_in)  # (n+1, 5, c_in)
+    # kernel ops: 0 elem x_ij, 1 S diag, 2 S col, 3 S row, 4 T scalar, 5 T diagscalar; table column = op - 1
+    tables, alias = {}, {}
+    for k in range(5):
+        group = range(0, 3) if k < 3 else range(3, 5)
+        alias[k] = next(j for j in group if j <= k and np.array_equal(table[:, j, :], table[:, k, :]))
+        tables[k] = table[:, k, :].reshape(-1)
+    tab_rng = {k: fit_values(tables[k]) for k in range(5)}
+    agg_rng = from_format(agg)
+    # pre-activation z_ij^h: exact sum of every term, with the actual (quantized) coefficients
+    accum = None
+    for hh in range(h):
+        terms = []
+        for c in range(c_in):
+            terms.append(const(w[c, hh, 0], coef.frac) * xr)
+            for op in range(1, 6):
+                terms.append(const(w[c, hh, op], coef.frac) * agg_rng)
+        terms += [const(b[hh], bias.frac), const(bd[hh], bias.frac)]
+        z = _sum_terms(terms)
+        accum = z if accum is None else accum.union(z)
+    prods = {k: (s_rng if k < 3 else t_rng) * tab_rng[k] for k in range(5)}
+    weights = {
+        "w": (w.reshape(-1), coef.ap_type()),
+        "b": (b.reshape(-1), bias.ap_type()),
+        "bd": (bd.reshape(-1), bias.ap_type()),
+    }
+    for k in range(5):
+        weights[f"t{k}"] = (tables[k], tab_rng[k].ap_type())
+    p = LayerPlan(
+        layer.name, "LinEq2to2", IR_NAMES["LinEq2to2"], ins, n, (n, n, h), out.ap_type(),
+        types={"x": x["fmt"].ap_type(), "n_t": fixed.uint_type(n), "sum_t": s_rng, "total_t": t_rng,
+               "agg_t": agg.ap_type(), "accum_t": accum, **{f"table{k}_t": tab_rng[k] for k in range(5)},
+               **{f"agg_product{k}": prods[k] for k in range(5)}},
+        weights=weights,
+        params={"n": n, "n_in": c_in, "n_out": h, "relu": act == "relu", "zero_diagonal": True,
+                "alias": alias, "table_bits": layer.table_bits, "alpha": bool(layer.alpha),
+                "aggregation": layer.aggregation, "nbar": layer.nbar},
+    )
+    for k in range(5):
+        _check_float64(p, prods[k].width, f"aggregate product {k}")
+    _check_float64(p, accum.width, "the pre-activation")
+    _check_float64(p, t_rng.width, "the total sum")
+    return p
+
+
+def _plan_2to0(layer, ins, x):
+    n = x["n"]
+    c_in = int(layer.kernel.shape[0])
+    h = layer.channels
+    coef = _fmt(layer, "coefficient", "coefficients")
+    bias = _fmt(layer, "bias", "biases")
+    agg = _fmt(layer, "aggregate", "aggregates")
+    out = _fmt(layer, "output", "output", allow_float=True)
+    act = _activation_name(layer)
+    xr = x["range"]
+    tot_rng = xr.times(n * n)
+    tr_rng = xr.times(n)
+    w = _weights(layer, "kernel", "coefficient")  # (c_in, 2, h)
+    b = _weights(layer, "bias", "bias")
+    table = np.asarray(layer.scale_table().numpy(), dtype=np.float64)  # (n+1, 2, 1)
+    if table.shape != (n + 1, 2, 1):
+        raise ExportError(f"layer {layer.name!r}: unexpected normaliser table shape {table.shape}.")
+    t0, t1 = table[:, 0, 0].copy(), table[:, 1, 0].copy()
+    r0, r1 = fit_values(t0), fit_values(t1)
+    agg_rng = from_format(agg)
+    accum = None
+    for hh in range(h):
+        terms = [const(w[c, k, hh], coef.frac) * agg_rng for c in range(c_in) for k in range(2)]
+        terms.append(const(b[hh], bias.frac))
+        z = _sum_terms(terms)
+        accum = z if accum is None else accum.union(z)
+    if out is None:
+        out_type = accum.ap_type()
+    else:
+        out_type = out.ap_type()
+    p = LayerPlan(
+        layer.name, "LinEq2to0", IR_NAMES["LinEq2to0"], ins, n, (h,), out_type,
+        types={"x": x["fmt"].ap_type(), "n_t": fixed.uint_type(n), "total_t": tot_rng, "trace_t": tr_rng,
+               "agg_t": agg.ap_type(), "accum_t": accum, "table0_t": r0, "table1_t": r1,
+               "agg_product0": tot_rng * r0, "agg_product1": tr_rng * r1},
+        weights={"w": (w.reshape(-1), coef.ap_type()), "b": (b.reshape(-1), bias.ap_type()),
+                 "t0": (t0, r0.ap_type()), "t1": (t1, r1.ap_type())},
+        params={"n": n, "n_in": c_in, "n_out": h, "relu": act == "relu", "float_output": out is None,
+                "table_bits": layer.table_bits, "alpha": bool(layer.alpha)},
+    )
+    _check_float64(p, (tot_rng * r0).width, "the total-sum product")
+    _check_float64(p, accum.width, "the output sum")
+    return p
+
+
+def type_str(t):
+    """C++ type of a plan entry (Fx or string)."""
+    return t.ap_type() if isinstance(t, Fx) else str(t)
