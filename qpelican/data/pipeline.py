@@ -5,8 +5,8 @@ Two paths, chosen by size:
   once into tensors; each epoch shuffles an index vector (seeded, reshuffled every epoch) and
   gathers whole batches with tf.gather (no per-jet Python, no 2 GB GraphDef constant, no
   element-wise shuffle buffer holding a second copy of the data);
-- streaming: a generator yields reader chunks (chunk order shuffled per epoch with the seed),
-  unbatched in C++, shuffled in a bounded buffer and re-batched. Memory: a chunk + the buffer.
+- streaming: a generator reads chunks in a seeded random order, permutes a buffer of
+  STREAM_SHUFFLE_BUFFER jets in numpy and yields whole batches. Memory: the buffer + a chunk.
 
 balanced=True draws the two classes alternately from their own shuffled, repeated streams, so
 every batch is (within one jet) 50/50; an epoch keeps the number of jets of the source
@@ -111,36 +111,70 @@ def _balanced_indices(y, n, seed):
 
 
 def _stream(reader, n, shuffle, seed, balanced, batch_size):
+    """Streaming path. Unbalanced: numpy does the shuffling (random chunk order, then a seeded
+    permutation of a buffer of ~STREAM_SHUFFLE_BUFFER jets) and the generator yields whole
+    batches, so TensorFlow never handles single jets. Balanced: per-class filtered streams
+    (C++ element ops) alternate, each with its own shuffle buffer."""
     import tensorflow as tf
 
     n_rows = reader.n_jets
     starts = np.arange(0, n_rows, STREAM_CHUNK)
     state = {"epoch": 0}
 
-    def chunks():
+    def chunks(rng):
         order = starts.copy()
         if shuffle:
-            np.random.default_rng([seed, state["epoch"]]).shuffle(order)
-        state["epoch"] += 1
+            rng.shuffle(order)
         for a in order:
             for p4, y in reader.iter_chunks(chunk_size=STREAM_CHUNK, start=int(a), stop=int(a) + STREAM_CHUNK):
                 yield _fit_sorted(p4, n), y.astype(np.float32)
 
-    sig = (tf.TensorSpec((None, n, 4), tf.float32), tf.TensorSpec((None,), tf.float32))
-    jets = tf.data.Dataset.from_generator(chunks, output_signature=sig).unbatch()
-    if balanced:
-        counts = np.bincount(reader.labels(), minlength=2)
-        if counts.min() == 0:
-            from qpelican.errors import DataError
+    def batches():
+        rng = np.random.default_rng([seed, state["epoch"]])
+        state["epoch"] += 1
+        buf_p, buf_y, held = [], [], 0
 
-            raise DataError(f"{reader.path}: balanced=True but the file has no jets of class {int(np.argmin(counts))}")
-        streams = []
-        for c in (0.0, 1.0):
-            s = jets.filter(lambda p, y, c=c: tf.equal(y, c))
+        def drain(final):
+            p, y = np.concatenate(buf_p), np.concatenate(buf_y)
             if shuffle:
-                s = s.shuffle(STREAM_SHUFFLE_BUFFER // 2, seed=seed + int(c), reshuffle_each_iteration=True)
-            streams.append(s.repeat())
-        jets = tf.data.Dataset.choose_from_datasets(streams, tf.data.Dataset.range(2).repeat()).take(n_rows)
-    elif shuffle:
-        jets = jets.shuffle(STREAM_SHUFFLE_BUFFER, seed=seed, reshuffle_each_iteration=True)
+                perm = rng.permutation(len(y))
+                p, y = p[perm], y[perm]
+            stop = len(y) if final else len(y) - len(y) % batch_size
+            for a in range(0, stop, batch_size):
+                yield p[a:a + batch_size], y[a:a + batch_size, None]
+            return p[stop:], y[stop:]
+
+        for p4, y in chunks(rng):
+            buf_p.append(p4)
+            buf_y.append(y)
+            held += len(y)
+            if held >= (STREAM_SHUFFLE_BUFFER if shuffle else batch_size):
+                rest_p, rest_y = yield from drain(final=False)
+                buf_p, buf_y, held = [rest_p], [rest_y], len(rest_y)
+        if held:
+            yield from drain(final=True)
+
+    if not balanced:
+        sig = (tf.TensorSpec((None, n, 4), tf.float32), tf.TensorSpec((None, 1), tf.float32))
+        return tf.data.Dataset.from_generator(batches, output_signature=sig)
+
+    def jets_gen():
+        rng = np.random.default_rng([seed, state["epoch"]])
+        state["epoch"] += 1
+        yield from chunks(rng)
+
+    counts = np.bincount(reader.labels(), minlength=2)
+    if counts.min() == 0:
+        from qpelican.errors import DataError
+
+        raise DataError(f"{reader.path}: balanced=True but the file has no jets of class {int(np.argmin(counts))}")
+    sig = (tf.TensorSpec((None, n, 4), tf.float32), tf.TensorSpec((None,), tf.float32))
+    jets = tf.data.Dataset.from_generator(jets_gen, output_signature=sig).unbatch()
+    streams = []
+    for c in (0.0, 1.0):
+        s = jets.filter(lambda p, y, c=c: tf.equal(y, c))
+        if shuffle:
+            s = s.shuffle(STREAM_SHUFFLE_BUFFER // 2, seed=seed + int(c), reshuffle_each_iteration=True)
+        streams.append(s.repeat())
+    jets = tf.data.Dataset.choose_from_datasets(streams, tf.data.Dataset.range(2).repeat()).take(n_rows)
     return jets.batch(batch_size).map(lambda p, y: (p, tf.reshape(y, (-1, 1))))
