@@ -102,3 +102,94 @@ def predict_phat(hls_model, p_hat):
     y = hls_model.predict(x)
     y = np.asarray(y, dtype=np.float64)
     return y.reshape(len(p_hat), -1)
+
+
+def resolve_model_path(run):
+    """RUN directory (``qpelican fit`` output: RUN/model.keras) or a model file -> model path."""
+    p = os.fspath(run)
+    if os.path.isdir(p):
+        cand = os.path.join(p, "model.keras")
+        if not os.path.isfile(cand):
+            raise ExportError(f"{p}: no model.keras in this directory; pass a run directory written by "
+                              "`qpelican fit` or a .keras model file.")
+        return cand
+    if not os.path.isfile(p):
+        raise ExportError(f"{p}: no such run directory or model file; pass a run directory written by "
+                          "`qpelican fit` or a .keras model file.")
+    return p
+
+
+def load_for_export(run):
+    """Load the model of a run directory or file with all qpelican custom objects."""
+    import qpelican
+
+    path = resolve_model_path(run)
+    try:
+        return qpelican.load_model(path), path
+    except Exception as exc:
+        raise ExportError(f"{path}: cannot load the model ({exc}); pass a model saved by qpelican.") from None
+
+
+def _write_json(path, obj):
+    import json
+
+    tmp = f"{path}.tmp"
+    with open(tmp, "w") as f:
+        json.dump(obj, f, indent=2, default=_json_default)
+    os.replace(tmp, path)
+
+
+def _json_default(o):
+    import numpy as np
+
+    if isinstance(o, (np.integer,)):
+        return int(o)
+    if isinstance(o, (np.floating,)):
+        return float(o)
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    return str(o)
+
+
+def export_run(run_or_model, out_dir, backend="Vitis", part=None, clock=None, reuse=1, verify=None, jets=10000,
+               synth=False, project_name="qpelican", log=print):
+    """The whole ``qpelican export-hls`` flow; returns ``{"report": ..., "verify": ...}``.
+
+    Writes the project to ``out_dir`` plus ``report.json`` (and ``verify.json`` with ``verify``).
+    """
+    from qpelican.hls import report as rp
+
+    if isinstance(run_or_model, (str, os.PathLike)):
+        model, src = load_for_export(run_or_model)
+    else:
+        model, src = run_or_model, "<in-memory model>"
+    bname = _backend_name(backend)
+    if synth and shutil.which(rp.HLS_TOOLS[bname]) is None:
+        rp.synthesize(None, bname)  # raises the clear "tool not on PATH" error before any work
+    t0 = time.perf_counter()
+    hls_model, plan = export_model(model, out_dir, backend=bname, part=part, clock=clock, reuse=reuse,
+                                   project_name=project_name)
+    t_export = time.perf_counter() - t0
+    settings = {"model": os.fspath(src), "out": os.path.abspath(out_dir), "backend": bname,
+                "part": part or DEFAULT_PART, "clock": clock or DEFAULT_CLOCK, "reuse": int(reuse),
+                "io_type": "io_parallel", "strategy": "Latency", "project_name": project_name,
+                "export_seconds": round(t_export, 3)}
+    rep = rp.build_report(model, plan, hls_model, settings)
+    result = {"report": rep, "verify": None}
+    if verify is not None:
+        from qpelican.hls.verify import compare, read_jets
+        from qpelican.models import model_constituents
+
+        p4, labels = read_jets(verify, model_constituents(model), jets)
+        log(f"compiling the C simulation (g++) ...")
+        rep["settings"]["compile_seconds"] = round(compile_model(hls_model), 3)
+        log(f"running {len(p4)} jets through QKeras and the C simulation ...")
+        ver, _, _ = compare(model, hls_model, plan, p4, labels)
+        ver["data"] = os.fspath(verify)
+        ver["compile_seconds"] = rep["settings"]["compile_seconds"]
+        _write_json(os.path.join(out_dir, "verify.json"), ver)
+        result["verify"] = ver
+    if synth:
+        rep["synthesis"] = rp.synthesize(hls_model, bname)
+    _write_json(os.path.join(out_dir, "report.json"), rep)
+    return result

@@ -1,0 +1,113 @@
+"""Bit-exactness check: the compiled C simulation against the QKeras model, jet by jet.
+
+The firmware input is the quantized scaled momenta ``p_hat = Q_input(p / scale)``, computed by the
+model's own ``MomentumInput`` layer (the same TF ops as in training, beams stripped: the firmware
+adds them as constants). Both outputs are compared exactly; differences are reported in LSBs of
+the output format.
+"""
+import time
+
+import numpy as np
+
+from qpelican.errors import ExportError
+
+
+def momentum_layer(model):
+    from qpelican.layers import MomentumInput
+
+    for layer in model.layers:
+        if isinstance(layer, MomentumInput):
+            return layer
+    raise ExportError("the model has no MomentumInput layer; only qpelican nanoPELICAN models can be verified.")
+
+
+def firmware_inputs(model, p4):
+    """p_hat (B, N, 4) float32 exactly as the model's MomentumInput computes it (without beams)."""
+    from qpelican.quant import quantize
+
+    layer = momentum_layer(model)
+    p_hat = layer(np.asarray(p4, np.float32)).numpy()
+    if layer.beams:
+        p_hat = p_hat[:, 2:]
+    # every value must lie on the input grid, or the C simulation's input cast would round it again
+    again = quantize(p_hat.astype(np.float64), layer.input_format).numpy()
+    if not np.array_equal(again, p_hat.astype(np.float64)):
+        raise ExportError("MomentumInput produced values off the input quantizer's grid; cannot feed the firmware.")
+    return np.ascontiguousarray(p_hat, dtype=np.float32)
+
+
+def output_lsb(plan):
+    """LSB of the firmware output (the output quantizer's, or the exact accumulator's for float output)."""
+    from qpelican.hls.fixed import Fx
+
+    last = plan["layers"][-1]
+    if last.params.get("float_output"):
+        acc = last.types["accum_t"]
+        return 2.0 ** -acc.frac if isinstance(acc, Fx) else None
+    from hls4ml.backends import get_backend
+
+    prec = get_backend("Vitis").convert_precision_string(last.out_type)
+    return 2.0 ** -(prec.width - prec.integer)
+
+
+def compare(model, hls_model, plan, p4, labels=None, batch=2000):
+    """Run both models on momenta ``p4`` (B, N, 4) GeV; return the verification summary dict."""
+    from qpelican.hls.exporter import predict_phat
+    from qpelican.models import prepare_momenta
+
+    p4 = prepare_momenta(model, p4, "verification jets")
+    keras_out, hls_out = [], []
+    t_keras = t_hls = 0.0
+    for start in range(0, len(p4), batch):
+        chunk = p4[start:start + batch]
+        t0 = time.perf_counter()
+        keras_out.append(model.predict(chunk, batch_size=len(chunk), verbose=0).reshape(len(chunk), -1))
+        t1 = time.perf_counter()
+        hls_out.append(predict_phat(hls_model, firmware_inputs(model, chunk)))
+        t2 = time.perf_counter()
+        t_keras += t1 - t0
+        t_hls += t2 - t1
+    k = np.concatenate(keras_out).astype(np.float64)
+    h = np.concatenate(hls_out).astype(np.float64)
+    diff = np.abs(h - k)
+    lsb = output_lsb(plan)
+    differing = np.any(diff != 0, axis=1)
+    out = {
+        "jets": int(len(p4)),
+        "differing_jets": int(differing.sum()),
+        "differing_outputs": int((diff != 0).sum()),
+        "max_abs_diff": float(diff.max()) if diff.size else 0.0,
+        "max_diff_lsb": float(diff.max() / lsb) if (diff.size and lsb) else 0.0,
+        "output_lsb": lsb,
+        "first_differing_jets": [int(i) for i in np.nonzero(differing)[0][:10]],
+        "csim_seconds": t_hls,
+        "csim_jets_per_s": float(len(p4) / t_hls) if t_hls > 0 else None,
+        "keras_seconds": t_keras,
+        "multiplicity": {"min": int((p4[..., 0] != 0).sum(1).min()), "max": int((p4[..., 0] != 0).sum(1).max())},
+        "reference": "QKeras/tf-keras model (quantized sums in float64, exact for the widths in report.json)",
+    }
+    if labels is not None:
+        from qpelican.metrics import roc_metrics
+
+        labels = np.asarray(labels).reshape(-1)[: len(p4)]
+        if len(np.unique(labels)) == 2:
+            out["keras_metrics"] = roc_metrics(labels, k[:, 0])
+            out["hls_metrics"] = roc_metrics(labels, h[:, 0])
+            out["auc_keras"] = out["keras_metrics"]["auc"]
+            out["auc_hls"] = out["hls_metrics"]["auc"]
+    return out, k, h
+
+
+def read_jets(data, n_constituents, jets):
+    """First ``jets`` jets (momenta, labels) of an HDF5 file/dir via qpelican.data.readers."""
+    import os
+
+    from qpelican.data.readers import open_dataset, resolve_splits
+
+    path = os.fspath(data)
+    if os.path.isdir(path):
+        splits = resolve_splits(path)
+        path = splits.get("test") or splits.get("val") or splits.get("train")
+    ds = open_dataset(path, n_constituents)
+    p4, labels = ds.read(0, min(int(jets), int(ds.n_jets)))
+    return np.asarray(p4, np.float32), (None if labels is None else np.asarray(labels))
