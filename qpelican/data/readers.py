@@ -25,6 +25,11 @@ import sys
 import h5py
 import numpy as np
 
+try:  # registers extra HDF5 compression filters (blosc, lz4, ...) when installed
+    import hdf5plugin  # noqa: F401
+except ImportError:
+    pass
+
 from qpelican.errors import DataError
 from qpelican.inputs import check_momenta, fit_constituents
 
@@ -103,12 +108,26 @@ class Dataset:
             if items is None or vals.ndim != 2:
                 raise DataError(f"{self.path}: key 'table/block{k}_values' has shape {vals.shape} without items; "
                                 "expected a 2-d pandas block with 'block{k}_items'")
-            transposed = bool(vals.attrs.get("transposed", True))
+            names = _decode(items[()])
+            # pandas writes blocks as (rows, columns) with attr transposed=True; decide by shape,
+            # falling back to the attribute only when the block is square
+            if vals.shape[1] == len(names) and vals.shape[0] != len(names):
+                transposed = True
+            elif vals.shape[0] == len(names) and vals.shape[1] != len(names):
+                transposed = False
+            elif vals.shape[1] == len(names):
+                try:
+                    transposed = bool(vals.attrs.get("transposed", True))
+                except Exception:  # an attribute type h5py cannot decode
+                    transposed = True
+            else:
+                raise DataError(f"{self.path}: key 'table/block{k}_values' has shape {vals.shape} but "
+                                f"'block{k}_items' names {len(names)} columns; expected (rows, {len(names)})")
             rows = vals.shape[0] if transposed else vals.shape[1]
             if n_rows is not None and rows != n_rows:
                 raise DataError(f"{self.path}: pandas blocks disagree on the number of rows ({rows} vs {n_rows})")
             n_rows = rows
-            for c, name in enumerate(_decode(items[()])):
+            for c, name in enumerate(names):
                 where[name] = (k, c)
             self._blocks.append((f"table/block{k}_values", transposed))
             k += 1
@@ -219,7 +238,12 @@ class Dataset:
         with h5py.File(self.path, "r") as f:
             for a in range(start, stop, int(chunk_size)):
                 b = min(a + int(chunk_size), stop)
-                p4, labels, k = self._prepare(*self._raw(f, a, b), a, b)
+                try:
+                    raw = self._raw(f, a, b)
+                except OSError as exc:  # e.g. a compression filter this h5py build lacks
+                    raise DataError(f"{self.path}: cannot read rows {a}-{b - 1} ({exc}); if the file uses a "
+                                    "compression filter such as blosc, `pip install hdf5plugin` and retry") from None
+                p4, labels, k = self._prepare(*raw, a, b)
                 self._count_skipped(k)
                 if len(labels):
                     yield p4, labels

@@ -325,11 +325,11 @@ def _progress(total, done, enabled):
 
 
 def simulate(n_jets, out_dir, seed=0, workers=None, split=(0.8, 0.1, 0.1), mpi=False, progress=True,
-             config: GenConfig | None = None):
+             config: GenConfig | None = None, resume=True):
     """Simulate `n_jets` jets (half signal) into out_dir/{train,val,test}.h5; returns {split: path}.
 
     Splits with zero jets are not written. Re-running with the same arguments reuses finished
-    chunks (and returns at once when the final files are complete).
+    chunks and returns at once when the final files are complete; resume=False regenerates.
     """
     n_jets = int(n_jets)
     if n_jets < 2:
@@ -343,10 +343,11 @@ def simulate(n_jets, out_dir, seed=0, workers=None, split=(0.8, 0.1, 0.1), mpi=F
     os.makedirs(out_dir, exist_ok=True)
     paths = {s: os.path.join(out_dir, f"{s}.h5") for s, n in sizes.items() if n > 0}
     final_tag = f"{tag}-{_split_sizes_tag(sizes)}"
-    if all(_is_complete(p, final_tag) for p in paths.values()):
-        return paths
-
     chunk_dir = os.path.join(out_dir, f".sim-chunks-{tag}")
+    if not resume:
+        shutil.rmtree(chunk_dir, ignore_errors=True)
+    elif all(_is_complete(p, final_tag) for p in paths.values()):
+        return paths
     os.makedirs(chunk_dir, exist_ok=True)
     plan = chunk_plan(n_jets)
     todo, done_jets = [], 0
