@@ -132,6 +132,9 @@ def test_interrupted_run_keeps_chunks_and_resumes(tiny, tmp_path, monkeypatch):
     calls.clear()
     sim.simulate(20, str(out), seed=7, workers=1, progress=False)  # complete: nothing regenerated
     assert calls == []
+    sim.simulate(20, str(out), seed=7, workers=1, progress=False, resume=False)  # explicit fresh run
+    assert sorted(calls) == [False, True]
+    _assert_same(_arrays(tiny), _arrays(str(out)))
 
 
 def test_default_sample_is_cached(tiny, tmp_path, monkeypatch):
@@ -142,6 +145,23 @@ def test_default_sample_is_cached(tiny, tmp_path, monkeypatch):
     mtime = os.path.getmtime(os.path.join(d, "train.h5"))
     assert sim.default_sample(20, seed=7, progress=False) == d
     assert os.path.getmtime(os.path.join(d, "train.h5")) == mtime
+
+
+@pytest.mark.parametrize("mpi", [False, True])
+def test_pythia_settings(mpi):
+    cfg = sim.GenConfig(mpi=mpi)
+    sig = sim._make_pythia(True, 17, cfg)
+    assert sig.flag("PartonLevel:MPI") is mpi
+    assert sig.flag("Top:gg2ttbar") and sig.flag("Top:qqbar2ttbar") and not sig.flag("HardQCD:all")
+    assert sig.flag("PartonLevel:ISR") and sig.flag("PartonLevel:FSR") and sig.flag("HadronLevel:all")
+    assert sig.parm("Beams:eCM") == 14000.0 and sig.mode("Random:seed") == 17
+    assert sig.parm("PhaseSpace:pTHatMin") < 550 < 650 < sig.parm("PhaseSpace:pTHatMax")
+    # W+ decays only to quarks
+    w = sig.particleData.particleDataEntryPtr(24)
+    on = [abs(w.channel(i).product(0)) for i in range(w.sizeChannels()) if w.channel(i).onMode() > 0]
+    assert on and all(1 <= q <= 5 for q in on)
+    bkg = sim._make_pythia(False, 18, cfg)
+    assert bkg.flag("HardQCD:all") and not bkg.flag("Top:gg2ttbar")
 
 
 def test_missing_simulator_extra(monkeypatch, tmp_path):
