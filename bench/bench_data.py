@@ -5,7 +5,7 @@
 
 The reader file is in the converted layout (Pmu float32 (jets, 200, 4), is_signal), built by
 replicating simulated jets (or random massless jets with --no-sim), so it is written at disk
-speed. Reading is measured in a fresh subprocess so its peak RSS (ru_maxrss) belongs to the
+speed. Reading is measured in a fresh subprocess so its peak RSS (VmHWM) belongs to the
 reader alone; the file was just written, so the page cache is warm (a disk-bound cold read is
 slower: divide the file size by the disk bandwidth).
 """
@@ -81,16 +81,29 @@ def seed_block(sim_dir, size=8192):
     return p, rng.integers(0, 2, size).astype(np.int8)
 
 
+def peak_rss_kb():
+    """High-water RSS of this process in kB. /proc's VmHWM starts afresh at exec, whereas Linux
+    carries ru_maxrss over from the parent that forked us, so prefer VmHWM."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+
+
 def read_worker(path, n_const, chunk, mode):
     """Runs in a subprocess: stream the file, print JSON with jets/s and peak RSS."""
-    rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    rss0 = peak_rss_kb()
     if mode == "pipeline":
         import qpelican  # noqa: F401
         from qpelican.data.pipeline import make_dataset
         from qpelican.data.readers import open_dataset
 
         ds = open_dataset(path, n_const)
-        rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        rss0 = peak_rss_kb()
         limit = min(ds.n_jets, 1_000_000)
         pipe = make_dataset(ds, batch_size=512, seed=0, in_memory=False)
         for _ in pipe.take(3):  # warm-up: TensorFlow builds its graph on the first batches
@@ -111,7 +124,7 @@ def read_worker(path, n_const, chunk, mode):
         for p, y in ds.iter_chunks(chunk_size=chunk):
             n += len(y)
         dt = time.perf_counter() - t
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    rss = peak_rss_kb()
     print(json.dumps({"jets": n, "seconds": dt, "jets_per_s": n / dt, "peak_rss_mb": rss / 1024,
                       "rss_before_mb": rss0 / 1024}))
 
@@ -152,7 +165,7 @@ def main():
         res = json.loads(r.stdout.strip().splitlines()[-1])
         print(f"{mode:8s} N={args.n_constituents}: {res['jets']} jets in {res['seconds']:.1f} s = "
               f"{res['jets_per_s']:.0f} jets/s ({res['jets_per_s'] * 3.2e3 / 1e9:.2f} GB/s of Pmu), "
-              f"peak RSS {res['peak_rss_mb']:.0f} MB (at start {res['rss_before_mb']:.0f} MB; "
+              f"peak RSS {res['peak_rss_mb']:.0f} MB (before reading {res['rss_before_mb']:.0f} MB; "
               f"file {size * 1e3:.0f} MB)")
     if args.dir is None:
         import shutil
