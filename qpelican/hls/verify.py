@@ -111,3 +111,50 @@ def read_jets(data, n_constituents, jets):
     ds = open_dataset(path, n_constituents)
     p4, labels = ds.read(0, min(int(jets), int(ds.n_jets)))
     return np.asarray(p4, np.float32), (None if labels is None else np.asarray(labels))
+
+
+def stress_jets(rng, model, jets=400):
+    """Jets that exercise the firmware's corners, for tests and benchmarks (momenta in GeV).
+
+    A mix of: random massless jets with realistic spreads (falling pT spectrum, eta/phi spread
+    ~0.3 around an axis at |eta| < 2), padded jets of every multiplicity, jets with the maximum
+    number of constituents, jets whose momenta sit at and beyond the top of the input range
+    (saturating), single-particle and empty jets.
+    """
+    from qpelican.models import model_constituents
+
+    layer = momentum_layer(model)
+    n = model_constituents(model)
+    top = layer.input_format.max * layer.scale  # GeV at the top of the input range
+    q = max(jets // 4, 1)
+    groups = []
+
+    def massless(b, nn, pt_scale):
+        eta0 = rng.uniform(-2, 2, (b, 1))
+        phi0 = rng.uniform(-np.pi, np.pi, (b, 1))
+        pt = rng.exponential(pt_scale, (b, nn)) * rng.uniform(0.3, 1.5, (b, 1))
+        pt = -np.sort(-pt, axis=1)
+        eta = eta0 + rng.normal(0, 0.3, (b, nn))
+        phi = phi0 + rng.normal(0, 0.3, (b, nn))
+        return np.stack([pt * np.cosh(eta), pt * np.cos(phi), pt * np.sin(phi), pt * np.sinh(eta)], -1)
+
+    # realistic spread, padded to random multiplicities (including 0 and 1)
+    p = massless(q, n, top / 12)
+    mult = rng.integers(0, n + 1, q)
+    mult[:2] = [0, 1]
+    p[np.arange(n)[None, :] >= mult[:, None]] = 0
+    groups.append(p)
+    # maximum number of constituents
+    groups.append(massless(q, n, top / 12))
+    # near the top of the input range: energies around and beyond the largest representable value
+    p = massless(q, n, top / 3)
+    p[:, :3] *= (top / np.maximum(p[:, :1, 0:1], 1e-6)) * rng.uniform(0.9, 1.3, (q, 1, 1))
+    groups.append(p)
+    # everything else: soft jets with few constituents (small sums, rounding ties)
+    p = massless(jets - 3 * q, n, top / 40)
+    mult = rng.integers(1, max(n // 4, 2), jets - 3 * q)
+    p[np.arange(n)[None, :] >= mult[:, None]] = 0
+    groups.append(p)
+    out = np.concatenate(groups).astype(np.float32)
+    out[..., 0] = np.abs(out[..., 0])
+    return out
