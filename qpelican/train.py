@@ -217,6 +217,9 @@ def _build(recipe, quantized, seed, steps_per_epoch, epochs, lr):
     from qpelican.models import build_model
     from qpelican.schedule import make_schedule
 
+    # Dropout draws from a tf.random.Generator whose state is a variable: it is checkpointed with
+    # the model, so a resumed run continues the same random sequence.
+    tf_keras.backend.experimental.enable_tf_random_generator()
     tf_keras.utils.set_random_seed(seed)
     cfg = recipe.to_model_config(quantized=quantized)
     model = build_model(cfg)
@@ -244,11 +247,23 @@ def _epoch_dataset(p4_t, y_t, n, batch_size, seed, epoch):
     return ds.prefetch(2)
 
 
-def _reseed(seed, epoch):
-    """Reseed every RNG the training step may use (dropout), from (seed, epoch)."""
+def _reseed(model, seed, epoch):
+    """Reseed every RNG the training step uses (dropout) from (seed, epoch), so that epoch e draws
+    the same dropout masks whether or not the run was resumed before it."""
     import tf_keras
 
-    tf_keras.utils.set_random_seed(int(np.random.default_rng([int(seed), int(epoch), 11]).integers(2**31 - 1)))
+    base = int(np.random.default_rng([int(seed), int(epoch), 11]).integers(2**31 - 1))
+    tf_keras.utils.set_random_seed(base)
+    for i, layer in enumerate(model.layers):
+        rng = getattr(layer, "_random_generator", None)
+        if rng is None:
+            continue
+        rng._maybe_init()
+        gen = getattr(rng, "_generator", None)
+        if gen is None:
+            raise QpelicanError(f"layer {layer.name}: its random generator is not resettable, so --resume could not "
+                                "reproduce the run; this is a bug, please report it.")
+        gen.reset_from_seed(base + 7919 * (i + 1))
 
 
 def _save_model(model, path):
@@ -358,7 +373,7 @@ def train_one(recipe, splits, seed, out_dir, resume=False, progress=True, log=No
             if progress and epoch == pstart:
                 log(f"seed {seed}: phase {pname} ({'quantized' if quantized else 'float'}), {pepochs} epochs, "
                     f"{n_train} training jets, batch {bs}, lr {plr:g}, XLA {'on' if jit else 'off'}")
-        _reseed(seed, epoch)
+        _reseed(model, seed, epoch)
         t0 = time.perf_counter()
         hist = model.fit(_epoch_dataset(p4_t, y_t, n_train, bs, seed, epoch), epochs=1, verbose=0)
         t_train = time.perf_counter() - t0

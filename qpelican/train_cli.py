@@ -45,7 +45,13 @@ def fit(
               + (", quantized" if r.quantized else ", float") + ")")
     import qpelican.train as train
 
-    res = train.fit_recipe(r, out, resume=resume, progress=True, log=con.print)
+    try:
+        res = train.fit_recipe(r, out, resume=resume, progress=True, log=con.print)
+    except KeyboardInterrupt as exc:  # Ctrl-C or the test hook: the last committed epoch is kept
+        detail = f" ({exc})" if str(exc) else ""
+        typer.echo(f"interrupted{detail}: finished epochs are checkpointed in {out}; rerun the same command "
+                   "with --resume to continue.", err=True)
+        raise SystemExit(130)
     _print_metrics(con, res, title=f"results ({out}/results.json)")
 
 
