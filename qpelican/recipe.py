@@ -151,6 +151,7 @@ class Recipe(_Section):
     training: TrainingSection = Field(default_factory=TrainingSection)
     seeds: int = Field(default=1, ge=1)
     seed: int = Field(default=0, ge=0)
+    search: Optional[dict] = None  # bit-width search bounds for `qpelican tune` (validated by qpelican.tune)
 
     # ------------------------------------------------------------------ helpers
     @property
@@ -194,6 +195,8 @@ class Recipe(_Section):
             if not d.get("name"):
                 d["name"] = "recipe"
         d["quantization"] = {k: (v if v is not None else "float") for k, v in d["quantization"].items()}
+        if d.get("search") is None:
+            d.pop("search", None)
         return d
 
     def to_yaml(self) -> str:
@@ -288,6 +291,10 @@ def _check_semantics(recipe, source):
         model_config(recipe.to_model_config())
     except QpelicanError as exc:
         raise RecipeError(f"{source}: {exc}") from None
+    if recipe.search is not None:  # the `qpelican tune` section: bounds per tensor, C, N
+        from qpelican.tune import parse_search
+
+        parse_search(recipe.search, recipe, source)
 
 
 def load_recipe(path) -> Recipe:

@@ -1,0 +1,60 @@
+"""`qpelican tune`: Keras Tuner bit-width search, validation AUC against bit operations."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+
+def register(app: typer.Typer):
+    app.command("tune")(tune)
+
+
+def tune(
+    recipe: Path = typer.Argument(..., help="YAML recipe, e.g. recipes/c2_8bit.yaml (optional `search:` section)"),
+    out: Optional[Path] = typer.Option(None, "--out", help="tune directory (default tunes/<recipe stem>)"),
+    data: Optional[Path] = typer.Option(None, "--data", help="dataset directory/file, overrides data.path"),
+    epochs: Optional[int] = typer.Option(None, "--epochs", min=1, help="training epochs per trial "
+                                         "(the front's recipes keep the recipe's epochs)"),
+    jets: Optional[int] = typer.Option(None, "--jets", min=30,
+                                       help="simulated sample size (or cap on training jets with a dataset)"),
+    trials: int = typer.Option(20, "--trials", min=1, help="number of trials (Keras Tuner max_trials)"),
+    oracle: str = typer.Option("random", "--oracle", help="random | bayesian | hyperband"),
+    max_cost: Optional[int] = typer.Option(None, "--max-cost", min=1,
+                                           help="BOPs budget: trials above it are not trained and get a "
+                                                "penalised score"),
+    cost_weight: float = typer.Option(0.002, "--cost-weight", min=0.0,
+                                      help="objective = val AUC - W * log2(BOPs / recipe BOPs)"),
+    resume: bool = typer.Option(False, "--resume", help="continue an interrupted search in --out"),
+    seed: int = typer.Option(0, "--seed", help="oracle seed (training uses the recipe's seed)"),
+):
+    """Search fixed-point widths with Keras Tuner; write the AUC-vs-BOPs Pareto front and one recipe per point.
+
+    Distributed: set KERASTUNER_TUNER_ID (chief / tuner0, tuner1, ...), KERASTUNER_ORACLE_IP and
+    KERASTUNER_ORACLE_PORT and run the same command once per process (docs/tuning.md).
+    """
+    from rich.console import Console
+
+    from qpelican.errors import QpelicanError
+    from qpelican.recipe import load_recipe
+    from qpelican.tune import ORACLES
+
+    if oracle not in ORACLES:
+        raise QpelicanError(f"--oracle {oracle!r} is not supported; use one of {', '.join(ORACLES)}.")
+    con = Console(highlight=False, soft_wrap=True)
+    r = load_recipe(recipe)
+    out = out or Path("tunes") / recipe.stem
+    con.print(f"[bold]qpelican tune[/] {recipe} -> {out}  ({oracle}, {trials} trials, "
+              f"{epochs or r.training.epochs} epochs per trial"
+              + (f", budget {max_cost:,} BOPs" if max_cost else "") + ")")
+    from qpelican import tune as tune_mod
+
+    try:
+        tune_mod.tune(r, out, data=data, epochs=epochs, jets=jets, trials=trials, oracle=oracle, max_cost=max_cost,
+                      cost_weight=cost_weight, resume=resume, seed=seed, log=con.print)
+    except KeyboardInterrupt as exc:
+        detail = f" ({exc})" if str(exc) else ""
+        typer.echo(f"interrupted{detail}: finished trials are kept in {out}; rerun the same command with --resume "
+                   "to continue.", err=True)
+        raise SystemExit(130)
