@@ -33,6 +33,18 @@ class QuantizedLayer(tf_keras.layers.Layer):
     def compute_dtype_exact(self):
         return tf.float64 if self.quantized else tf.float32
 
+    def _dtypes(self, training):
+        """(aggregate dtype, O(N^2) dtype). In training both are float32: QAT only needs the
+        rounding, not the last-LSB exactness that inference, evaluation and the firmware
+        comparison get (and float64 O(N^2) arithmetic would cost a factor ~3 in speed)."""
+        if training:
+            return tf.float32, tf.float32
+        return self.compute_dtype_exact, self.elementwise_dtype
+
+    @property
+    def elementwise_dtype(self):
+        return self.compute_dtype_exact
+
     def q(self, name, x):
         """Round ``x`` onto the grid of this layer's ``<name>`` quantizer (identity for float)."""
         return quantize(x, getattr(self, f"{name}_format"))

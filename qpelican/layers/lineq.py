@@ -169,10 +169,9 @@ class LinEq2to2(_EquivariantBase):
         frac = max(fc.frac + fx.frac, fc.frac + fa.frac, fb.frac)
         return tf.float32 if float32_exact(terms, frac) else tf.float64
 
-    def call(self, inputs):
+    def call(self, inputs, training=None):
         x, m = inputs
-        dt = self.compute_dtype_exact  # O(N) aggregates: float64 when quantized (cheap)
-        et = self.elementwise_dtype
+        dt, et = self._dtypes(training)  # O(N) aggregates: float64 when quantized (cheap)
         x32 = x
         x = tf.cast(x, dt)
         m = tf.cast(m, dt)
@@ -266,11 +265,17 @@ class LinEq2to0(_EquivariantBase):
         self._build_alpha((2, 1))
         super().build(input_shape)
 
-    def call(self, inputs):
-        x, m = inputs
-        dt = self.compute_dtype_exact
+    @property
+    def elementwise_dtype(self):
+        """dtype of the sums over N^2: float32 when they are provably exact in it."""
         fx = self.input_format
         exact32 = not self.quantized or (fx is not None and fx.bits + 2 * math.ceil(math.log2(self.n_max)) <= 24)
+        return tf.float32 if exact32 else tf.float64
+
+    def call(self, inputs, training=None):
+        x, m = inputs
+        dt, et = self._dtypes(training)
+        exact32 = et == tf.float32
         x = tf.cast(x, tf.float32 if exact32 else dt)
         total = tf.cast(tf.reduce_sum(x, axis=[1, 2]), dt)  # (B, C), exact
         trace = tf.cast(tf.reduce_sum(tf.linalg.diag_part(tf.transpose(x, [0, 3, 1, 2])), axis=-1), dt)

@@ -108,8 +108,8 @@ class LorentzInvariants(QuantizedLayer):
         _check_momentum_shape(input_shape, self.name)
         super().build(input_shape)
 
-    def call(self, p):
-        dt = self.compute_dtype_exact
+    def call(self, p, training=None):
+        dt = self._dtypes(training)[1]
         p = tf.cast(p, dt)
         # broadcast outer products fuse better than a K=4 batched matmul (XLA on CPU)
         e, px, py, pz = (p[..., k] for k in range(4))
