@@ -47,6 +47,8 @@ A recipe has five sections and two top-level keys; every key is optional except 
       pretrain_epochs: 0           # float epochs before QAT when qat = finetune
       finetune_learning_rate: null # initial LR of the QAT phase (null = learning_rate / 4)
       jit_compile: auto            # auto (XLA for float models) | true | false
+      init_from: null              # run directory or .keras model whose weights start the training
+                                   # (e.g. a float run, for QAT fine-tuning with pretrain_epochs: 0)
     seeds: 1                       # number of seeds; seed k uses seed + k
     seed: 0                        # first training seed
 
@@ -140,6 +142,7 @@ class TrainingSection(_Section):
     pretrain_epochs: int = Field(default=0, ge=0)
     finetune_learning_rate: Optional[float] = Field(default=None, gt=0)
     jit_compile: Union[Literal["auto"], bool] = "auto"
+    init_from: Optional[str] = None
 
 
 class Recipe(_Section):
@@ -284,7 +287,7 @@ def _check_semantics(recipe, source):
         if not recipe.quantized:
             raise RecipeError(f"{source}: training.qat = 'finetune' needs at least one quantizer in the "
                               "quantization section; use qat: from_scratch for float recipes.")
-        if t.pretrain_epochs < 1:
+        if t.pretrain_epochs < 1 and not t.init_from:
             raise RecipeError(f"{source}: training.qat = 'finetune' needs training.pretrain_epochs >= 1 "
                               "(float epochs before quantization-aware fine-tuning).")
     try:

@@ -196,8 +196,10 @@ def _phases(recipe):
     """[(name, quantized, epochs, learning_rate)] of the training phases."""
     t = recipe.training
     if t.qat == "finetune":
-        return [("float", False, t.pretrain_epochs, t.learning_rate),
-                ("qat", True, t.epochs, t.finetune_learning_rate or t.learning_rate / 4)]
+        qat = ("qat", True, t.epochs, t.finetune_learning_rate or t.learning_rate / 4)
+        if t.pretrain_epochs == 0:
+            return [qat]
+        return [("float", False, t.pretrain_epochs, t.learning_rate), qat]
     return [("qat" if recipe.quantized else "float", recipe.quantized, t.epochs, t.learning_rate)]
 
 
@@ -236,6 +238,22 @@ def _build(recipe, quantized, seed, steps_per_epoch, epochs, lr):
     model.compile(optimizer=opt, loss=tf_keras.losses.BinaryCrossentropy(from_logits=True), jit_compile=bool(jit))
     ckpt = tf.train.Checkpoint(model=model, optimizer=opt)
     return model, opt, ckpt, bool(jit)
+
+
+def _init_from(model, source):
+    """Copy the weights of a trained model (run directory or .keras file) into ``model``."""
+    path = os.fspath(source)
+    if os.path.isdir(path):
+        path = os.path.join(path, "model.keras")
+    if not os.path.exists(path):
+        raise QpelicanError(f"training.init_from: {path} does not exist; give a run directory (with model.keras) "
+                            "or a .keras file of the same architecture.")
+    src = qpelican.load_model(path)
+    a, b = src.get_weights(), model.get_weights()
+    if [w.shape for w in a] != [w.shape for w in b]:
+        raise QpelicanError(f"training.init_from: {path} has weights {[w.shape for w in a]} but this recipe's model "
+                            f"has {[w.shape for w in b]}; use a model of the same architecture (channels, alpha, ...).")
+    model.set_weights(a)
 
 
 def _epoch_dataset(p4_t, y_t, n, batch_size, seed, epoch):
@@ -362,6 +380,8 @@ def train_one(recipe, splits, seed, out_dir, resume=False, progress=True, log=No
             model, opt, ckpt, jit = _build(recipe, quantized, seed + 1000 * pi, steps, pepochs, plr)
             if state["checkpoint"] and state.get("phase_index") == pi:
                 ckpt.read(os.path.join(out_dir, state["checkpoint"], "ckpt")).assert_existing_objects_matched()
+            elif pi == 0 and recipe.training.init_from:
+                _init_from(model, recipe.training.init_from)
             elif pi > 0:
                 # phase change: start the QAT model from the float weights of the previous phase
                 if prev is None:
