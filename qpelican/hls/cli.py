@@ -21,7 +21,7 @@ def export_hls(
     verify: Optional[Path] = typer.Option(None, "--verify", help="HDF5 jets (file or dir): compile the C simulation "
                                                                   "and compare it with the QKeras model"),
     jets: int = typer.Option(10000, "--jets", min=1, help="jets for --verify"),
-    synth: bool = typer.Option(False, "--synth", help="run C synthesis (needs vitis_hls / vivado_hls on PATH)"),
+    synth: bool = typer.Option(False, "--synth", help="run C synthesis (needs vitis-run (Vitis) or vivado_hls (Vivado) on PATH)"),
     project: str = typer.Option("qpelican", "--project", help="top-level function / project name"),
 ):
     """Write an hls4ml project (io_parallel, Latency) whose C simulation reproduces the model bit for bit.

@@ -200,7 +200,7 @@ def format_report(rep):
     return "\n".join(lines)
 
 
-HLS_TOOLS = {"Vitis": "vitis_hls", "Vivado": "vivado_hls"}
+HLS_TOOLS = {"Vitis": "vitis-run", "Vivado": "vivado_hls"}  # what hls4ml 1.3.0 build() calls
 
 
 def synthesize(hls_model, backend):
@@ -212,7 +212,7 @@ def synthesize(hls_model, backend):
         raise ExportError(
             f"--synth needs {tool} on PATH (Xilinx {backend} HLS), which this machine lacks. Source the tool's "
             f"settings64.sh and rerun, or synthesise the written project later: see export/README.md "
-            f"(cd OUT && {tool} -f build_prj.tcl \"csim=0 synth=1\").")
+            "(section 'Synthesis').")
     result = hls_model.build(csim=False, synth=True, vsynth=False)
     out = {}
     if isinstance(result, dict):
