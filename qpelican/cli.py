@@ -40,7 +40,11 @@ def main(argv=None):
     """Entry point: run the app, turning user errors into a short message and exit code 2."""
     err = Console(stderr=True)
     try:
-        app(args=argv, standalone_mode=False)
+        rv = app(args=argv, standalone_mode=False)
+        if isinstance(rv, int) and rv:
+            if rv == 130:  # typer returns 130 for Ctrl-C when not in standalone mode
+                err.print("interrupted: finished work is kept; rerun with --resume to continue")
+            sys.exit(rv)
     except QpelicanError as exc:
         err.print(f"[bold red]error:[/] {exc}", highlight=False)
         sys.exit(2)
