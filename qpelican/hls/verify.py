@@ -67,6 +67,9 @@ def compare(model, hls_model, plan, p4, labels=None, batch=2000):
         t2 = time.perf_counter()
         t_keras += t1 - t0
         t_hls += t2 - t1
+    layer = momentum_layer(model)
+    scaled = np.abs(p4.astype(np.float64) / layer.scale)
+    saturated = np.any(scaled > layer.input_format.max, axis=-1)  # constituents clipped by the input quantizer
     k = np.concatenate(keras_out).astype(np.float64)
     h = np.concatenate(hls_out).astype(np.float64)
     diff = np.abs(h - k)
@@ -83,6 +86,10 @@ def compare(model, hls_model, plan, p4, labels=None, batch=2000):
         "csim_seconds": t_hls,
         "csim_jets_per_s": float(len(p4) / t_hls) if t_hls > 0 else None,
         "keras_seconds": t_keras,
+        "input_saturation": {"constituents": int(saturated.sum()), "jets": int(np.any(saturated, axis=1).sum()),
+                             "note": "constituents with a momentum component beyond the input range "
+                                     f"(|p| > {layer.input_format.max * layer.scale:g} GeV); both models clip them "
+                                     "identically, no internal sum can overflow"},
         "multiplicity": {"min": int((p4[..., 0] != 0).sum(1).min()), "max": int((p4[..., 0] != 0).sum(1).max())},
         "reference": "QKeras/tf-keras model (quantized sums in float64, exact for the widths in report.json)",
     }
