@@ -82,6 +82,20 @@ class _EquivariantBase(QuantizedLayer):
     def _formats_known(self):
         return None not in (self.input_format, self.coefficient_format, self.bias_format, self.aggregate_format)
 
+    def _build_common(self, input_shape, kernel_shape, n_ops):
+        """Check inputs [(B, N, N, C_in), (B, N)]; make kernel (C_in first; "channels" = C_out) and bias."""
+        x_shape, m_shape = input_shape
+        if len(x_shape) != 4 or len(m_shape) != 2:
+            raise QpelicanError(f"{self.name}: expected inputs [(B, N, N, C), (B, N)], got {input_shape}.")
+        self.n_max = int(x_shape[1])
+        c_in = int(x_shape[-1])
+        shape = tuple(c_in if d is None else self.channels if d == "channels" else d for d in kernel_shape)
+        bound = 1.0 / math.sqrt(c_in * n_ops)
+        self.kernel = self.add_weight(name="kernel", shape=shape,
+                                      initializer=tf_keras.initializers.RandomUniform(-bound, bound))
+        self.bias = self.add_weight(name="bias", shape=(self.channels,), initializer="zeros")
+        return c_in
+
     def _build_alpha(self, shape):
         self.alphas = (self.add_weight(name="alpha", shape=shape, initializer="zeros", trainable=True)
                        if self.alpha else None)
@@ -139,15 +153,7 @@ class LinEq2to2(_EquivariantBase):
         self.powers = [p for _, _, p in self.ops if p > 0]
 
     def build(self, input_shape):
-        x_shape, m_shape = input_shape
-        if len(x_shape) != 4 or len(m_shape) != 2:
-            raise QpelicanError(f"{self.name}: expected inputs [(B, N, N, C), (B, N)], got {input_shape}.")
-        self.n_max = int(x_shape[1])
-        c_in = int(x_shape[-1])
-        bound = 1.0 / math.sqrt(c_in * len(self.ops))
-        self.kernel = self.add_weight(name="kernel", shape=(c_in, self.channels, len(self.ops)),
-                                      initializer=tf_keras.initializers.RandomUniform(-bound, bound))
-        self.bias = self.add_weight(name="bias", shape=(self.channels,), initializer="zeros")
+        c_in = self._build_common(input_shape, (None, "channels", len(self.ops)), len(self.ops))
         self.diag_bias_weight = (self.add_weight(name="diag_bias", shape=(self.channels,), initializer="zeros")
                                  if self.diag_bias else None)
         self._build_alpha((len(self.powers), c_in))
@@ -257,15 +263,7 @@ class LinEq2to0(_EquivariantBase):
     powers = (2, 1)
 
     def build(self, input_shape):
-        x_shape, m_shape = input_shape
-        if len(x_shape) != 4 or len(m_shape) != 2:
-            raise QpelicanError(f"{self.name}: expected inputs [(B, N, N, C), (B, N)], got {input_shape}.")
-        self.n_max = int(x_shape[1])
-        c_in = int(x_shape[-1])
-        bound = 1.0 / math.sqrt(2 * c_in)
-        self.kernel = self.add_weight(name="kernel", shape=(c_in, 2, self.channels),
-                                      initializer=tf_keras.initializers.RandomUniform(-bound, bound))
-        self.bias = self.add_weight(name="bias", shape=(self.channels,), initializer="zeros")
+        self._build_common(input_shape, (None, 2, "channels"), 2)
         self._build_alpha((2, 1))
         super().build(input_shape)
 
