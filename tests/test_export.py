@@ -79,8 +79,8 @@ def test_project_files(exported8):
     assert any(w.startswith("t0_l") for w in weights) and any(w.startswith("w_l") for w in weights)
 
 
-def test_nano_6bit_alpha_beams_float_output(tmp_path):
-    model = nano(20, Q6, seed=2, alpha=True, beams=True, scale=16.0)
+def test_nano_6bit_alpha_mean_beams_float_output(tmp_path):
+    model = nano(20, Q6, seed=2, alpha=True, beams=True, scale=16.0, aggregation="mean")
     hls_model, plan = export_model(model, tmp_path / "prj6")
     first = plan["layers"][0]
     # the beams (E = 1) do not fit the input format [-1, 1): the momentum array is widened to hold them
