@@ -13,8 +13,8 @@ Defaults are relative to the recipe's own format (b, i) of that tensor (``DEFAUL
 the recipe leaves it float); the search only looks for cheaper formats than the recipe's:
 
     tensor        bits                   integer
-    input         [max(4, b//2), b]      [i, i]      (the leading particle needs all its integer bits)
-    invariants    [max(4, b//2), b]      [i-2, i]    (only the rare largest pairs saturate)
+    input         [max(4, b//2), b]      [i-2, i]    (fewer: the hardest constituents saturate)
+    invariants    [max(4, b//2), b]      [i-4, i]    (fewer: the rare largest pairs saturate)
     coefficients  [2, b]                 [i-1, i+1]
     biases        [3, b]                 [i-2, i]
     activation    [2, b]                 [i-1, i+1]
@@ -86,8 +86,8 @@ DEFAULT_FORMATS = {
 }
 # default bounds relative to the recipe's (bits b, integer i): (bits_lo(b), int_lo(i), int_hi(i))
 _DEFAULT_BOUNDS = {
-    "input": (lambda b: max(4, b // 2), lambda i: i, lambda i: i),
-    "invariants": (lambda b: max(4, b // 2), lambda i: i - 2, lambda i: i),
+    "input": (lambda b: max(4, b // 2), lambda i: i - 2, lambda i: i),
+    "invariants": (lambda b: max(4, b // 2), lambda i: i - 4, lambda i: i),
     "coefficients": (lambda b: 2, lambda i: i - 1, lambda i: i + 1),
     "biases": (lambda b: 3, lambda i: i - 2, lambda i: i),
     "activation": (lambda b: 2, lambda i: i - 1, lambda i: i + 1),
@@ -339,6 +339,7 @@ def run_trial(tuner, trial):
     import numpy as np
 
     from qpelican.metrics import roc_metrics
+    from qpelican.recipe import recipe_from_dict
     from qpelican.train import predict, train_one
 
     ctx = tuner.ctx
@@ -366,6 +367,13 @@ def run_trial(tuner, trial):
                 f"{max_cost:,}: not trained (score {metrics['score']:.3f})")
         return metrics
 
+    t = rec.training
+    if t.qat == "finetune" and t.pretrain_epochs > 0 and not t.init_from:
+        # shared float pre-training (one per C, trained once), then QAT fine-tuning of this variant
+        pre_dir = ensure_pretrain(ctx, rec.resolved_model_config()["channels"])
+        d = rec.model_dump()
+        d["training"].update(pretrain_epochs=0, init_from=pre_dir)
+        rec = recipe_from_dict(d, source="search variant")
     # a retried trial (interrupted search) resumes its checkpoint, unless the variant changed
     run_dir = os.path.join(trial_dir, "run")
     key = hashlib.sha256(json.dumps(rec.to_dict(), sort_keys=True).encode()).hexdigest()[:16]
@@ -406,6 +414,51 @@ def run_trial(tuner, trial):
 
     tf_keras.backend.clear_session()
     return metrics
+
+
+def ensure_pretrain(ctx, channels):
+    """Float pre-training shared by all trials with ``channels`` hidden channels (finetune recipes):
+    trained once into ``<out>/pretrain/c<C>`` (a file lock serialises workers sharing the directory;
+    a finished one is reused), its metrics written to ``reference.json`` (the float reference of the
+    front). Returns the run directory (``training.init_from`` of the trials)."""
+    import fcntl
+
+    from qpelican.metrics import roc_metrics
+    from qpelican.recipe import recipe_from_dict
+    from qpelican.train import predict, train_one
+
+    s = ctx.settings
+    pre_dir = os.path.join(s["out_dir"], "pretrain", f"c{channels}")
+    ref_path = os.path.join(pre_dir, "reference.json")
+    if os.path.exists(ref_path):
+        return pre_dir
+    os.makedirs(pre_dir, exist_ok=True)
+    with open(os.path.join(pre_dir, ".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if os.path.exists(ref_path):
+            return pre_dir
+        d = ctx.recipe.model_dump()
+        d.pop("search", None)
+        d["quantization"] = {t: None for t in TENSORS}
+        d["model"]["channels"] = int(channels)
+        d["training"].update(qat="from_scratch", pretrain_epochs=0, epochs=int(s["pretrain_epochs"]),
+                             finetune_learning_rate=None)
+        d["seeds"] = 1
+        d["name"] = f"{ctx.recipe.name or 'recipe'}_float_c{channels}"
+        rec = recipe_from_dict(d, source="float pre-training")
+        ctx.log(f"float pre-training C={channels} ({rec.training.epochs} epochs, shared by the trials) -> {pre_dir}")
+        t0 = time.perf_counter()
+        splits = ctx.splits_for(rec.data.n_constituents)
+        model, test = train_one(rec, splits, seed=rec.seed, out_dir=pre_dir, resume=True, progress=False,
+                                log=ctx.log)
+        val = roc_metrics(splits.val[1], predict(model, splits.val[0]))
+        ref = {"channels": int(channels), "epochs": rec.training.epochs, "val_auc": val["auc"],
+               "val_rej30": _finite(val["rej30"]), "test_auc": test["auc"], "test_rej30": _finite(test["rej30"]),
+               "bops": test.get("bops"), "seconds": time.perf_counter() - t0, "recipe": rec.to_dict()}
+        _write_json(ref_path, ref)
+        ctx.log(f"float pre-training C={channels}: val AUC {val['auc']:.4f}, test AUC {test['auc']:.4f} "
+                f"({ref['seconds']:.0f} s)")
+    return pre_dir
 
 
 def _finite(x):
@@ -463,7 +516,7 @@ def distributed_role():
 
 
 def tune(recipe, out_dir, data=None, epochs=None, jets=None, trials=20, oracle="random", max_cost=None,
-         cost_weight=DEFAULT_COST_WEIGHT, resume=False, seed=0, log=print, splits=None):
+         cost_weight=DEFAULT_COST_WEIGHT, resume=False, seed=0, log=print, splits=None, pretrain_epochs=None):
     """Run (or continue, or serve/work in distributed mode) a bit-width search; return the summary dict
     of :func:`write_outputs` (None on a distributed worker, whose results the chief writes).
 
@@ -475,6 +528,8 @@ def tune(recipe, out_dir, data=None, epochs=None, jets=None, trials=20, oracle="
       resume: continue the search in ``out_dir`` (finished trials are kept, the interrupted one
         resumes its checkpoint).  seed: oracle seed (training uses the recipe's seed).
       splits: preloaded :class:`qpelican.train.Splits` (tests, benchmarks).
+      pretrain_epochs: float pre-training epochs of a ``qat: finetune`` recipe (default: the
+        recipe's ``pretrain_epochs``); the pre-training is shared by all trials (one per C).
     """
     from qpelican.recipe import Recipe, load_recipe
 
@@ -507,11 +562,13 @@ def tune(recipe, out_dir, data=None, epochs=None, jets=None, trials=20, oracle="
                 "trials": int(trials), "epochs": epochs, "recipe_epochs": base.training.epochs,
                 "max_cost": int(max_cost) if max_cost else None, "cost_weight": float(cost_weight),
                 "seed": int(seed), "recipe_bops": recipe_bops, "data": os.fspath(data) if data else base.data.path,
-                "jets": jets}
+                "jets": jets, "out_dir": os.path.abspath(out_dir),
+                "pretrain_epochs": int(pretrain_epochs if pretrain_epochs is not None
+                                       else base.training.pretrain_epochs)}
     if os.path.exists(settings_path) and (resume or role == "worker"):
         with open(settings_path) as f:
             before = json.load(f)
-        diff = [k for k in ("recipe", "space", "oracle", "epochs", "max_cost", "cost_weight", "seed")
+        diff = [k for k in ("recipe", "space", "oracle", "epochs", "max_cost", "cost_weight", "seed", "pretrain_epochs")
                 if json.dumps(before.get(k), sort_keys=True) != json.dumps(settings.get(k), sort_keys=True)]
         if diff:
             raise QpelicanError(f"{out_dir}: this search was started with different settings ({', '.join(diff)} "
@@ -679,7 +736,7 @@ def write_outputs(out_dir, log=print):
                "oracle": settings["oracle"], "epochs_per_trial": settings["epochs"], "trials": counts,
                "objective": "score = val_auc - cost_weight * log2(bops / recipe_bops) within budget; "
                             "-1 - log2(bops / max_cost) over budget (not trained)",
-               "front": points}
+               "float_reference": _float_references(out_dir), "front": points}
     _write_json(os.path.join(out_dir, "pareto.json"), summary)
     _plot(os.path.join(out_dir, "pareto.png"), rows, front, settings)
     log(format_front(summary))
@@ -690,6 +747,19 @@ def write_outputs(out_dir, log=print):
         if failed and len(failed) == len(rows):
             raise QpelicanError(f"all {len(rows)} trials failed; last error: {failed[-1]['message']}")
     return summary
+
+
+def _float_references(out_dir):
+    refs = []
+    pdir = os.path.join(out_dir, "pretrain")
+    for name in sorted(os.listdir(pdir)) if os.path.isdir(pdir) else []:
+        p = os.path.join(pdir, name, "reference.json")
+        if os.path.exists(p):
+            with open(p) as f:
+                r = json.load(f)
+            r.pop("recipe", None)
+            refs.append(r)
+    return refs
 
 
 def format_front(summary):
@@ -709,6 +779,9 @@ def format_front(summary):
                   + (f" N={p['n_constituents']}" if p.get("n_constituents") else ""))
     buf = StringIO()
     Console(file=buf, width=160, highlight=False).print(t)
+    for r in summary.get("float_reference") or []:
+        buf.write(f"float reference (shared pre-training, C={r['channels']}, {r['epochs']} epochs): "
+                  f"val AUC {r['val_auc']:.4f}, test AUC {r['test_auc']:.4f}, {r['bops']:,} BOPs\n")
     return buf.getvalue().rstrip()
 
 

@@ -28,6 +28,9 @@ def tune(
                                       help="objective = val AUC - W * log2(BOPs / recipe BOPs)"),
     resume: bool = typer.Option(False, "--resume", help="continue an interrupted search in --out"),
     seed: int = typer.Option(0, "--seed", help="oracle seed (training uses the recipe's seed)"),
+    pretrain_epochs: Optional[int] = typer.Option(None, "--pretrain-epochs", min=1,
+                                                  help="float pre-training epochs of a qat: finetune recipe, "
+                                                       "shared by all trials (default: the recipe's)"),
 ):
     """Search fixed-point widths with Keras Tuner; write the AUC-vs-BOPs Pareto front and one recipe per point.
 
@@ -52,7 +55,8 @@ def tune(
 
     try:
         tune_mod.tune(r, out, data=data, epochs=epochs, jets=jets, trials=trials, oracle=oracle, max_cost=max_cost,
-                      cost_weight=cost_weight, resume=resume, seed=seed, log=con.print)
+                      cost_weight=cost_weight, resume=resume, seed=seed, log=con.print,
+                      pretrain_epochs=pretrain_epochs)
     except KeyboardInterrupt as exc:
         detail = f" ({exc})" if str(exc) else ""
         typer.echo(f"interrupted{detail}: finished trials are kept in {out}; rerun the same command with --resume "

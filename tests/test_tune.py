@@ -49,7 +49,7 @@ def test_default_space_and_variant(tmp_path):
     r = recipe_from_dict({"quantization": dict(Q8), "search": {"coefficients": {"bits": [2, 6], "integer": [0, 3]},
                                                                "biases": "fixed", "channels": [1, 3]}})
     space = search_space(r)
-    assert space["tensors"]["input"]["bits"] == (8, 16) and space["tensors"]["input"]["integer"] == (7, 7)
+    assert space["tensors"]["input"]["bits"] == (8, 16) and space["tensors"]["input"]["integer"] == (5, 7)
     assert space["tensors"]["coefficients"]["bits"] == (2, 6)
     assert space["tensors"]["biases"] is None
     assert space["tensors"]["activation"]["kind"] == "relu" and not space["tensors"]["activation"]["signed"]
