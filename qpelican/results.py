@@ -126,3 +126,45 @@ def plot_roc(path, splits, logits, label="model", baseline_splits=None):
     fig.savefig(tmp)
     plt.close(fig)
     os.replace(tmp, path)
+
+
+def evaluate_run(run, data, out=None, jets=None):
+    """`qpelican evaluate RUN DATA`: metrics of RUN/model.keras (or a .keras file) on a dataset.
+
+    DATA: an HDF5 file, or a directory whose test split is used. ``jets`` evaluates the first K
+    jets. Writes JSON (default ``RUN/evaluate_<data name>.json``) and returns (results, path).
+    """
+    import time
+
+    import qpelican
+    from qpelican.data.readers import open_dataset, resolve_splits
+    from qpelican.errors import QpelicanError
+    from qpelican.models import model_constituents
+    from qpelican.train import _write_json, predict, test_metrics
+
+    run = os.fspath(run)
+    model_path = os.path.join(run, "model.keras") if os.path.isdir(run) else run
+    if not os.path.exists(model_path):
+        raise QpelicanError(f"{run}: no model found (expected a run directory with model.keras, or a .keras file).")
+    files = resolve_splits(data)
+    src = files.get("test") or files.get("val") or files.get("train")
+    model = qpelican.load_model(model_path)
+    n = model_constituents(model)
+    ds = open_dataset(src, n)
+    stop = ds.n_jets if jets is None else min(int(jets), ds.n_jets)
+    p4, y = ds.read(0, stop)
+    t0 = time.perf_counter()
+    logits = predict(model, p4)
+    dt = time.perf_counter() - t0
+    res = test_metrics(y, logits)
+    for k in ("rej30", "rej50"):
+        res[k] = _finite(res[k])
+    res.update(jets=int(len(y)), signal_fraction=float(np.mean(y)), model=model_path,
+               data={"file": src, "n_constituents": n}, inference_jets_per_second=round(len(y) / dt, 1))
+    if out is None:
+        base = os.path.splitext(os.path.basename(src))[0]
+        parent = os.path.basename(os.path.dirname(os.path.abspath(src)))
+        out = os.path.join(run if os.path.isdir(run) else os.path.dirname(os.path.abspath(run)),
+                           f"evaluate_{parent}_{base}.json")
+    _write_json(os.fspath(out), res)
+    return res, os.fspath(out)

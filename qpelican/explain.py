@@ -1,0 +1,323 @@
+"""`qpelican explain`: a trained nanoPELICAN written as the paper's analytic formula (eq. 1).
+
+For a nanoPELICAN(C) without BatchNorm the whole network is
+
+    w = b + sum_h v_h1 (1/Nbar^2) sum_{i,j} ReLU(z^h_ij) + sum_h v_h2 (1/Nbar) sum_i ReLU(z^h_ii)
+
+    z^h_ij = c1h d_ij + c2h delta_ij S_j/Nbar + c3h S_j/Nbar + c4h S_i/Nbar + c5h T/Nbar^2
+             + c6h delta_ij T/Nbar^2 + beta_h + beta_diag_h delta_ij
+
+with d_ij = p_i . p_j (in units of scale^2 GeV^2; zero on the diagonal), S_j = sum_k d_kj
+(= p_j . J for massless constituents, J the jet momentum), T = sum_kl d_kl = m_J^2, sums over the
+real constituents only; with alpha scaling every 1/Nbar^p also carries (n/Nbar)^alpha.
+
+ReLU is positively homogeneous, so for lambda_h > 0, ``v_h ReLU(z^h) = (v_h / lambda_h) ReLU(lambda_h
+z^h)``: one positive factor per hidden channel is redundant. The canonical form takes
+``lambda_h = |v_h1|``, which turns the total-sum weights into signs (+1/-1) and leaves
+8C (2->2) + C (trace weights) + 1 (bias) = 9C + 1 effective parameters: 19 for C = 2 (paper
+section 5), plus the alpha exponents when present.
+
+The numerical check evaluates the formula in numpy float64 on jets and compares it with the
+Keras model: for quantized models the formula rounds at the points of the fixed-point contract
+(qpelican/layers/lineq.py), so the difference must be exactly zero; for float models it is float32
+round-off. The canonical (rescaled) form is checked against the original form in real arithmetic.
+"""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from qpelican.errors import QpelicanError
+
+OP_TEXT = ("d_ij", "δ_ij S_j/N̄", "S_j/N̄", "S_i/N̄", "T/N̄²", "δ_ij T/N̄²")
+
+
+# ------------------------------------------------------------------------------ extraction
+def _q_np(x, fmt):
+    """numpy twin of qpelican.quant.quantize (round half to even, saturate)."""
+    if fmt is None:
+        return x
+    scale = 2.0 ** fmt.frac
+    return np.clip(np.round(x * scale) / scale, fmt.min, fmt.max)
+
+
+def nano_parts(model):
+    """Weights and fixed-point formats of a nanoPELICAN as plain numpy (quantized values)."""
+    from qpelican.layers import LinEq2to0, LinEq2to2, LorentzInvariants, MaskedBatchNorm, MomentumInput
+
+    by = {}
+    for layer in model.layers:
+        if isinstance(layer, MaskedBatchNorm):
+            raise QpelicanError("explain: the model has BatchNorm layers; the analytic form needs them folded. "
+                                "Train with model.batchnorm: false (all quantized recipes do).")
+        for cls in (LinEq2to0, LinEq2to2, LorentzInvariants, MomentumInput):
+            if isinstance(layer, cls):
+                if cls in by:
+                    raise QpelicanError("explain: only nanoPELICAN (one LinEq2->2 and one LinEq2->0 layer) has the "
+                                        "analytic form of the paper; this model has more layers (full PELICAN?).")
+                by[cls] = layer
+    if LinEq2to2 not in by or LinEq2to0 not in by:
+        raise QpelicanError("explain: this model is not a nanoPELICAN (no LinEq2->2 / LinEq2->0 layers).")
+    l22, l20, inv, mom = by[LinEq2to2], by[LinEq2to0], by[LorentzInvariants], by[MomentumInput]
+    if l22.basis != "nano" or l20.channels != 1:
+        raise QpelicanError("explain: the analytic form needs the nano basis and one output channel.")
+    if int(l22.kernel.shape[0]) != 1:
+        raise QpelicanError("explain: the analytic form needs one input channel (the dot products d_ij).")
+    act = getattr(l22.activation, "__name__", str(l22.activation))
+    if act != "relu":
+        raise QpelicanError(f"explain: hidden activation is {act!r}; the analytic form is written for ReLU.")
+    k22 = l22.q("coefficient", l22.kernel).numpy()[0]  # (C, 6)
+    p = {
+        "C": int(k22.shape[0]),
+        "c": k22.astype(np.float64),
+        "beta": l22.q("bias", l22.bias).numpy().astype(np.float64),
+        "beta_diag": (l22.q("bias", l22.diag_bias_weight).numpy().astype(np.float64)
+                      if l22.diag_bias_weight is not None else np.zeros(int(k22.shape[0]))),
+        "v": l20.q("coefficient", l20.kernel).numpy()[:, :, 0].astype(np.float64),  # (C, 2): [U1 total, U2 trace]
+        "b": float(l20.q("bias", l20.bias).numpy()[0]),
+        "t22": np.asarray(l22.scale_table().numpy(), np.float64),  # (N+1, 5, 1)
+        "t20": np.asarray(l20.scale_table().numpy(), np.float64),  # (N+1, 2, 1)
+        "nbar": l22.nbar,
+        "aggregation": l22.aggregation,
+        "alpha22": None if l22.alphas is None else l22.alphas.numpy()[:, 0].astype(np.float64),
+        "alpha20": None if l20.alphas is None else l20.alphas.numpy()[:, 0].astype(np.float64),
+        "scale": mom.scale, "beams": mom.beams, "beam_energy": mom.beam_energy,
+        "fmt": {"input": mom.input_format, "invariant": inv.invariant_format,
+                "aggregate": l22.aggregate_format, "activation": l22.output_format,
+                "aggregate20": l20.aggregate_format, "output": l20.output_format},
+        "quantized": any(f is not None for f in (mom.input_format, inv.invariant_format, l22.aggregate_format,
+                                                  l22.output_format, l20.aggregate_format, l20.output_format,
+                                                  l22.coefficient_format, l20.coefficient_format)),
+    }
+    return p
+
+
+def canonical(p):
+    """Absorb lambda_h = |v_h1| (or |v_h2| when v_h1 = 0) into channel h: (parts, lambdas, dead channels)."""
+    q = dict(p)
+    lam = np.abs(p["v"][:, 0]).copy()
+    fallback = lam == 0
+    lam[fallback] = np.abs(p["v"][fallback, 1])
+    dead = lam == 0
+    lam[dead] = 1.0
+    q["c"] = p["c"] * lam[:, None]
+    q["beta"] = p["beta"] * lam
+    q["beta_diag"] = p["beta_diag"] * lam
+    q["v"] = p["v"] / lam[:, None]
+    q["fmt"] = {k: None for k in p["fmt"]}
+    return q, lam, dead
+
+
+def effective_parameters(p):
+    """9C + 1 (+ alpha exponents) after absorbing one positive factor per hidden channel."""
+    C = p["C"]
+    n = 9 * C + 1
+    n_alpha = (0 if p["alpha22"] is None else p["alpha22"].size) + (0 if p["alpha20"] is None else p["alpha20"].size)
+    return {"raw": 10 * C + 1, "effective": n, "alpha": n_alpha, "total_effective": n + n_alpha}
+
+
+# ------------------------------------------------------------------------------ evaluation
+def formula_logits(p, p4, rounding=True, chunk=256):
+    """Evaluate the analytic formula in numpy float64 on momenta p4 (B, N, 4) GeV -> logits (B,).
+
+    ``rounding``: round at the fixed-point contract's points (quantized models); False = real arithmetic.
+    """
+    f = p["fmt"] if rounding else {k: None for k in p["fmt"]}
+    out = []
+    for a in range(0, len(p4), chunk):
+        out.append(_formula_chunk(p, np.asarray(p4[a:a + chunk], np.float64), f))
+    return np.concatenate(out) if out else np.zeros(0)
+
+
+def _formula_chunk(p, p4, f):
+    # MomentumInput scales in float32 (as the Keras layer does), then rounds onto the input grid
+    x = _q_np((p4.astype(np.float32) * np.float32(1.0 / p["scale"])).astype(np.float64), f["input"])
+    if p["beams"]:
+        e = p["beam_energy"]
+        beam = np.broadcast_to(np.array([[e, 0, 0, e], [e, 0, 0, -e]], np.float64), (len(x), 2, 4))
+        x = np.concatenate([beam, x], axis=1)
+    m = (x[..., 0] != 0).astype(np.float64)  # (B, N)
+    n_part = x.shape[1]
+    mm = m[:, :, None] * m[:, None, :]
+    d = np.einsum("bik,bjk->bij", x * np.array([1.0, -1.0, -1.0, -1.0]), x) * mm
+    d = d * (1.0 - np.eye(n_part))[None]
+    d = _q_np(d, f["invariant"])
+    n = m.sum(1).astype(int)
+    S = d.sum(axis=1)  # S_j = sum_k d_kj  (B, N)
+    T = S.sum(axis=1)  # (B,)
+    t = p["t22"][n][:, :, 0]  # (B, 5)
+    qa = lambda v: _q_np(v, f["aggregate"])  # noqa: E731
+    A2 = qa(S * t[:, 0:1])
+    A3 = qa(S * t[:, 1:2])
+    A4 = qa(S * t[:, 2:3])
+    A5 = qa(T * t[:, 3])
+    A6 = qa(T * t[:, 4])
+    eye = np.eye(n_part)[None, :, :, None]
+    c = p["c"]  # (C, 6)
+    z = (d[..., None] * c[:, 0]
+         + eye * A2[:, None, :, None] * c[:, 1]
+         + A3[:, None, :, None] * c[:, 2]
+         + A4[:, :, None, None] * c[:, 3]
+         + A5[:, None, None, None] * c[:, 4]
+         + eye * A6[:, None, None, None] * c[:, 5]
+         + p["beta"] + eye * p["beta_diag"])
+    h = _q_np(np.maximum(z, 0.0), f["activation"]) * mm[..., None]  # (B, N, N, C)
+    t2 = p["t20"][n][:, :, 0]  # (B, 2)
+    u1 = _q_np(h.sum(axis=(1, 2)) * t2[:, 0:1], f["aggregate20"])
+    u2 = _q_np(np.einsum("biic->bc", h) * t2[:, 1:2], f["aggregate20"])
+    w = u1 @ p["v"][:, 0] + u2 @ p["v"][:, 1] + p["b"]
+    return _q_np(w, f["output"])
+
+
+# ------------------------------------------------------------------------------ printing
+def _num(x):
+    return f"{x:+.4g}"
+
+
+def formula_text(p, lam=None, dead=None):
+    """The formula with numbers (canonical form when p comes from :func:`canonical`)."""
+    C = p["C"]
+    nb = p["nbar"]
+    agg = "mean" if p["aggregation"] == "mean" else "sum"
+    lines = []
+    norm1, norm2 = (f"1/{nb:g}²", f"1/{nb:g}") if agg == "sum" else ("1/n²", "1/n")
+    a20 = p["alpha20"]
+    s1 = f" (n/{nb:g})^{a20[0]:.3f}" if a20 is not None else ""
+    s2 = f" (n/{nb:g})^{a20[1]:.3f}" if a20 is not None else ""
+    terms = [f"{p['b']:+.4g}"]
+    for h in range(C):
+        if dead is not None and dead[h]:
+            continue
+        terms.append(f"{_num(p['v'][h, 0])} · {norm1}{s1} Σ_ij ReLU(z{h + 1}_ij)")
+        terms.append(f"{_num(p['v'][h, 1])} · {norm2}{s2} Σ_i ReLU(z{h + 1}_ii)")
+    lines.append("w = " + "\n    ".join(terms))
+    a22 = p["alpha22"]
+    op = list(OP_TEXT)
+    if agg == "mean":
+        op = ["d_ij", "δ_ij S_j/n", "S_j/n", "S_i/n", "T/n²", "δ_ij T/n²"]
+    if a22 is not None:
+        op = [op[0]] + [f"{o}·(n/{nb:g})^{a:.3f}" for o, a in zip(op[1:], a22)]
+    op = [o.replace("N̄", f"{nb:g}") for o in op]
+    for h in range(C):
+        if dead is not None and dead[h]:
+            lines.append(f"z{h + 1}: dead channel (both 2->0 weights are zero)")
+            continue
+        parts = [f"{_num(p['c'][h, b])}·{op[b]}" for b in range(6)]
+        parts.append(f"{_num(p['beta'][h])}")
+        parts.append(f"{_num(p['beta_diag'][h])}·δ_ij")
+        lines.append(f"z{h + 1}_ij = " + " ".join(parts))
+    return "\n".join(lines)
+
+
+def explain_model(model, p4, log=print):
+    """Print the formula and check it numerically on jets p4 (B, N, 4) GeV; return the check dict."""
+    from qpelican.models import prepare_momenta
+    from qpelican.train import predict
+
+    p = nano_parts(model)
+    cp, lam, dead = canonical(p)
+    counts = effective_parameters(p)
+    unit = f"({p['scale']:g} GeV)²"
+    log(f"nanoPELICAN C={p['C']}{' with alpha scaling' if p['alpha22'] is not None else ''}"
+        f"{', quantized' if p['quantized'] else ', float'}: the whole model is (paper eq. 1)")
+    log("")
+    log(formula_text(cp, lam, dead))
+    log("")
+    log(f"where d_ij = p_i·p_j in units of {unit} (d_ii = 0), S_j = Σ_k d_kj = p_j·J (J = jet momentum), "
+        f"T = Σ_kl d_kl = m_J², sums over the n real constituents" + (" and the 2 beams" if p["beams"] else "")
+        + "; w > 0 tags a top.")
+    log(f"Canonical form: one positive factor λ_h = |v_h1| per hidden channel absorbed into z_h "
+        f"(λ = {', '.join(f'{x:.4g}' for x in lam)}), so the total-sum weights are ±1.")
+    msg = (f"Parameters: {counts['raw']} trained (10C+1) -> {counts['effective']} effective (9C+1)")
+    if counts["alpha"]:
+        msg += f" + {counts['alpha']} alpha exponents = {counts['total_effective']}"
+    log(msg + ".")
+    if p["quantized"]:
+        log("The model's stored weights are fixed-point numbers; the canonical numbers above are those times λ_h "
+            "(z_h and its biases) or divided by λ_h (trace weights). Rounding happens at the points listed in "
+            "qpelican/layers/lineq.py, which the check below reproduces.")
+    # numerical check
+    p4 = prepare_momenta(model, p4, "explain jets")
+    keras = predict(model, p4).astype(np.float64)
+    f_round = formula_logits(p, p4, rounding=True)
+    f_real = formula_logits(p, p4, rounding=False)
+    c_real = formula_logits(cp, p4, rounding=False)
+    check = {
+        "jets": int(len(p4)),
+        "max_abs_diff_formula_vs_model": float(np.max(np.abs(f_round - keras))) if len(p4) else 0.0,
+        "jets_differing": int(np.sum(f_round != keras)) if p["quantized"] else None,
+        "max_abs_diff_canonical_vs_original": float(np.max(np.abs(c_real - f_real))) if len(p4) else 0.0,
+        "max_abs_logit": float(np.max(np.abs(keras))) if len(p4) else 0.0,
+        "sign_agreement": float(np.mean((f_round > 0) == (keras > 0))) if len(p4) else 1.0,
+        "effective_parameters": counts,
+        "quantized": p["quantized"],
+    }
+    tol = 0.0 if p["quantized"] else 1e-4 * max(1.0, check["max_abs_logit"])
+    check["tolerance"] = tol
+    check["ok"] = (check["max_abs_diff_formula_vs_model"] <= tol
+                   and check["max_abs_diff_canonical_vs_original"] <= 1e-9 * max(1.0, check["max_abs_logit"]))
+    log("")
+    how = "bit-exact fixed-point evaluation" if p["quantized"] else "float64 evaluation vs float32 model"
+    log(f"Check on {check['jets']} jets ({how}): max |w_formula - w_model| = "
+        f"{check['max_abs_diff_formula_vs_model']:.3g} (tolerance {tol:.3g})"
+        + (f", {check['jets_differing']} jets differ" if p["quantized"] else "")
+        + f"; canonical vs original form: {check['max_abs_diff_canonical_vs_original']:.3g} -> "
+        + ("OK" if check["ok"] else "MISMATCH"))
+    return check
+
+
+def _run_model_path(run):
+    run = os.fspath(run)
+    if os.path.isdir(run):
+        path = os.path.join(run, "model.keras")
+        if not os.path.exists(path):
+            raise QpelicanError(f"{run}: no model.keras; is it a finished `qpelican fit` run directory?")
+        return path
+    if not os.path.exists(run):
+        raise QpelicanError(f"{run}: no such run directory or model file.")
+    return run
+
+
+def _check_jets(run, data, jets, n_constituents):
+    """Jets for the numerical check: --data, else the run's test split, else synthetic jets."""
+    from qpelican.data.readers import open_dataset, resolve_splits
+
+    src = None
+    if data is not None:
+        files = resolve_splits(data)
+        src = files.get("test") or files.get("val") or files.get("train")
+    elif os.path.isdir(os.fspath(run)) and os.path.exists(os.path.join(run, "results.json")):
+        import json
+
+        with open(os.path.join(run, "results.json")) as f:
+            desc = json.load(f).get("data") or {}
+        cand = (desc.get("files") or {}).get("test")
+        if cand and os.path.exists(cand):
+            src = cand
+    if src is not None:
+        ds = open_dataset(src, n_constituents)
+        p4, _ = ds.read(0, min(int(jets), ds.n_jets))
+        return p4, src
+    rng = np.random.default_rng(0)  # massless synthetic jets: the identity holds on any input
+    p = rng.normal(0, 20, size=(int(jets), n_constituents, 3)) + np.array([0, 0, 300.0])
+    p4 = np.concatenate([np.linalg.norm(p, axis=-1, keepdims=True), p], -1).astype(np.float32)
+    mult = rng.integers(5, n_constituents + 1, size=int(jets))
+    p4[np.arange(n_constituents)[None, :] >= mult[:, None]] = 0
+    return p4, "synthetic jets"
+
+
+def explain_run(run, data=None, jets=1000, log=print):
+    """`qpelican explain RUN`: print the formula of RUN/model.keras and check it; return the check."""
+    import qpelican
+    from qpelican.models import model_constituents
+
+    path = _run_model_path(run)
+    model = qpelican.load_model(path)
+    p4, src = _check_jets(run, data, jets, model_constituents(model))
+    log(f"{path}  (check jets: {src})")
+    check = explain_model(model, p4, log=log)
+    if not check["ok"]:
+        raise QpelicanError(f"explain: the analytic formula does not reproduce {path} (max difference "
+                            f"{check['max_abs_diff_formula_vs_model']:.3g}); please report this as a bug.")
+    return check
