@@ -3,9 +3,11 @@
     python bench/bench_core.py [--n 80] [--batch 512] [--channels 2] [--steps 30]
 
 Prints, for float and 8-bit quantization, with and without XLA: jets/s of a full training
-step (forward, backward, Adam update) on random massless jets already in memory, and peak RSS.
+step (forward, backward, Adam update) on random massless jets already in memory (wall clock,
+and per CPU-second, which stays comparable when other work shares the machine), and peak RSS.
 """
 import argparse
+import os
 import resource
 import time
 
@@ -43,10 +45,10 @@ def measure(cfg, n, batch, steps, jit):
     y = rng.integers(0, 2, size=(batch * 8, 1)).astype(np.float32)
     ds = tf.data.Dataset.from_tensor_slices((x, y)).batch(batch, drop_remainder=True).repeat().prefetch(4)
     model.fit(ds, steps_per_epoch=5, epochs=1, verbose=0)  # trace + compile
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     model.fit(ds, steps_per_epoch=steps, epochs=1, verbose=0)
-    dt = time.perf_counter() - t0
-    return steps * batch / dt
+    dt, dc = time.perf_counter() - t0, time.process_time() - c0
+    return steps * batch / dt, steps * batch / dc
 
 
 def main():
@@ -59,8 +61,10 @@ def main():
     print(f"nanoPELICAN C={args.channels}, N={args.n}, batch {args.batch}, {tf.config.threading.get_intra_op_parallelism_threads() or 'all'} threads")
     for label, q in (("float", None), ("8-bit", Q8)):
         for jit in (False, True):
-            rate = measure({"channels": args.channels, "quantization": q}, args.n, args.batch, args.steps, jit)
-            print(f"  {label:6s} xla={str(jit):5s}  {rate:10,.0f} jets/s  (train step: forward+backward+update)")
+            rate, per_cpu = measure({"channels": args.channels, "quantization": q}, args.n, args.batch, args.steps, jit)
+            print(f"  {label:6s} xla={str(jit):5s}  {rate:10,.0f} jets/s wall   {per_cpu:10,.0f} jets per CPU-second"
+                  "  (train step: forward+backward+update)")
+    print(f"  load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores (wall figures drop on a shared machine)")
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(f"  peak RSS {peak:,.0f} MiB")
 
