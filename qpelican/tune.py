@@ -576,7 +576,13 @@ def tune(recipe, out_dir, data=None, epochs=None, jets=None, trials=20, oracle="
     if role != "worker":
         _write_json(settings_path, settings)
 
+    import warnings
+
     import keras_tuner as kt  # noqa: F401  (after qpelican selected tf-keras)
+
+    # the Bayesian oracle's Gaussian process warns about length scales on every small search
+    warnings.filterwarnings("ignore", message=".*length_scale.*", module="sklearn")
+    warnings.filterwarnings("ignore", category=UserWarning, module="sklearn.gaussian_process")
 
     hp = hyperparameters(space)
     orc = _make_oracle(oracle, trials, epochs, seed, hp)

@@ -147,6 +147,23 @@ def test_budget_trials_are_not_trained(tmp_path, sim_dir, capsys):
     assert json.loads((out / "pareto.json").read_text())["front"] == []
 
 
+@pytest.mark.parametrize("oracle", ["bayesian", "hyperband"])
+def test_other_oracles(tmp_path, sim_dir, oracle):
+    path = _recipe(tmp_path, sim_dir)
+    out = tmp_path / oracle
+    rc = _run(["tune", str(path), "--out", str(out), "--trials", "2", "--epochs", "2", "--oracle", oracle,
+               "--cost-weight", "0"])
+    assert rc == 0
+    rows = json.loads((out / "trials.json").read_text())
+    assert 1 <= len(rows) <= 2 and all(r["status"] == "completed" for r in rows)
+    # --cost-weight 0: the objective is the validation AUC itself
+    assert all(abs(r["score"] - r["val_auc"]) < 1e-9 for r in rows)
+    if oracle == "hyperband":
+        assert all(r["hyperparameters"]["tuner/epochs"] == r["epochs"] <= 2 for r in rows)
+    oracle_state = json.loads((out / "kt" / "oracle.json").read_text())
+    assert len(oracle_state["end_order"]) == len(rows)
+
+
 def test_resume_does_not_repeat_finished_trials(tmp_path, sim_dir, monkeypatch):
     path = _recipe(tmp_path, sim_dir)
     out = tmp_path / "tune"
