@@ -56,7 +56,6 @@ def main():
         wall = time.perf_counter() - t0
         rows = json.load(open(os.path.join(tmp, "trials.json")))
     secs = [r_["seconds"] for r_ in rows if r_.get("seconds")]
-    train_s = []
     out = {
         "recipe": os.path.basename(args.recipe), "train_jets": splits.description["train_jets"],
         "val_jets": splits.description["val_jets"], "n_constituents": r.data.n_constituents,
@@ -68,7 +67,6 @@ def main():
         "machine": f"{platform.machine()}, {os.cpu_count()} cores", "note": "search overhead (oracle, cost, "
         "outputs) is included in wall_seconds; the per-trial seconds include training, validation and test",
     }
-    del train_s
     print(json.dumps(out))
     if args.json:
         with open(args.json, "w") as f:

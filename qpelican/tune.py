@@ -609,7 +609,15 @@ def tune(recipe, out_dir, data=None, epochs=None, jets=None, trials=20, oracle="
     done_before = _count_finished(project)
     if role is None and done_before:
         log(f"resuming: {done_before} trial(s) already finished, {max(trials - done_before, 0)} to go")
-    tuner.search(verbose=0)
+    try:
+        tuner.search(verbose=0)
+    except RuntimeError as exc:  # Keras Tuner stops after max_consecutive_failed_trials failures
+        if "consecutive failures" not in str(exc):
+            raise
+        last = str(exc).strip().splitlines()[-1] if str(exc).strip() else ""
+        raise QpelicanError(f"the search stopped: 5 trials in a row failed (last error: {last}). The trials' "
+                            f"messages are in {project}/trial_<id>/trial.json; fix the cause and rerun with "
+                            "--resume.") from None
     if role == "worker":
         log(f"worker {ctx.tuner_id}: the oracle has no more trials; done")
         return None
