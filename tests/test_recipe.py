@@ -1,0 +1,130 @@
+"""Recipe validation, recipe files, the paper LR schedule."""
+import glob
+import os
+
+import numpy as np
+import pytest
+import yaml
+
+import qpelican  # noqa: F401
+from qpelican.errors import RecipeError
+from qpelican.recipe import load_recipe, recipe_from_dict
+
+ROOT = os.path.join(os.path.dirname(__file__), "..")
+RECIPES = sorted(glob.glob(os.path.join(ROOT, "recipes", "*.yaml")))
+
+
+def _write(tmp_path, text, name="r.yaml"):
+    p = tmp_path / name
+    p.write_text(text)
+    return str(p)
+
+
+def test_recipe_files_exist():
+    names = {os.path.basename(p)[:-5] for p in RECIPES}
+    for c in (1, 2, 3, 10):
+        assert f"c{c}_float" in names and f"c{c}_8bit" in names
+    for n in ("c2_alpha_float", "c2_alpha_8bit", "c2_6bit", "c2_4bit", "pelican_float"):
+        assert n in names
+
+
+@pytest.mark.parametrize("path", RECIPES, ids=[os.path.basename(p) for p in RECIPES])
+def test_recipe_files_load_and_build(path):
+    from qpelican.models import build_model, count_parameters
+
+    r = load_recipe(path)
+    assert r.name == os.path.basename(path)[:-5]
+    cfg = r.to_model_config()
+    model = build_model(cfg)
+    if r.model.architecture == "nano":
+        assert count_parameters(model) == 10 * r.model.channels + 1
+    if r.quantized:
+        assert not r.model.batchnorm
+    # the recipe as run (resolved) loads back to the same recipe
+    again = recipe_from_dict(yaml.safe_load(yaml.safe_dump(r.to_dict(resolved=True))))
+    assert again.resolved_model_config() == r.resolved_model_config()
+    assert again.training == r.training and again.quantization == r.quantization
+
+
+def test_flagship_is_8bit():
+    r = load_recipe(os.path.join(ROOT, "recipes", "c2_8bit.yaml"))
+    from qpelican.quant import fixed_format
+
+    for k in ("coefficients", "biases", "activation"):
+        assert fixed_format(getattr(r.quantization, k)).bits == 8
+    assert r.model.channels == 2 and r.quantized
+
+
+def test_model_config_only_set_keys():
+    from qpelican.models import DEFAULTS
+
+    r = recipe_from_dict({"model": {"channels": 3}})
+    cfg = r.to_model_config()
+    assert cfg["channels"] == 3 and "nbar" not in cfg  # defaults come from models.DEFAULTS
+    assert r.resolved_model_config()["nbar"] == DEFAULTS["nbar"]
+    assert all(v is None for v in cfg["quantization"].values())
+
+
+@pytest.mark.parametrize("text, needles", [
+    ("model: {chanels: 2}\n", ["model.chanels", "channels", "aggregation"]),
+    ("modle: {}\n", ["'modle'", "training", "quantization"]),
+    ("model: {channels: two}\n", ["model.channels", "integer"]),
+    ("training: {qat: sometimes}\n", ["training.qat", "from_scratch", "finetune"]),
+    ("training: {optimizer: sgd}\n", ["training.optimizer", "adamw"]),
+    ("quantization: {coefficients: 'quantized_bits(8,0'}\n", ["quantization.coefficients", "quantized_bits(8,0,alpha=1)"]),
+    ("quantization: {coefficients: 'quantized_bits(8,0,alpha=\"auto\")'}\n", ["quantization.coefficients", "alpha=1"]),
+    ("quantization: {output: 8}\n", ["quantization.output", "quantizer string"]),
+    ("model: {batchnorm: true}\nquantization: {coefficients: 'quantized_bits(8,0,alpha=1)'}\n", ["batchnorm", "false"]),
+    ("training: {qat: finetune}\n", ["finetune", "quantizer"]),
+    ("model: 5\n", ["model", "mapping"]),
+    ("- a\n- b\n", ["mapping"]),
+    ("seeds: 0\n", ["seeds", "greater than or equal to 1"]),
+])
+def test_bad_recipes(tmp_path, text, needles):
+    with pytest.raises(RecipeError) as exc:
+        load_recipe(_write(tmp_path, text))
+    msg = str(exc.value)
+    for n in needles:
+        assert n in msg, msg
+
+
+def test_bad_yaml_and_missing_file(tmp_path):
+    with pytest.raises(RecipeError, match="not valid YAML at line"):
+        load_recipe(_write(tmp_path, "model:\n  channels: [2\n"))
+    with pytest.raises(RecipeError, match="does not exist"):
+        load_recipe(str(tmp_path / "nope.yaml"))
+
+
+def test_overrides_validate():
+    r = recipe_from_dict({}).with_overrides(epochs=3, seeds=2, jets=500, data="/x")
+    assert (r.training.epochs, r.seeds, r.data.jets, r.data.path) == (3, 2, 500, "/x")
+    with pytest.raises(RecipeError, match="training.epochs"):
+        recipe_from_dict({}).with_overrides(epochs=0)
+
+
+def test_paper_schedule_shape():
+    from qpelican.schedule import paper_lr
+
+    lr, lrf = 2.5e-3, 1e-5
+    f = lambda t, e=140: float(paper_lr(t, lr, e, lrf))  # noqa: E731
+    assert f(0) < 0.01 * lr and abs(f(2) - lr / 2) < 1e-9 and abs(f(4) - lr) < 1e-9  # linear warm-up
+    # cosine cycles of 4, 8, 16, 32, 64 epochs after the warm-up: restarts at 8, 16, 32, 64
+    for start, length in ((4, 4), (8, 8), (16, 16), (32, 32), (64, 64)):
+        assert abs(f(start + 1e-9) - lr) < 1e-6 * lr
+        assert abs(f(start + length / 2) - (lrf + lr) / 2) < 1e-6
+        assert f(start + length - 1e-6) < 1.01 * lrf
+    assert abs(f(128 + 2) - lrf * 0.25) < 1e-12  # exponential decay, gamma 0.5 per epoch
+    assert abs(f(140) - lrf * 0.5**12) < 1e-15
+    # scaled to 70 epochs: the same shape at half the times
+    for t in (1.0, 3.0, 10.0, 50.0, 66.0, 69.0):
+        assert abs(f(t, 70) - f(2 * t)) < 1e-12
+
+
+def test_tf_schedule_matches_numpy():
+    from qpelican.schedule import make_schedule, paper_lr
+
+    steps = 7
+    s = make_schedule("paper", 2.5e-3, 20, steps, 1e-5)
+    for step in (0, 3, 10, 30, 77, 100, 139, 140):
+        assert abs(float(s(step)) - float(paper_lr(step / steps, 2.5e-3, 20, 1e-5))) < 1e-9
+    assert make_schedule("constant", 1e-3, 10, 5) == 1e-3
