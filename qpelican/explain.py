@@ -46,11 +46,14 @@ def nano_parts(model):
     """Weights and fixed-point formats of a nanoPELICAN as plain numpy (quantized values)."""
     from qpelican.layers import LinEq2to0, LinEq2to2, LorentzInvariants, MaskedBatchNorm, MomentumInput
 
-    by = {}
+    by, bns = {}, {}
     for layer in model.layers:
         if isinstance(layer, MaskedBatchNorm):
-            raise QpelicanError("explain: the model has BatchNorm layers; the analytic form needs them folded. "
-                                "Train with model.batchnorm: false (all quantized recipes do).")
+            if layer.name not in ("bn_in", "bn_hidden"):
+                raise QpelicanError(f"explain: unexpected BatchNorm layer {layer.name!r}; only nanoPELICAN's bn_in / "
+                                    "bn_hidden are folded into the formula.")
+            bns[layer.name] = _bn_affine(layer)
+            continue
         for cls in (LinEq2to0, LinEq2to2, LorentzInvariants, MomentumInput):
             if isinstance(layer, cls):
                 if cls in by:
@@ -83,6 +86,7 @@ def nano_parts(model):
         "alpha22": None if l22.alphas is None else l22.alphas.numpy()[:, 0].astype(np.float64),
         "alpha20": None if l20.alphas is None else l20.alphas.numpy()[:, 0].astype(np.float64),
         "scale": mom.scale, "beams": mom.beams, "beam_energy": mom.beam_energy,
+        "bn_in": bns.get("bn_in"), "bn_hidden": bns.get("bn_hidden"),
         "fmt": {"input": mom.input_format, "invariant": inv.invariant_format,
                 "aggregate": l22.aggregate_format, "activation": l22.output_format,
                 "aggregate20": l20.aggregate_format, "output": l20.output_format},
@@ -93,18 +97,33 @@ def nano_parts(model):
     return p
 
 
+def _bn_affine(layer):
+    """Inference-mode BatchNorm as y = a x + b per channel (on real particle pairs)."""
+    var = layer.moving_variance.numpy().astype(np.float64)
+    mean = layer.moving_mean.numpy().astype(np.float64)
+    gamma = layer.gamma.numpy().astype(np.float64) if layer.gamma is not None else np.ones_like(var)
+    beta = layer.beta.numpy().astype(np.float64) if layer.beta is not None else np.zeros_like(var)
+    inv = 1.0 / np.sqrt(var.astype(np.float32) + np.float32(layer.epsilon)).astype(np.float64)
+    a = gamma * inv
+    return a, beta - mean * a
+
+
 def canonical(p):
     """Absorb lambda_h = |v_h1| (or |v_h2| when v_h1 = 0) into channel h: (parts, lambdas, dead channels)."""
     q = dict(p)
-    lam = np.abs(p["v"][:, 0]).copy()
+    gain = p["bn_hidden"][0] if p["bn_hidden"] is not None else np.ones(p["C"])  # hidden BN scale per channel
+    lam = np.abs(p["v"][:, 0] * gain)
     fallback = lam == 0
-    lam[fallback] = np.abs(p["v"][fallback, 1])
+    lam[fallback] = np.abs(p["v"][fallback, 1] * gain[fallback])
     dead = lam == 0
     lam[dead] = 1.0
     q["c"] = p["c"] * lam[:, None]
     q["beta"] = p["beta"] * lam
     q["beta_diag"] = p["beta_diag"] * lam
-    q["v"] = p["v"] / lam[:, None]
+    if p["bn_hidden"] is not None:
+        q["bn_hidden"] = (p["bn_hidden"][0] / lam, p["bn_hidden"][1])
+    else:
+        q["v"] = p["v"] / lam[:, None]
     q["fmt"] = {k: None for k in p["fmt"]}
     return q, lam, dead
 
@@ -114,7 +133,10 @@ def effective_parameters(p):
     C = p["C"]
     n = 9 * C + 1
     n_alpha = (0 if p["alpha22"] is None else p["alpha22"].size) + (0 if p["alpha20"] is None else p["alpha20"].size)
-    return {"raw": 10 * C + 1, "effective": n, "alpha": n_alpha, "total_effective": n + n_alpha}
+    # paper section 3: a folded BatchNorm adds min(C_in, 4 C_out) (before 2->2) and min(C_in, 2 C_out) (before 2->0)
+    n_bn = (min(1, 4 * C) if p["bn_in"] is not None else 0) + (min(C, 2) if p["bn_hidden"] is not None else 0)
+    return {"raw": 10 * C + 1, "effective": n + n_bn, "alpha": n_alpha, "batchnorm": n_bn,
+            "total_effective": n + n_bn + n_alpha}
 
 
 # ------------------------------------------------------------------------------ evaluation
@@ -143,6 +165,8 @@ def _formula_chunk(p, p4, f):
     d = np.einsum("bik,bjk->bij", x * np.array([1.0, -1.0, -1.0, -1.0]), x) * mm
     d = d * (1.0 - np.eye(n_part))[None]
     d = _q_np(d, f["invariant"])
+    if p["bn_in"] is not None:  # x_ij = a d_ij + b on every real pair (the diagonal included)
+        d = (p["bn_in"][0][0] * d + p["bn_in"][1][0]) * mm
     n = m.sum(1).astype(int)
     S = d.sum(axis=1)  # S_j = sum_k d_kj  (B, N)
     T = S.sum(axis=1)  # (B,)
@@ -163,6 +187,8 @@ def _formula_chunk(p, p4, f):
          + eye * A6[:, None, None, None] * c[:, 5]
          + p["beta"] + eye * p["beta_diag"])
     h = _q_np(np.maximum(z, 0.0), f["activation"]) * mm[..., None]  # (B, N, N, C)
+    if p["bn_hidden"] is not None:
+        h = (p["bn_hidden"][0] * h + p["bn_hidden"][1]) * mm[..., None]
     t2 = p["t20"][n][:, :, 0]  # (B, 2)
     u1 = _q_np(h.sum(axis=(1, 2)) * t2[:, 0:1], f["aggregate20"])
     u2 = _q_np(np.einsum("biic->bc", h) * t2[:, 1:2], f["aggregate20"])
@@ -186,12 +212,21 @@ def formula_text(p, lam=None, dead=None):
     s1 = f" (n/{nb:g})^{a20[0]:.3f}" if a20 is not None else ""
     s2 = f" (n/{nb:g})^{a20[1]:.3f}" if a20 is not None else ""
     terms = [f"{p['b']:+.4g}"]
+    gain = p["bn_hidden"][0] if p["bn_hidden"] is not None else np.ones(C)
     for h in range(C):
         if dead is not None and dead[h]:
             continue
-        terms.append(f"{_num(p['v'][h, 0])} · {norm1}{s1} Σ_ij ReLU(z{h + 1}_ij)")
-        terms.append(f"{_num(p['v'][h, 1])} · {norm2}{s2} Σ_i ReLU(z{h + 1}_ii)")
+        terms.append(f"{_num(p['v'][h, 0] * gain[h])} · {norm1}{s1} Σ_ij ReLU(z{h + 1}_ij)")
+        terms.append(f"{_num(p['v'][h, 1] * gain[h])} · {norm2}{s2} Σ_i ReLU(z{h + 1}_ii)")
+    if p["bn_hidden"] is not None:
+        k1 = float(np.sum(p["v"][:, 0] * p["bn_hidden"][1]))
+        k2 = float(np.sum(p["v"][:, 1] * p["bn_hidden"][1]))
+        terms.append(f"{_num(k1)} · n² {norm1}{s1} {_num(k2)} · n {norm2}{s2}   (hidden BatchNorm shifts)")
     lines.append("w = " + "\n    ".join(terms))
+    if p["bn_in"] is not None:
+        a, b = p["bn_in"][0][0], p["bn_in"][1][0]
+        lines.append(f"x_ij = {a:.4g}·d_ij {_num(b)}  on every pair of real constituents, i = j included "
+                     "(input BatchNorm, folded); the aggregates below are sums of x")
     a22 = p["alpha22"]
     op = list(OP_TEXT)
     if agg == "mean":
@@ -203,7 +238,8 @@ def formula_text(p, lam=None, dead=None):
         if dead is not None and dead[h]:
             lines.append(f"z{h + 1}: dead channel (both 2->0 weights are zero)")
             continue
-        parts = [f"{_num(p['c'][h, b])}·{op[b]}" for b in range(6)]
+        ops_h = [o.replace("d_ij", "x_ij") for o in op] if p["bn_in"] is not None else op
+        parts = [f"{_num(p['c'][h, b])}·{ops_h[b]}" for b in range(6)]
         parts.append(f"{_num(p['beta'][h])}")
         parts.append(f"{_num(p['beta_diag'][h])}·δ_ij")
         lines.append(f"z{h + 1}_ij = " + " ".join(parts))
@@ -229,7 +265,8 @@ def explain_model(model, p4, log=print):
         + "; w > 0 tags a top.")
     log(f"Canonical form: one positive factor λ_h = |v_h1| per hidden channel absorbed into z_h "
         f"(λ = {', '.join(f'{x:.4g}' for x in lam)}), so the total-sum weights are ±1.")
-    msg = (f"Parameters: {counts['raw']} trained (10C+1) -> {counts['effective']} effective (9C+1)")
+    msg = (f"Parameters: {counts['raw']} trained (10C+1) -> {counts['effective']} effective "
+           + (f"(9C+1, + {counts['batchnorm']} from the folded BatchNorms)" if counts["batchnorm"] else "(9C+1)"))
     if counts["alpha"]:
         msg += f" + {counts['alpha']} alpha exponents = {counts['total_effective']}"
     log(msg + ".")

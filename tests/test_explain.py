@@ -26,8 +26,11 @@ def _model(seed=0, **cfg):
     model = build_model(dict(dict(channels=2, n_constituents=N, scale=8.0), **cfg))
     rng = np.random.default_rng(seed)
     ws = []
-    for w in model.get_weights():  # weights that keep both ReLU regimes busy on real jets
-        ws.append((rng.uniform(-1.0, 1.0, w.shape) * (0.3 if w.ndim == 1 else 0.6)).astype(np.float32))
+    for v in model.weights:  # weights that keep both ReLU regimes busy on real jets
+        w = rng.uniform(-1.0, 1.0, v.shape) * (0.3 if len(v.shape) == 1 else 0.6)
+        if "moving_variance" in v.name or "gamma" in v.name:
+            w = 0.5 + np.abs(w)
+        ws.append(w.astype(np.float32))
     model.set_weights(ws)
     return model
 
@@ -38,7 +41,8 @@ def _model(seed=0, **cfg):
     {"alpha": True, "quantization": Q8},
     {"channels": 3, "aggregation": "mean", "alpha": True},
     {"beams": True, "quantization": Q8},
-], ids=["float", "8bit", "alpha-8bit", "c3-mean-alpha", "beams-8bit"])
+    {"batchnorm": True},
+], ids=["float", "8bit", "alpha-8bit", "c3-mean-alpha", "beams-8bit", "batchnorm"])
 def test_formula_reproduces_model(cfg, jets):
     from qpelican.explain import explain_model
 
@@ -48,13 +52,17 @@ def test_formula_reproduces_model(cfg, jets):
     text = "\n".join(lines)
     C = cfg.get("channels", 2)
     assert check["ok"], text
-    assert check["effective_parameters"]["effective"] == 9 * C + 1
+    assert check["effective_parameters"]["effective"] == 9 * C + 1 + (3 if cfg.get("batchnorm") else 0)
     assert check["max_abs_logit"] > 0.01  # a non-trivial model: the check means something
     if "quantization" in cfg:
         assert check["max_abs_diff_formula_vs_model"] == 0.0 and check["jets_differing"] == 0
     else:
         assert check["max_abs_diff_formula_vs_model"] < 1e-4 * max(1.0, check["max_abs_logit"])
-    assert "Σ_ij ReLU(z1_ij)" in text and f"{10 * C + 1} trained (10C+1) -> {9 * C + 1} effective" in text
+    assert "Σ_ij ReLU(z1_ij)" in text
+    if not cfg.get("batchnorm"):
+        assert f"{10 * C + 1} trained (10C+1) -> {9 * C + 1} effective" in text
+    else:
+        assert "22 effective" in text and "BatchNorm" in text  # 9C+4 for C=2 (paper section 3)
     if cfg.get("alpha"):
         assert check["effective_parameters"]["alpha"] == 7
 
