@@ -206,10 +206,18 @@ class Recipe(_Section):
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
 
     def with_overrides(self, epochs=None, data=None, seeds=None, jets=None) -> "Recipe":
-        """A copy with the CLI's common overrides applied (and validated)."""
+        """A copy with the CLI's common overrides applied (and validated).
+
+        ``epochs`` sets training.epochs; for a ``qat: finetune`` recipe with float pre-training it
+        sets the QAT epochs and scales pretrain_epochs by the same factor (c2_8bit: 120 + 20 epochs;
+        ``--epochs 4`` gives 24 + 4)."""
         d = self.model_dump()
         if epochs is not None:
-            d["training"]["epochs"] = epochs
+            t = d["training"]
+            if t["qat"] == "finetune" and t["pretrain_epochs"] > 0:
+                # keep the float : QAT proportion of the recipe
+                t["pretrain_epochs"] = max(1, round(t["pretrain_epochs"] * epochs / t["epochs"]))
+            t["epochs"] = epochs
         if data is not None:
             d["data"]["path"] = str(data)
         if seeds is not None:

@@ -25,7 +25,7 @@ def _console():
 def fit(
     recipe: Path = typer.Argument(..., help="YAML recipe, e.g. recipes/c2_8bit.yaml"),
     out: Optional[Path] = typer.Option(None, "--out", help="run directory (default runs/<recipe stem>)"),
-    epochs: Optional[int] = typer.Option(None, "--epochs", min=1, help="override training.epochs"),
+    epochs: Optional[int] = typer.Option(None, "--epochs", min=1, help="override training.epochs (finetune recipes: QAT epochs; the float pre-training scales along)"),
     data: Optional[Path] = typer.Option(None, "--data", help="dataset directory/file, overrides data.path"),
     seeds: Optional[int] = typer.Option(None, "--seeds", min=1, help="train K seeds (override seeds)"),
     jets: Optional[int] = typer.Option(None, "--jets", min=30,

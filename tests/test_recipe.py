@@ -100,6 +100,10 @@ def test_overrides_validate():
     assert (r.training.epochs, r.seeds, r.data.jets, r.data.path) == (3, 2, 500, "/x")
     with pytest.raises(RecipeError, match="training.epochs"):
         recipe_from_dict({}).with_overrides(epochs=0)
+    flag = load_recipe(os.path.join(ROOT, "recipes", "c2_8bit.yaml"))
+    short = flag.with_overrides(epochs=4)  # QAT epochs; the float pre-training keeps its proportion
+    assert short.training.epochs == 4
+    assert short.training.pretrain_epochs == round(4 * flag.training.pretrain_epochs / flag.training.epochs)
 
 
 def test_paper_schedule_shape():
