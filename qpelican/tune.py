@@ -752,7 +752,7 @@ def write_outputs(out_dir, log=print):
                             "-1 - log2(bops / max_cost) over budget (not trained)",
                "float_reference": _float_references(out_dir), "front": points}
     _write_json(os.path.join(out_dir, "pareto.json"), summary)
-    _plot(os.path.join(out_dir, "pareto.png"), rows, front, settings)
+    _plot(os.path.join(out_dir, "pareto.png"), rows, front, settings, summary["float_reference"])
     log(format_front(summary))
     log(f"written {out_dir}/trials.csv, trials.json, pareto.json, pareto.png and {len(points)} recipe(s) in "
         f"{pdir}/ (retrain one with: qpelican fit {pdir}/point_0.yaml --seeds 5)")
@@ -815,7 +815,7 @@ def _write_csv(path, rows):
     os.replace(tmp, path)
 
 
-def _plot(path, rows, front, settings):
+def _plot(path, rows, front, settings, refs=()):
     import matplotlib
 
     matplotlib.use("Agg")
@@ -834,6 +834,8 @@ def _plot(path, rows, front, settings):
             ax.annotate(str(front.index(r)), (r["bops"], r["val_auc"]), fontsize=7, xytext=(3, -9),
                         textcoords="offset points")
     ax.axvline(settings["recipe_bops"], c="C0", ls=":", lw=1, label="recipe as written")
+    for r in refs:
+        ax.axhline(r["val_auc"], c="C2", ls="-.", lw=1, label=f"float C={r['channels']} (pre-training)")
     if settings.get("max_cost"):
         ax.axvline(settings["max_cost"], c="k", ls="--", lw=1, label="--max-cost")
     ax.set_xscale("log")
