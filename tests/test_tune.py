@@ -131,6 +131,10 @@ def test_tune_cli_end_to_end(tmp_path, sim_dir):
         assert rec.search is None and rec.training.epochs == 3  # the recipe's epochs, not the search's
         assert rec.quantization.coefficients == p["quantization"]["coefficients"]
     assert len(list((out / "pareto").glob("point_*.yaml"))) == len(front)
+    # a front point is a ready-to-run recipe for `qpelican fit`
+    assert _run(["fit", str(out / front[0]["recipe"]), "--out", str(tmp_path / "fit"), "--epochs", "1"]) == 0
+    fitted = json.loads((tmp_path / "fit" / "results.json").read_text())
+    assert fitted["bops"] == front[0]["bops"]
     # a second search into the same directory must be explicit
     assert _run(["tune", str(path), "--out", str(out), "--trials", "3", "--epochs", "1"]) == 2
 
