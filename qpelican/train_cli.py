@@ -46,7 +46,8 @@ def fit(
     import qpelican.train as train
 
     try:
-        res = train.fit_recipe(r, out, resume=resume, progress=True, log=con.print)
+        res = train.fit_recipe(r, out, resume=resume, progress=True,
+                               log=lambda line: con.print(line, markup=False))  # "[qat]" is text, not markup
     except KeyboardInterrupt as exc:  # Ctrl-C or the test hook: the last committed epoch is kept
         detail = f" ({exc})" if str(exc) else ""
         typer.echo(f"interrupted{detail}: finished epochs are checkpointed in {out}; rerun the same command "

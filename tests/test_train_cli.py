@@ -112,7 +112,7 @@ def test_resume_gives_same_weights(tmp_path, sim_dir, capsys, monkeypatch):
     monkeypatch.delenv("QPELICAN_INTERRUPT_AFTER_EPOCHS")
     code, out, err = _run(["fit", recipe, "--out", str(run), "--resume"], capsys)
     assert code == 0, err
-    assert "epoch   3/3" in out and "epoch   1/3" not in out
+    assert "epoch   3/3 [qat]" in out and "epoch   1/3" not in out
     got = qpelican.load_model(str(run / "model.keras"))
     for a, b in zip(ref.get_weights(), got.get_weights()):
         np.testing.assert_array_equal(a, b)
