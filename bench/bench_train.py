@@ -70,6 +70,8 @@ def main():
     ap.add_argument("--n", type=int, default=80, help="constituents per jet")
     ap.add_argument("--steps", type=int, default=30)
     ap.add_argument("--warmup", type=int, default=5)
+    ap.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                    help="recipe override for every recipe, e.g. model.batchnorm=false or training.jit_compile=false")
     ap.add_argument("--out", default=None)
     a = ap.parse_args()
     if a.data:
@@ -85,19 +87,24 @@ def main():
         from qpelican.recipe import load_recipe
 
         rec = load_recipe(r)
-        if rec.data.n_constituents != a.n:
-            # bench at the requested N whatever the recipe says
+        if rec.data.n_constituents != a.n or a.set:
+            # bench at the requested N whatever the recipe says, with the --set overrides
             import yaml
 
             d = rec.to_dict()
             d["data"]["n_constituents"] = a.n
+            for kv in a.set:
+                key, _, val = kv.partition("=")
+                sec, _, k = key.partition(".")
+                d[sec][k] = yaml.safe_load(val)
             tmp = f"/tmp/bench_{os.getpid()}_{os.path.basename(r)}"
             with open(tmp, "w") as f:
                 yaml.safe_dump(d, f)
             r = tmp
         row = bench(r, p4, y, a.steps, a.warmup)
+        row["overrides"] = a.set
         rows.append(row)
-        print(f"{row['recipe']:<22} {'8bit' if row['quantized'] else 'float'} XLA={row['xla']!s:<5} N={row['n_constituents']} "
+        print(f"{row['recipe'][:22]:<22} {' '.join(a.set)} {'8bit' if row['quantized'] else 'float'} XLA={row['xla']!s:<5} N={row['n_constituents']} "
               f"batch {row['batch']}: {row['jets_per_second']:>8.0f} jets/s, {row['ms_per_batch']:.1f} ms/batch, "
               f"{row['seconds_per_epoch_100k']:.1f} s per epoch of 100k jets", flush=True)
     if a.out:
