@@ -370,7 +370,9 @@ def run_trial(tuner, trial):
     t = rec.training
     if t.qat == "finetune" and t.pretrain_epochs > 0 and not t.init_from:
         # shared float pre-training (one per C, trained once), then QAT fine-tuning of this variant
+        t_pre = time.perf_counter()
         pre_dir = ensure_pretrain(ctx, rec.resolved_model_config()["channels"])
+        t0 += time.perf_counter() - t_pre  # a trial's seconds exclude the shared pre-training
         d = rec.model_dump()
         d["training"].update(pretrain_epochs=0, init_from=pre_dir)
         rec = recipe_from_dict(d, source="search variant")
