@@ -363,7 +363,7 @@ def run_trial(tuner, trial):
                    "seconds": time.perf_counter() - t0}
         record.update(status="over_budget", metrics=metrics)
         _write_json(os.path.join(trial_dir, "qpelican.json"), record)
-        ctx.log(f"trial {trial.trial_id} ({ctx.tuner_id}) {widths_label(widths)}  BOPs {bops:,} > budget "
+        ctx.log(f"trial {trial.trial_id} ({ctx.tuner_id}) {widths_label(widths)}{_cn_label(ctx, record)}  BOPs {bops:,} > budget "
                 f"{max_cost:,}: not trained (score {metrics['score']:.3f})")
         return metrics
 
@@ -407,9 +407,7 @@ def run_trial(tuner, trial):
     with open(os.path.join(trial_dir, "recipe.yaml"), "w") as f:
         f.write(rec.to_yaml())
     ctx.log(f"trial {trial.trial_id} ({ctx.tuner_id}) {widths_label(widths)}"
-            + (f" C={record['channels']}" if ctx.space["channels"] else "")
-            + (f" N={record['n_constituents']}" if ctx.space["n_constituents"] else "")
-            + f"  val AUC {val['auc']:.4f}  test AUC {test['auc']:.4f}  BOPs {bops:,}  "
+            + _cn_label(ctx, record) + f"  val AUC {val['auc']:.4f}  test AUC {test['auc']:.4f}  BOPs {bops:,}  "
             f"score {metrics['score']:.4f}  ({seconds:.0f} s)")
     del model
     import tf_keras
@@ -461,6 +459,11 @@ def ensure_pretrain(ctx, channels):
         ctx.log(f"float pre-training C={channels}: val AUC {val['auc']:.4f}, test AUC {test['auc']:.4f} "
                 f"({ref['seconds']:.0f} s)")
     return pre_dir
+
+
+def _cn_label(ctx, record):
+    return ((f" C={record['channels']}" if ctx.space["channels"] else "")
+            + (f" N={record['n_constituents']}" if ctx.space["n_constituents"] else ""))
 
 
 def _finite(x):
