@@ -131,16 +131,11 @@ trial is trained and scored by validation AUC and by its hardware cost in bit op
 product of a- and b-bit operands costs a*b, an addition its result width). The output is the Pareto
 front of AUC against BOPs (`pareto.json`, `pareto.png`) and a ready-to-run recipe for each point on
 it (`pareto/point_<k>.yaml`). The trials of an 8-bit recipe start from one shared float
-pre-training. Three one-epoch trials only show the mechanics; a real search uses `--trials 50` or
-more (and can run distributed)."""),
+pre-training (`--pretrain-epochs`, here 24 as in the 8-bit fit above). Three one-epoch trials
+only show the mechanics; a real search uses `--trials 50` or more (and can run distributed)."""),
     ("code", """\
-from qpelican.tune import tune
-
-# the Python form of
-#   qpelican tune $RECIPES/c2_8bit.yaml --data data/sim4k --epochs 1 --trials 3 --out runs/tune_c2
-# with the float pre-training that the trials share shortened to 24 epochs, as in the 8-bit fit above
-summary = tune(RECIPES / "c2_8bit.yaml", "runs/tune_c2", data="data/sim4k", epochs=1, trials=3,
-               pretrain_epochs=24)"""),
+%%bash
+qpelican tune $RECIPES/c2_8bit.yaml --data data/sim4k --epochs 1 --trials 3 --pretrain-epochs 24 --out runs/tune_c2"""),
     ("code", """\
 from IPython.display import Image, display
 
