@@ -728,7 +728,7 @@ def write_outputs(out_dir, log=print):
     pdir = os.path.join(out_dir, "pareto")
     os.makedirs(pdir, exist_ok=True)
     for name in os.listdir(pdir):
-        if name.startswith("point_") and name.endswith(".yaml"):
+        if name.startswith("point_") and name.endswith(".yaml"):  # also point_<k>_finetune.yaml
             os.remove(os.path.join(pdir, name))
     points = []
     for k, r in enumerate(front):
@@ -746,7 +746,21 @@ def write_outputs(out_dir, log=print):
         with open(tmp, "w") as f:
             yaml.safe_dump(d, f, sort_keys=False)
         os.replace(tmp, path)
-        points.append(dict(r, point=k, recipe=os.path.relpath(path, out_dir)))
+        point = dict(r, point=k, recipe=os.path.relpath(path, out_dir))
+        t = base.training
+        pre_dir = os.path.join(settings.get("out_dir") or os.path.abspath(out_dir), "pretrain",
+                               f"c{r.get('channels') or rec.resolved_model_config()['channels']}")
+        if t.qat == "finetune" and t.pretrain_epochs > 0 and not t.init_from and os.path.isdir(pre_dir):
+            # the trial's own path: QAT fine-tuning of the search's shared float pre-training
+            d2 = dict(d, name=d["name"] + "_finetune", training=dict(d["training"], pretrain_epochs=0,
+                                                                     init_from=pre_dir))
+            d2["description"] = d["description"] + f"; fine-tunes the search's float pre-training {pre_dir}"
+            path2 = os.path.join(pdir, f"point_{k}_finetune.yaml")
+            with open(path2 + ".tmp", "w") as f:
+                yaml.safe_dump(d2, f, sort_keys=False)
+            os.replace(path2 + ".tmp", path2)
+            point["recipe_finetune"] = os.path.relpath(path2, out_dir)
+        points.append(point)
     counts = {}
     for r in rows:
         counts[r["status"]] = counts.get(r["status"], 0) + 1
