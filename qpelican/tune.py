@@ -550,6 +550,9 @@ def tune(recipe, out_dir, data=None, epochs=None, jets=None, trials=20, oracle="
         raise QpelicanError("--max-cost must be a positive number of bit operations.")
     base = recipe.with_overrides(data=data, jets=jets)
     space = search_space(base)
+    if pretrain_epochs is None and epochs:
+        # as in `fit`: --epochs scales a finetune recipe's float pre-training with the QAT epochs
+        pretrain_epochs = base.with_overrides(epochs=epochs).training.pretrain_epochs
     epochs = int(epochs or base.training.epochs)
     role = distributed_role()
     out_dir = os.fspath(out_dir)

@@ -15,8 +15,9 @@ def tune(
     recipe: Path = typer.Argument(..., help="YAML recipe, e.g. recipes/c2_8bit.yaml (optional `search:` section)"),
     out: Optional[Path] = typer.Option(None, "--out", help="tune directory (default tunes/<recipe stem>)"),
     data: Optional[Path] = typer.Option(None, "--data", help="dataset directory/file, overrides data.path"),
-    epochs: Optional[int] = typer.Option(None, "--epochs", min=1, help="training epochs per trial "
-                                         "(the front's recipes keep the recipe's epochs)"),
+    epochs: Optional[int] = typer.Option(None, "--epochs", min=1, help="training epochs per trial; scales a finetune "
+                                         "recipe's float pre-training as in fit (the front's recipes keep "
+                                         "the recipe's epochs)"),
     jets: Optional[int] = typer.Option(None, "--jets", min=30,
                                        help="simulated sample size (or cap on training jets with a dataset)"),
     trials: int = typer.Option(20, "--trials", min=1, help="number of trials (Keras Tuner max_trials)"),
@@ -30,7 +31,8 @@ def tune(
     seed: int = typer.Option(0, "--seed", help="oracle seed (training uses the recipe's seed)"),
     pretrain_epochs: Optional[int] = typer.Option(None, "--pretrain-epochs", min=1,
                                                   help="float pre-training epochs of a qat: finetune recipe, "
-                                                       "shared by all trials (default: the recipe's)"),
+                                                       "shared by all trials (default: the recipe's, scaled "
+                                                       "by --epochs)"),
 ):
     """Search fixed-point widths with Keras Tuner; write the AUC-vs-BOPs Pareto front and one recipe per point.
 
