@@ -46,7 +46,7 @@ A recipe has five sections and two top-level keys; every key is optional except 
       qat: from_scratch            # from_scratch | finetune (float pre-training, then QAT)
       pretrain_epochs: 0           # float epochs before QAT when qat = finetune
       finetune_learning_rate: null # initial LR of the QAT phase (null = learning_rate / 4)
-      jit_compile: auto            # auto (XLA for float models) | true | false
+      jit_compile: auto            # auto (XLA) | true | false
       init_from: null              # run directory or .keras model whose weights start the training
                                    # (e.g. a float run, for QAT fine-tuning with pretrain_epochs: 0)
     seeds: 1                       # number of seeds; seed k uses seed + k
