@@ -27,8 +27,8 @@ from qpelican.errors import DataError, QpelicanError
 from qpelican.inputs import check_momenta
 from qpelican.layers import EdgeDense, LinEq2to0, LinEq2to2, LorentzInvariants, MaskedBatchNorm, MomentumInput, ParticleMask
 from qpelican.quant import get_quantizer
+from qpelican.recipe import QUANTIZED_TENSORS  # the tensor names' one home
 
-QUANTIZED_TENSORS = ("input", "invariants", "coefficients", "biases", "activation", "aggregates", "output")
 
 DEFAULTS = {
     "architecture": "nano",

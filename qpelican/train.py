@@ -37,6 +37,7 @@ import numpy as np
 
 import qpelican  # noqa: F401  (selects tf-keras before TensorFlow)
 from qpelican.errors import QpelicanError
+from qpelican.io import write_json as _write_json
 
 INTERRUPT_ENV = "QPELICAN_INTERRUPT_AFTER_EPOCHS"
 
@@ -113,22 +114,8 @@ def load_splits(recipe, data=None, progress=True) -> Splits:
 
 
 # ------------------------------------------------------------------------------------ helpers
-def _write_json(path, obj):
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=2, default=_json_default)
-        f.write("\n")
-    os.replace(tmp, path)
 
 
-def _json_default(o):
-    if isinstance(o, (np.floating,)):
-        return float(o)
-    if isinstance(o, (np.integer,)):
-        return int(o)
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
 
 
 def bce_from_logits(y, logits):

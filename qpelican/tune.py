@@ -69,6 +69,7 @@ import os
 import time
 
 from qpelican.errors import QpelicanError, RecipeError
+from qpelican.io import write_json as _write_json
 
 TENSORS = ("input", "invariants", "coefficients", "biases", "activation", "aggregates", "output")
 SHORT = {"input": "in", "invariants": "inv", "coefficients": "w", "biases": "b", "activation": "act",
@@ -471,22 +472,8 @@ def _finite(x):
     return float(x) if math.isfinite(x) else 1e9
 
 
-def _write_json(path, obj):
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=2, default=_json_default)
-        f.write("\n")
-    os.replace(tmp, path)
 
 
-def _json_default(o):
-    import numpy as np
-
-    if isinstance(o, np.floating):
-        return float(o)
-    if isinstance(o, np.integer):
-        return int(o)
-    raise TypeError(type(o).__name__)
 
 
 # ----------------------------------------------------------------------------- the search

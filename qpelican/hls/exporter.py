@@ -7,6 +7,7 @@ import time
 
 from qpelican.errors import ExportError
 from qpelican.hls.plan import make_plan
+from qpelican.io import write_json as _write_json
 
 BACKENDS = {"vitis": "Vitis", "vivado": "Vivado"}
 DEFAULT_PART = "xcvu13p-flga2577-2-e"
@@ -130,25 +131,8 @@ def load_for_export(run):
         raise ExportError(f"{path}: cannot load the model ({exc}); pass a model saved by qpelican.") from None
 
 
-def _write_json(path, obj):
-    import json
-
-    tmp = f"{path}.tmp"
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=2, default=_json_default)
-    os.replace(tmp, path)
 
 
-def _json_default(o):
-    import numpy as np
-
-    if isinstance(o, (np.integer,)):
-        return int(o)
-    if isinstance(o, (np.floating,)):
-        return float(o)
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    return str(o)
 
 
 def export_run(run_or_model, out_dir, backend="Vitis", part=None, clock=None, reuse=1, verify=None, jets=10000,
