@@ -165,7 +165,9 @@ def export_run(run_or_model, out_dir, backend="Vitis", part=None, clock=None, re
         from qpelican.models import model_constituents
 
         p4, labels = read_jets(verify, model_constituents(model), jets)
-        log(f"compiling the C simulation (g++) ...")
+        if len(p4) < int(jets):
+            log(f"note: {verify} holds {len(p4)} jets, fewer than --jets {jets}; verifying all {len(p4)}")
+        log("compiling the C simulation (g++) ...")
         rep["settings"]["compile_seconds"] = round(compile_model(hls_model), 3)
         log(f"running {len(p4)} jets through QKeras and the C simulation ...")
         ver, _, _ = compare(model, hls_model, plan, p4, labels)
