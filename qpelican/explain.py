@@ -305,15 +305,9 @@ def explain_model(model, p4, log=print):
 
 
 def _run_model_path(run):
-    run = os.fspath(run)
-    if os.path.isdir(run):
-        path = os.path.join(run, "model.keras")
-        if not os.path.exists(path):
-            raise QpelicanError(f"{run}: no model.keras; is it a finished `qpelican fit` run directory?")
-        return path
-    if not os.path.exists(run):
-        raise QpelicanError(f"{run}: no such run directory or model file.")
-    return run
+    from qpelican.io import run_model_path
+
+    return run_model_path(run)
 
 
 def _check_jets(run, data, jets, n_constituents):

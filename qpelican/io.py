@@ -23,3 +23,19 @@ def write_json(path, obj):
         json.dump(obj, f, indent=2, default=json_default)
         f.write("\n")
     os.replace(tmp, path)
+
+
+def run_model_path(run, error=None, what="model"):
+    """``RUN`` (a ``qpelican fit`` directory holding model.keras) or a .keras file -> the model path.
+
+    Raises ``error`` (default :class:`qpelican.errors.QpelicanError`) naming the fix when absent.
+    """
+    from qpelican.errors import QpelicanError
+
+    error = error or QpelicanError
+    p = os.fspath(run)
+    path = os.path.join(p, "model.keras") if os.path.isdir(p) else p
+    if not os.path.isfile(path):
+        raise error(f"{what} {p}: no {'model.keras in this directory' if os.path.isdir(p) else 'such file or directory'}; "
+                    "give a run directory written by `qpelican fit` or a .keras model file.")
+    return path

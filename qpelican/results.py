@@ -138,14 +138,13 @@ def evaluate_run(run, data, out=None, jets=None):
 
     import qpelican
     from qpelican.data.readers import open_dataset, resolve_splits
-    from qpelican.errors import QpelicanError
     from qpelican.models import model_constituents
     from qpelican.train import _write_json, predict, test_metrics
 
+    from qpelican.io import run_model_path
+
     run = os.fspath(run)
-    model_path = os.path.join(run, "model.keras") if os.path.isdir(run) else run
-    if not os.path.exists(model_path):
-        raise QpelicanError(f"{run}: no model found (expected a run directory with model.keras, or a .keras file).")
+    model_path = run_model_path(run)
     files = resolve_splits(data)
     src = files.get("test") or files.get("val") or files.get("train")
     model = qpelican.load_model(model_path)

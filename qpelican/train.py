@@ -229,12 +229,9 @@ def _build(recipe, quantized, seed, steps_per_epoch, epochs, lr):
 
 def _init_from(model, source):
     """Copy the weights of a trained model (run directory or .keras file) into ``model``."""
-    path = os.fspath(source)
-    if os.path.isdir(path):
-        path = os.path.join(path, "model.keras")
-    if not os.path.exists(path):
-        raise QpelicanError(f"training.init_from: {path} does not exist; give a run directory (with model.keras) "
-                            "or a .keras file of the same architecture.")
+    from qpelican.io import run_model_path
+
+    path = run_model_path(source, what="training.init_from:")
     src = qpelican.load_model(path)
     a, b = src.get_weights(), model.get_weights()
     if [w.shape for w in a] != [w.shape for w in b]:

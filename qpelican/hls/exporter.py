@@ -107,17 +107,9 @@ def predict_phat(hls_model, p_hat):
 
 def resolve_model_path(run):
     """RUN directory (``qpelican fit`` output: RUN/model.keras) or a model file -> model path."""
-    p = os.fspath(run)
-    if os.path.isdir(p):
-        cand = os.path.join(p, "model.keras")
-        if not os.path.isfile(cand):
-            raise ExportError(f"{p}: no model.keras in this directory; pass a run directory written by "
-                              "`qpelican fit` or a .keras model file.")
-        return cand
-    if not os.path.isfile(p):
-        raise ExportError(f"{p}: no such run directory or model file; pass a run directory written by "
-                          "`qpelican fit` or a .keras model file.")
-    return p
+    from qpelican.io import run_model_path
+
+    return run_model_path(run, error=ExportError)
 
 
 def load_for_export(run):
