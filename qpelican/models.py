@@ -25,7 +25,8 @@ from qkeras import QDense
 
 from qpelican.errors import DataError, QpelicanError
 from qpelican.inputs import check_momenta
-from qpelican.layers import EdgeDense, LinEq2to0, LinEq2to2, LorentzInvariants, MaskedBatchNorm, MomentumInput, ParticleMask
+from qpelican.layers import (EdgeDense, LinEq2to0, LinEq2to2, LorentzInvariants, MaskedBatchNorm, MomentumInput,
+                             PairDropout, ParticleMask)
 from qpelican.quant import get_quantizer
 from qpelican.recipe import QUANTIZED_TENSORS  # the tensor names' one home
 
@@ -84,7 +85,7 @@ def _regularise(x, m, cfg, name):
     if cfg["batchnorm"]:
         x = MaskedBatchNorm(name=f"bn_{name}")([x, m])
     if cfg["dropout"]:
-        x = tf_keras.layers.Dropout(cfg["dropout"], name=f"dropout_{name}")(x)
+        x = PairDropout(cfg["dropout"], name=f"dropout_{name}")(x)
     return x
 
 

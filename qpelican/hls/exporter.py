@@ -32,6 +32,23 @@ def _quiet(enabled=True):
         yield
 
 
+def _hls4ml_view(model):
+    """The same model with PairDropout as plain Dropout, which hls4ml's converter skips (both are
+    the identity at inference); weights are shared, nothing is copied."""
+    import tf_keras
+
+    if not any(type(layer).__name__ == "PairDropout" for layer in model.layers):
+        return model
+
+    def clone(layer):
+        if type(layer).__name__ == "PairDropout":
+            return tf_keras.layers.Dropout(layer.rate, name=layer.name)
+        return layer
+
+    view = tf_keras.models.clone_model(model, clone_function=clone)
+    return view
+
+
 def export_model(model, out_dir, backend="Vitis", part=None, clock=None, reuse=1, project_name="qpelican",
                  write=True, quiet=True):
     """Write the hls4ml project of a qpelican model.
@@ -54,6 +71,7 @@ def export_model(model, out_dir, backend="Vitis", part=None, clock=None, reuse=1
 
     if int(reuse) < 1:
         raise ExportError(f"--reuse must be a positive integer, got {reuse}.")
+    model = _hls4ml_view(model)
     plan = make_plan(model)
     extension.register()
     bname = _backend_name(backend)

@@ -29,7 +29,7 @@ IR_NAMES = {
     "LinEq2to2": "QPLinEq2to2Nano",
     "LinEq2to0": "QPLinEq2to0",
 }
-SKIPPED = ("Dropout", "InputLayer")
+SKIPPED = ("Dropout", "PairDropout", "InputLayer")
 FLOAT64_BITS = 53
 
 NANO_FIX = ("Export supports the nanoPELICAN graph (MomentumInput -> ParticleMask, LorentzInvariants "
@@ -150,7 +150,7 @@ def make_plan(model):
             input_plan = {"name": layer.name, "n": int(shape[0]), "shape": shape}
             state[layer.name] = {"kind": "raw", "n": int(shape[0])}
             continue
-        if cls == "Dropout":
+        if cls in ("Dropout", "PairDropout"):  # identity at inference
             state[layer.name] = {"alias": ins[0]}
             continue
         if cls == "MaskedBatchNorm":

@@ -1,9 +1,11 @@
 """qpelican's Keras (tf-keras) layers."""
 from qpelican.layers.dense import EdgeDense
+from qpelican.layers.dropout import PairDropout
 from qpelican.layers.lineq import LinEq2to0, LinEq2to2
 from qpelican.layers.lorentz import LorentzInvariants, MomentumInput, ParticleMask
 from qpelican.layers.norm import MaskedBatchNorm
 
-LAYERS = (MomentumInput, ParticleMask, LorentzInvariants, LinEq2to2, LinEq2to0, MaskedBatchNorm, EdgeDense)
+LAYERS = (MomentumInput, ParticleMask, LorentzInvariants, LinEq2to2, LinEq2to0, MaskedBatchNorm, EdgeDense,
+          PairDropout)
 
 __all__ = [cls.__name__ for cls in LAYERS] + ["LAYERS"]
