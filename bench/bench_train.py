@@ -91,12 +91,7 @@ def main():
             # bench at the requested N whatever the recipe says, with the --set overrides
             import yaml
 
-            d = rec.to_dict()
-            d["data"]["n_constituents"] = a.n
-            for kv in a.set:
-                key, _, val = kv.partition("=")
-                sec, _, k = key.partition(".")
-                d[sec][k] = yaml.safe_load(val)
+            d = rec.with_overrides(sets=[*a.set, f"data.n_constituents={a.n}"]).to_dict()
             tmp = f"/tmp/bench_{os.getpid()}_{os.path.basename(r)}"
             with open(tmp, "w") as f:
                 yaml.safe_dump(d, f)

@@ -13,6 +13,8 @@ A recipe has five sections and two top-level keys; every key is optional except 
       n_constituents: 80           # N, highest-pT constituents per jet
       beams: false                 # prepend the two beam particles
       seed: 0                      # seed of the simulated sample
+      detector: none               # simulated sample: none (truth particles) | simple (Delphes-like
+                                   # E-flow); ignored with a path
     model:                         # keys and defaults of qpelican.models.DEFAULTS (null/absent = default)
       architecture: nano           # nano | pelican
       channels: 2
@@ -86,6 +88,7 @@ class DataSection(_Section):
     n_constituents: int = Field(default=80, ge=2, le=200)
     beams: bool = False
     seed: int = 0
+    detector: Literal["none", "simple"] = "none"  # simulated sample only (ignored with a path)
 
 
 class ModelSection(_Section):
@@ -205,13 +208,25 @@ class Recipe(_Section):
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
 
-    def with_overrides(self, epochs=None, data=None, seeds=None, jets=None) -> "Recipe":
+    def with_overrides(self, epochs=None, data=None, seeds=None, jets=None, sets=()) -> "Recipe":
         """A copy with the CLI's common overrides applied (and validated).
 
         ``epochs`` sets training.epochs; for a ``qat: finetune`` recipe with float pre-training it
         sets the QAT epochs and scales pretrain_epochs by the same factor (c2_8bit: 120 + 20 epochs;
-        ``--epochs 4`` gives 24 + 4)."""
+        ``--epochs 4`` gives 24 + 4). ``sets`` are ``"section.key=value"`` strings (``--set``), the
+        value read as YAML (``model.dropout=0``, ``quantization.input=float``), applied first."""
         d = self.model_dump()
+        for kv in sets:
+            key, eq, val = str(kv).partition("=")
+            sec, dot, k = key.strip().partition(".")
+            if not eq or not dot or not k:
+                raise RecipeError(f"--set {kv!r}: expected SECTION.KEY=VALUE, e.g. model.dropout=0.")
+            if sec not in _SECTIONS:
+                raise RecipeError(f"--set {kv!r}: unknown section {sec!r}; allowed: {', '.join(_SECTIONS)}.")
+            try:
+                d[sec][k] = yaml.safe_load(val)
+            except yaml.YAMLError:
+                raise RecipeError(f"--set {kv!r}: the value is not valid YAML.") from None
         if epochs is not None:
             t = d["training"]
             if t["qat"] == "finetune" and t["pretrain_epochs"] > 0:

@@ -31,11 +31,13 @@ def fit(
     jets: Optional[int] = typer.Option(None, "--jets", min=30,
                                        help="simulated sample size (or cap on training jets with a dataset)"),
     resume: bool = typer.Option(False, "--resume", help="continue an interrupted run in --out"),
+    sets: Optional[list[str]] = typer.Option(None, "--set", metavar="SECTION.KEY=VALUE",
+                                             help="override any recipe key, e.g. --set model.dropout=0 (repeatable)"),
 ):
     """Train a model (or several seeds) from a YAML recipe and write the run directory."""
     from qpelican.recipe import load_recipe
 
-    r = load_recipe(recipe).with_overrides(epochs=epochs, data=data, seeds=seeds, jets=jets)
+    r = load_recipe(recipe).with_overrides(epochs=epochs, data=data, seeds=seeds, jets=jets, sets=sets or ())
     out = out or Path("runs") / recipe.stem
     if not resume and (out / "seeds").exists() and any((out / "seeds").iterdir()):
         raise QpelicanError(f"run directory {out} already holds a run; pass --resume to continue it, "

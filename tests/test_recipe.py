@@ -132,3 +132,15 @@ def test_tf_schedule_matches_numpy():
     for step in (0, 3, 10, 30, 77, 100, 139, 140):
         assert abs(float(s(step)) - float(paper_lr(step / steps, 2.5e-3, 20, 1e-5))) < 1e-9
     assert make_schedule("constant", 1e-3, 10, 5) == 1e-3
+
+
+def test_set_overrides_apply_and_fail_clearly():
+    r = load_recipe("recipes/c2_8bit.yaml").with_overrides(
+        sets=["model.dropout=0", "quantization.activation=quantized_relu(6,3)", "training.batch_size=256"])
+    assert r.model.dropout == 0 and r.training.batch_size == 256
+    assert "quantized_relu(6,3)" in str(r.quantization.activation)
+    for bad, match in [("model.dropout", "SECTION.KEY=VALUE"), ("dropout=0", "SECTION.KEY=VALUE"),
+                       ("modle.dropout=0", "unknown section 'modle'"), ("model.dropuot=0", "unknown key 'model.dropuot'"),
+                       ("model.channels=[1", "not valid YAML"), ("training.batch_size=big", "batch_size")]:
+        with pytest.raises(RecipeError, match=match):
+            load_recipe("recipes/c2_8bit.yaml").with_overrides(sets=[bad])
