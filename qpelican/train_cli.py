@@ -77,10 +77,11 @@ def _print_metrics(con, res, title="results"):
             return f"{_fmt(v['mean'], spec)} ± {_fmt(v['std'], spec)}"
         t.add_row(f"{ss['n_seeds']} seeds mean±std", ms("accuracy", ".4f"), ms("auc", ".4f"), ms("rej30", ".1f"),
                   ms("rej50", ".1f"))
-    b = res.get("baseline")
-    if b:
-        t.add_row("jet-mass baseline", _fmt(b.get("accuracy"), ".4f"), _fmt(b.get("auc"), ".4f"),
-                  _fmt(b.get("rej30"), ".1f"), _fmt(b.get("rej50"), ".1f"))
+    for key, name in (("baseline", "jet-mass baseline"), ("baseline_window", "mass-window baseline")):
+        b = res.get(key)
+        if b:
+            t.add_row(name, _fmt(b.get("accuracy"), ".4f"), _fmt(b.get("auc"), ".4f"),
+                      _fmt(b.get("rej30"), ".1f"), _fmt(b.get("rej50"), ".1f"))
     con.print(t)
     extra = []
     if res.get("n_params") is not None:

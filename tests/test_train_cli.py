@@ -60,6 +60,8 @@ def test_fit_end_to_end_two_seeds_and_evaluate(tmp_path, sim_dir, capsys):
     assert res["seeds_summary"]["auc"]["mean"] == pytest.approx(np.mean(aucs))
     assert res["seeds_summary"]["auc"]["std"] == pytest.approx(np.std(aucs))
     assert 0.0 <= res["auc"] <= 1.0 and 0.0 <= res["baseline"]["auc"] <= 1.0
+    # the window is one function of the mass: never better than the likelihood ratio by more than noise
+    assert res["baseline_window"]["method"].startswith("mass window") and res["baseline_window"]["auc"] <= res["baseline"]["auc"] + 0.02
     assert res["n_params"] == 21 and res["bops"] > 0
     assert res["data"]["test_jets"] == res["test_jets"] > 0
     assert res["timing"]["train_seconds"] > 0 and res["timing"]["jets_per_second"] > 0
