@@ -93,7 +93,7 @@ def load_splits(recipe, data=None, progress=True) -> Splits:
     if simulated:
         from qpelican.data.simulate import default_sample
 
-        path = default_sample(recipe.simulated_jets(), seed=d.seed, progress=progress)
+        path = default_sample(recipe.simulated_jets(), seed=d.seed, progress=progress, detector=d.detector)
     files = resolve_splits(path)
     missing = [k for k in ("train", "val", "test") if not files.get(k)]
     if missing:
@@ -110,6 +110,7 @@ def load_splits(recipe, data=None, progress=True) -> Splits:
     if simulated:
         desc["simulated_jets"] = recipe.simulated_jets()
         desc["simulation_seed"] = d.seed
+        desc["detector"] = d.detector
     return Splits(arrays["train"], arrays["val"], arrays["test"], desc)
 
 

@@ -1,5 +1,7 @@
-"""Pythia 8 + FastJet simulator: physics of the jets, file layout, determinism, resume, CLI."""
+"""Pythia 8 + FastJet simulator: physics of the jets, file layout, determinism, resume, CLI, detector."""
+import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -198,3 +200,130 @@ def test_cli_simulate(tiny, tmp_path):
     _assert_same(_arrays(tiny), _arrays(str(out)))
     r = _cli("data", "simulate", "--jets", "20", "--split", "0.8,0.3", "--out", str(out))
     assert r.returncode == 2 and "--split" in r.stderr and "Traceback" not in r.stderr
+    r = _cli("data", "simulate", "--jets", "20", "--detector", "full", "--out", str(out))
+    assert r.returncode == 2 and "simple" in r.stderr and "Traceback" not in r.stderr
+
+
+# ------------------------------------------------------------------ simple detector (E-flow)
+
+def _p4(pt, eta, phi, m=0.0):
+    px, py, pz = pt * np.cos(phi), pt * np.sin(phi), pt * np.sinh(eta)
+    return [np.sqrt(px ** 2 + py ** 2 + pz ** 2 + m ** 2), px, py, pz]
+
+
+def _tower_grid(p4):
+    """(on a tower centre, |eta|, pT) of each real constituent of (jets, 200, 4) momenta."""
+    q = p4[p4[..., 0] > 0].astype(np.float64)
+    pt = np.hypot(q[:, 1], q[:, 2])
+    eta, phi = np.arcsinh(q[:, 3] / pt), np.arctan2(q[:, 2], q[:, 1])
+    u = (eta + sim.CALO_ETA_MAX) / sim.TOWER_DETA - 0.5
+    v = (phi + np.pi) / (2 * np.pi / sim.TOWER_NPHI) - 0.5
+    on = (np.abs(u - np.round(u)) < 1e-4) & (np.abs(v - np.round(v)) < 1e-4)  # float32: ~1e-6 off
+    return on, np.abs(eta), pt
+
+
+def test_eflow_tracks_and_towers():
+    rng = np.random.default_rng(0)
+    phi0 = sim.tower_centres(0, 10)[1] + 0.01  # inside tower iphi = 10
+    parts = [  # (pid, 3 x charge, p4)
+        (22, 0, _p4(300.0, 0.52, phi0)), (22, 0, _p4(200.0, 0.53, phi0)),  # one ECAL tower
+        (2112, 0, _p4(50.0, 0.52, phi0, 0.94)),                            # + HCAL, same tower
+        (211, 3, _p4(100.0, 0.2, 1.0, 0.14)),                              # track
+        (211, 3, _p4(0.3, -1.0, 2.0, 0.14)),                               # too soft: tower < 1 GeV
+        (-211, -3, _p4(40.0, 3.03, -2.0, 0.14)),                           # outside tracker: HCAL
+        (13, -3, _p4(40.0, 3.0, 2.0, 0.106)),                              # muon outside tracker: lost
+        (22, 0, _p4(40.0, 5.0, 0.0)),                                      # outside calorimeter
+        (211, 3, _p4(80.0, 0.0, 0.0, 0.14)),                               # second event: track
+    ]
+    ev = np.array([0] * 8 + [1])
+    pid = np.array([p[0] for p in parts])
+    p4 = np.array([p[2] for p in parts])
+    out_ev, out = sim.eflow(ev, pid, np.array([p[1] for p in parts]), p4, rng)
+    assert out_ev.tolist() == [0, 0, 0, 1]  # track, tower (500 GeV photons + neutron), HCAL tower; track
+    pt = np.hypot(out[:, 1], out[:, 2])
+    eta, phi = np.arcsinh(out[:, 3] / pt), np.arctan2(out[:, 2], out[:, 1])
+    # tracks: direction kept, pT smeared by ~1%
+    np.testing.assert_allclose(eta[[0, 3]], [0.2, 0.0], atol=1e-9)
+    np.testing.assert_allclose(phi[[0, 3]], [1.0, 0.0], atol=1e-9)
+    assert abs(pt[0] / 100 - 1) < 0.1 and pt[0] != 100.0
+    # towers: massless, at their centres, energies summed then smeared
+    np.testing.assert_allclose(out[1:3, 0], np.linalg.norm(out[1:3, 1:], axis=1))
+    c_eta, c_phi = sim.tower_centres(np.array([54, 79]), np.array([10, 11]))
+    np.testing.assert_allclose(eta[1:3], c_eta, atol=1e-9)
+    np.testing.assert_allclose(phi[1:3], c_phi, atol=1e-9)
+    e_sum = p4[0, 0] + p4[1, 0] + p4[2, 0]
+    assert abs(out[1, 0] / e_sum - 1) < 0.15 and out[1, 0] != e_sum
+    assert abs(out[2, 0] / p4[5, 0] - 1) < 0.6
+    # the same generator state gives the same objects
+    again = sim.eflow(ev, pid, np.array([p[1] for p in parts]), p4, np.random.default_rng(0))[1]
+    np.testing.assert_array_equal(out, again)
+
+
+@pytest.fixture(scope="module")
+def det_dir(tmp_path_factory):
+    """200 jets through the simple detector, seed SIM_SEED: its chunks start from the same Pythia
+    events as sim_dir's first chunks (chunk seeds depend on seed, class and chunk only)."""
+    from conftest import SIM_SEED
+
+    d = tmp_path_factory.mktemp("det")
+    sim.simulate(200, str(d), seed=SIM_SEED, workers=min(2, os.cpu_count() or 1), progress=False,
+                 detector="simple")
+    return d
+
+
+def test_detector_jets(det_dir, sim_dir):
+    det, _ = _load(det_dir)
+    tru, _ = _load(sim_dir)
+    for cls in (0, 1):  # towers merge photons, soft particles are lost: fewer constituents
+        n_det = det["Nobj"][det["is_signal"] == cls].mean()
+        n_tru = tru["Nobj"][tru["is_signal"] == cls].mean()
+        assert n_det < 0.85 * n_tru, (cls, n_det, n_tru)
+    assert det["Nobj"][det["is_signal"] == 1].mean() > det["Nobj"][det["is_signal"] == 0].mean()
+    p4, y = det["Pmu"].astype(np.float64), det["is_signal"]
+    real = p4[..., 0] > 0
+    np.testing.assert_array_equal(real.sum(1), det["Nobj"])
+    np.testing.assert_allclose(p4[..., 0][real], np.linalg.norm(p4[..., 1:], axis=-1)[real], rtol=1e-5, atol=1e-4)
+    s = p4.sum(1)
+    assert (np.hypot(s[:, 1], s[:, 2]) > 549.0).all() and (np.hypot(s[:, 1], s[:, 2]) < 651.0).all()
+    m = jet_mass(p4)
+    assert 140 < np.median(m[y == 1]) < 200 and np.median(m[y == 0]) < 120
+    # every constituent is a tower (at a tower centre, E > 1 GeV) or a track (|eta| < 2.5, pT > 0.5 GeV)
+    on, aeta, pt = _tower_grid(det["Pmu"])
+    assert ((aeta < 2.5) & (pt > 0.45))[~on].all()
+    assert (p4[real][on, 0] > sim.TOWER_E_MIN - 1e-3).all()
+    assert 0.1 < on.mean() < 0.7
+    for jet in det["Pmu"][:50]:  # one object per tower: deposits are summed
+        j_on, _, _ = _tower_grid(jet[None])
+        q = jet[jet[:, 0] > 0][j_on].astype(np.float64)
+        keys = np.round(np.c_[np.arcsinh(q[:, 3] / np.hypot(q[:, 1], q[:, 2])), np.arctan2(q[:, 2], q[:, 1])], 3)
+        assert len(np.unique(keys, axis=0)) == len(keys)
+    # truth-level jets: no grid, and soft particles a detector would not keep as tracks
+    on_t, aeta_t, pt_t = _tower_grid(tru["Pmu"][:100])
+    assert on_t.mean() < 0.01 and (pt_t < 0.45).mean() > 0.05
+
+
+def test_detector_deterministic_and_cached_apart(tiny, tmp_path):
+    with h5py.File(os.path.join(tiny, "train.h5"), "r") as f:
+        assert f.attrs["detector"] == "none"
+    d1 = tmp_path / "det"
+    shutil.copytree(tiny, d1)  # a complete truth-level sample there must not be taken as the answer
+    sim.simulate(20, str(d1), seed=7, workers=1, progress=False, detector="simple")
+    with h5py.File(d1 / "train.h5", "r") as f:
+        assert f.attrs["detector"] == "simple" and json.loads(f.attrs["config"])["detector"] == "simple"
+    a = _arrays(str(d1))
+    assert not np.array_equal(a["train"]["Pmu"], _arrays(tiny)["train"]["Pmu"])
+    d2 = sim.default_sample(20, seed=7, workers=2, progress=False, detector="simple", cache_dir=str(tmp_path / "c"))
+    assert d2 == str(tmp_path / "c" / "sim-20-7-simple")
+    _assert_same(a, _arrays(d2))  # same jets with 1 and 2 workers
+
+
+def test_bad_detector(tmp_path):
+    with pytest.raises(DataError, match="none, simple"):
+        sim.simulate(20, str(tmp_path), progress=False, detector="delphes")
+    from qpelican.errors import RecipeError
+    from qpelican.recipe import recipe_from_dict
+
+    assert recipe_from_dict({}).data.detector == "none"
+    assert recipe_from_dict({"data": {"detector": "simple"}}).data.detector == "simple"
+    with pytest.raises(RecipeError, match=r"data\.detector = 'full'.*'none' or 'simple'"):
+        recipe_from_dict({"data": {"detector": "full"}})

@@ -32,22 +32,29 @@ def simulate(
     mpi: bool = typer.Option(False, "--mpi/--no-mpi", help="Multi-parton interactions (off in the reference)."),
     resume: bool = typer.Option(True, "--resume/--no-resume",
                                 help="Reuse chunks of an interrupted run with the same settings (default)."),
+    detector: str = typer.Option("none", "--detector",
+                                 help="none | simple. none: truth particles; simple: Delphes-like E-flow "
+                                      "(smeared tracks + calorimeter towers)."),
 ):
     """Generate jets with Pythia 8 + FastJet into the converted layout (Pmu, Nobj, is_signal, truth_Pmu).
 
     An interrupted run keeps finished chunks; rerun the same command to resume.
     MPI on is about 2-3x slower per jet and adds underlying-event particles.
+    --detector simple clusters tracks and calorimeter towers instead of the particles.
     """
     import time
 
     from rich.console import Console
 
+    from qpelican.data.simulate import DETECTORS
     from qpelican.data.simulate import simulate as run
 
+    if detector not in DETECTORS:
+        raise DataError(f"--detector {detector!r}: use one of {', '.join(DETECTORS)}")
     fractions = _parse_split(split)
     t0 = time.perf_counter()
     paths = run(jets, str(out), seed=seed, workers=workers, split=fractions, mpi=mpi, progress=True,
-              resume=resume)
+              resume=resume, detector=detector)
     dt = time.perf_counter() - t0
     con = Console()
     for name, p in paths.items():

@@ -1,9 +1,11 @@
 """Pythia 8 + FastJet top-tagging sample in the converted layout (DESIGN.md section 3).
 
 Signal: hadronic ttbar (W -> quarks only); background: QCD dijets (HardQCD:all); 14 TeV,
-MPI off by default, ISR/FSR and hadronisation on, no detector. Final-state visible particles
-(neutrinos removed) are clustered with anti-kT R = 0.8; jets with 550 < pT < 650 GeV and
-|eta| < 2 are kept. A signal jet must contain the hadronically decaying top, its b and both W
+MPI off by default, ISR/FSR and hadronisation on. Final-state visible particles (neutrinos
+removed) are clustered with anti-kT R = 0.8; jets with 550 < pT < 650 GeV and |eta| < 2 are kept.
+detector="none" (default) clusters the particles themselves (truth level); detector="simple"
+clusters a Delphes-like E-flow instead: smeared tracks plus smeared calorimeter towers
+(see `eflow`). A signal jet must contain the hadronically decaying top, its b and both W
 decay quarks within dR < 0.8 (quarks taken at the top/W decay vertices, before showering).
 Constituents are made massless (E = |p|), sorted by pT, at most 200 per jet, zero-padded.
 
@@ -36,6 +38,7 @@ from qpelican.errors import DataError
 MAX_CONSTITUENTS = 200
 SPLIT_NAMES = ("train", "val", "test")
 FORMAT_VERSION = 1  # bump when the generator changes: invalidates cached chunks
+DETECTORS = ("none", "simple")
 
 
 @dataclass(frozen=True)
@@ -52,6 +55,11 @@ class GenConfig:
     eta_max: float = 2.0
     match_dr: float = 0.8
     events_per_batch: int = 50
+    detector: str = "none"     # "none" (truth particles) | "simple" (E-flow, see `eflow`)
+
+    def __post_init__(self):
+        if self.detector not in DETECTORS:
+            raise DataError(f"detector {self.detector!r}: expected one of {', '.join(DETECTORS)}")
 
 
 def _require_sim():
@@ -171,6 +179,109 @@ def _hadronic_tops(pid, d1, d2, mom):
     return out
 
 
+# ------------------------------------------------------------ simple detector (Delphes-like E-flow)
+# Delphes ATLAS-card-like numbers: tracks inside the tracker, towers of 0.1 x 2pi/64 up to |eta| 4.9.
+TRACK_ETA_MAX, TRACK_PT_MIN = 2.5, 0.5
+CALO_ETA_MAX, TOWER_DETA, TOWER_NPHI = 4.9, 0.1, 64
+TOWER_NETA = round(2 * CALO_ETA_MAX / TOWER_DETA)
+TOWER_E_MIN = 1.0
+
+
+def _charge3(pid, pdata, cache):
+    """Three times the electric charge of each PDG id (Pythia's table, looked up once per id)."""
+    ids, inv = np.unique(pid, return_inverse=True)
+    for i in ids.tolist():
+        if i not in cache:
+            cache[i] = pdata.chargeType(i)
+    return np.array([cache[i] for i in ids.tolist()], np.int64)[inv.reshape(-1)]
+
+
+def _track_resolution(pt):
+    return np.sqrt(0.01 ** 2 + (5e-4 * pt) ** 2)
+
+
+def _ecal_resolution(e):
+    return np.sqrt(0.01 ** 2 + 0.10 ** 2 / e)
+
+
+def _hcal_resolution(e):
+    return np.sqrt(0.0302 ** 2 + 0.5205 ** 2 / e + 1.59 ** 2 / e ** 2)
+
+
+def _lognormal(mean, rel_sigma, rng):
+    """Log-normal draws with the given mean and relative width: energies stay positive (as Delphes)."""
+    s2 = np.log1p(rel_sigma ** 2)
+    return mean * np.exp(np.sqrt(s2) * rng.standard_normal(mean.shape) - s2 / 2)
+
+
+def tower_centres(ieta, iphi):
+    """(eta, phi) of the centres of towers (ieta, iphi)."""
+    return (-CALO_ETA_MAX + (ieta + 0.5) * TOWER_DETA,
+            -np.pi + (iphi + 0.5) * (2 * np.pi / TOWER_NPHI))
+
+
+def _towers(ev, e, eta, phi, hcal, rng):
+    """Sum energies per (event, tower, ECAL/HCAL), smear each sum, return massless towers.
+
+    Returns (event index, (m, 4) E px py pz) of the towers whose smeared ECAL + HCAL energy
+    exceeds TOWER_E_MIN; each points at its tower centre."""
+    ieta = np.clip(np.floor((eta + CALO_ETA_MAX) / TOWER_DETA).astype(np.int64), 0, TOWER_NETA - 1)
+    iphi = np.floor((phi + np.pi) / (2 * np.pi / TOWER_NPHI)).astype(np.int64) % TOWER_NPHI
+    key = (ev.astype(np.int64) * TOWER_NETA + ieta) * TOWER_NPHI + iphi
+    tower, inv = np.unique(key, return_inverse=True)  # sparse: only hit towers
+    inv = inv.reshape(-1)
+    total = np.zeros(len(tower))
+    for part, resolution in ((~hcal, _ecal_resolution), (hcal, _hcal_resolution)):
+        esum = np.bincount(inv[part], weights=e[part], minlength=len(tower))
+        hit = esum > 0
+        total[hit] += _lognormal(esum[hit], resolution(esum[hit]), rng)
+    keep = total > TOWER_E_MIN
+    tower, total = tower[keep], total[keep]
+    t_ev, rest = np.divmod(tower, TOWER_NETA * TOWER_NPHI)
+    c_eta, c_phi = tower_centres(*np.divmod(rest, TOWER_NPHI))
+    pt = total / np.cosh(c_eta)
+    return t_ev, np.stack([total, pt * np.cos(c_phi), pt * np.sin(c_phi), pt * np.sinh(c_eta)], axis=1)
+
+
+def eflow(ev, pid, charge3, p4, rng):
+    """Delphes-like energy flow of one batch of events (all arrays flat over the batch).
+
+    ev: event index per particle, pid: PDG id, charge3: 3 x charge, p4: (n, 4) E px py pz of the
+    stable visible particles. Charged particles with |eta| < 2.5 and pT > 0.5 GeV are tracks with
+    a gaussian pT smearing (direction kept); everything else within |eta| < 4.9 (photons and e+-
+    in ECAL, hadrons in HCAL; muons outside the tracker are lost) is summed in towers.
+    Returns (event index, (m, 4) p4), ordered by event.
+    """
+    e, px, py, pz = p4.T
+    pt = np.hypot(px, py)
+    eta, phi = _eta_phi(px, py, pz)
+    apid = np.abs(pid)
+    track = (charge3 != 0) & (np.abs(eta) < TRACK_ETA_MAX) & (pt > TRACK_PT_MIN)
+    scale = 1 + _track_resolution(pt[track]) * rng.standard_normal(int(track.sum()))
+    tr_p4 = p4[track] * scale[:, None]  # whole 4-vector: pT smeared, direction kept
+    tr_ev = ev[track][scale > 0]  # a (rare) negative smeared pT is a lost track, as in Delphes
+    tr_p4 = tr_p4[scale > 0]
+    calo = ~track & (np.abs(eta) < CALO_ETA_MAX) & (apid != 13)
+    hcal = (apid != 22) & (apid != 11)
+    to_ev, to_p4 = _towers(ev[calo], e[calo], eta[calo], phi[calo], hcal[calo], rng)
+    out_ev = np.concatenate([tr_ev, to_ev])
+    order = np.argsort(out_ev, kind="stable")
+    return out_ev[order], np.concatenate([tr_p4, to_p4])[order]
+
+
+def _eflow_batch(final, pdata, rng, charge_cache):
+    """The awkward (events, objects) {px, py, pz, E} array of a batch's E-flow, for FastJet."""
+    import awkward as ak
+
+    counts = ak.to_numpy(ak.num(final))
+    ev = np.repeat(np.arange(len(counts)), counts)
+    pid = ak.to_numpy(ak.flatten(final.id))
+    p4 = np.stack([ak.to_numpy(ak.flatten(final.p[f])) for f in ("e", "px", "py", "pz")], axis=1)
+    out_ev, out_p4 = eflow(ev, pid, _charge3(pid, pdata, charge_cache), p4, rng)
+    n = np.bincount(out_ev, minlength=len(counts))
+    return ak.unflatten(ak.zip({"px": out_p4[:, 1], "py": out_p4[:, 2], "pz": out_p4[:, 3], "E": out_p4[:, 0]}), n)
+
+
 def generate_jets(signal: bool, n_jets: int, seed: int, cfg: GenConfig = GenConfig(), report=None):
     """Generate exactly `n_jets` selected jets of one class.
 
@@ -181,6 +292,9 @@ def generate_jets(signal: bool, n_jets: int, seed: int, cfg: GenConfig = GenConf
     import fastjet
 
     py = _make_pythia(signal, seed, cfg)
+    # detector randomness follows the Pythia seed, itself a function of (seed, class, chunk)
+    rng = np.random.default_rng([int(seed), 17])
+    charge_cache = {}
     jetdef = fastjet.JetDefinition(fastjet.antikt_algorithm, cfg.radius)
     pmu = np.zeros((n_jets, MAX_CONSTITUENTS, 4), np.float32)
     nobj = np.zeros(n_jets, np.int16)
@@ -191,7 +305,10 @@ def generate_jets(signal: bool, n_jets: int, seed: int, cfg: GenConfig = GenConf
             batch = py.nextBatch(cfg.events_per_batch)
         prt = batch.prt
         final = prt[(prt.status > 0) & (abs(prt.id) != 12) & (abs(prt.id) != 14) & (abs(prt.id) != 16)]
-        parts = ak.zip({"px": final.p.px, "py": final.p.py, "pz": final.p.pz, "E": final.p.e})
+        if cfg.detector == "simple":
+            parts = _eflow_batch(final, py.particleData, rng, charge_cache)
+        else:
+            parts = ak.zip({"px": final.p.px, "py": final.p.py, "pz": final.p.pz, "E": final.p.e})
         with _quiet_stdout():  # FastJet prints its banner on first use
             cs = fastjet.ClusterSequence(parts, jetdef)
             jets = cs.inclusive_jets(cfg.pt_min)
@@ -291,7 +408,10 @@ def _run_chunk(args):
 
 
 def _tag(n_jets, seed, cfg):
-    blob = json.dumps({"n": n_jets, "seed": seed, "cfg": asdict(cfg), "v": FORMAT_VERSION}, sort_keys=True)
+    cfg_dict = asdict(cfg)
+    if cfg_dict["detector"] == "none":  # truth-level tags as before the option: caches stay valid
+        del cfg_dict["detector"]
+    blob = json.dumps({"n": n_jets, "seed": seed, "cfg": cfg_dict, "v": FORMAT_VERSION}, sort_keys=True)
     return hashlib.sha1(blob.encode()).hexdigest()[:12]
 
 
@@ -326,11 +446,12 @@ def _progress(total, done, enabled):
 
 
 def simulate(n_jets, out_dir, seed=0, workers=None, split=(0.8, 0.1, 0.1), mpi=False, progress=True,
-             config: GenConfig | None = None, resume=True):
+             config: GenConfig | None = None, resume=True, detector: str | None = None):
     """Simulate `n_jets` jets (half signal) into out_dir/{train,val,test}.h5; returns {split: path}.
 
     Splits with zero jets are not written. Re-running with the same arguments reuses finished
     chunks and returns at once when the final files are complete; resume=False regenerates.
+    `detector` ("none" | "simple") overrides the config's (default "none": truth particles).
     """
     n_jets = int(n_jets)
     if n_jets < 2:
@@ -340,6 +461,8 @@ def simulate(n_jets, out_dir, seed=0, workers=None, split=(0.8, 0.1, 0.1), mpi=F
     cfg = config or GenConfig(mpi=bool(mpi))
     if config is not None and mpi != cfg.mpi:
         cfg = GenConfig(**{**asdict(cfg), "mpi": bool(mpi)})
+    if detector is not None and detector != cfg.detector:
+        cfg = GenConfig(**{**asdict(cfg), "detector": detector})
     tag = _tag(n_jets, seed, cfg)
     os.makedirs(out_dir, exist_ok=True)
     paths = {s: os.path.join(out_dir, f"{s}.h5") for s, n in sizes.items() if n > 0}
@@ -456,6 +579,7 @@ def _merge(plan, chunk_dir, paths, sizes, seed, final_tag, cfg, group=16):
         for s, f in files.items():
             f.attrs["generator"] = "qpelican Pythia8+FastJet"
             f.attrs["config"] = json.dumps(asdict(cfg))
+            f.attrs["detector"] = cfg.detector
             f.attrs["seed"] = int(seed)
             f.attrs["sim_tag"] = final_tag  # written last: marks the file complete
     finally:
@@ -466,9 +590,11 @@ def _merge(plan, chunk_dir, paths, sizes, seed, final_tag, cfg, group=16):
     assert pos == n
 
 
-def default_sample(n_jets, seed=0, cache_dir=None, workers=None, progress=True):
-    """Simulate once and cache: $QPELICAN_CACHE (or ~/.cache/qpelican)/sim-<n>-<seed>; returns the dir."""
+def default_sample(n_jets, seed=0, cache_dir=None, workers=None, progress=True, detector="none"):
+    """Simulate once and cache: $QPELICAN_CACHE (or ~/.cache/qpelican)/sim-<n>-<seed>[-<detector>]
+    (no suffix for detector "none"); returns the dir."""
     root = cache_dir or os.environ.get("QPELICAN_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "qpelican")
-    out = os.path.join(root, f"sim-{int(n_jets)}-{int(seed)}")
-    simulate(n_jets, out, seed=seed, workers=workers, progress=progress)
+    suffix = "" if detector == "none" else f"-{detector}"  # own dir: truth and detector samples coexist
+    out = os.path.join(root, f"sim-{int(n_jets)}-{int(seed)}{suffix}")
+    simulate(n_jets, out, seed=seed, workers=workers, progress=progress, detector=detector)
     return out
