@@ -53,13 +53,13 @@ def main(argv=None):
         sys.exit(130)
     except SystemExit:
         raise
-    except Exception as exc:  # click usage errors arrive as click exceptions
-        import click
-
-        if isinstance(exc, click.exceptions.ClickException):
+    except Exception as exc:
+        # usage errors (bad option values, missing arguments) are click exceptions: from click itself
+        # or, with typer >= 0.24, from the copy of click that typer bundles (typer._click)
+        if callable(getattr(exc, "show", None)) and isinstance(getattr(exc, "exit_code", None), int):
             exc.show()
             sys.exit(exc.exit_code)
-        if isinstance(exc, click.exceptions.Abort):
+        if type(exc).__name__ == "Abort":
             sys.exit(1)
         raise
     return 0

@@ -138,3 +138,14 @@ def test_cli_recipe_errors(tmp_path, capsys, text, needle):
     assert code == 2
     assert needle in err and "Traceback" not in err + out
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("argv,match", [
+    (["fit", "recipes/c2_float.yaml", "--jets", "abc"], "Invalid value for '--jets'"),
+    (["fit"], "Missing argument"),
+    (["fit", "recipes/c2_float.yaml", "--set", "model.dropout"], "SECTION.KEY=VALUE"),
+    (["no-such-command"], "No such command"),
+])
+def test_usage_errors_exit_2_without_traceback(argv, match, capsys):
+    code, out, err = _run(argv, capsys)
+    assert code == 2 and match in out + err and "Traceback" not in out + err
