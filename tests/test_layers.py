@@ -174,6 +174,15 @@ def test_masked_batchnorm_uses_real_entries_only():
     np.testing.assert_allclose(real.std(0), 1, atol=1e-3)
     assert np.all(y[~mask] == 0)
     np.testing.assert_allclose(bn.moving_mean.numpy(), x[mask].mean(0), rtol=1e-5)
+    np.testing.assert_allclose(bn.moving_variance.numpy(), x[mask].var(0), rtol=1e-4)
+    # rank 3 (particles): statistics over real particles only
+    xp = rng.normal(size=(m.shape[0], m.shape[1], 3)).astype(np.float32) + 2.0
+    bn3 = MaskedBatchNorm(momentum=0.0)
+    y3 = bn3([tf.constant(xp), tf.constant(m)], training=True).numpy()
+    real3 = m.astype(bool)
+    np.testing.assert_allclose(bn3.moving_mean.numpy(), xp[real3].mean(0), rtol=1e-5)
+    np.testing.assert_allclose(y3[real3].std(0), 1, atol=1e-3)
+    assert np.all(y3[~real3] == 0)
 
 
 # --- symmetries ------------------------------------------------------------------------------

