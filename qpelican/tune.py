@@ -79,9 +79,9 @@ SHORT = {"input": "in", "invariants": "inv", "coefficients": "w", "biases": "b",
 DEFAULT_FORMATS = {
     "input": ("bits", 16, 7, True),
     "invariants": ("bits", 16, 9, True),
-    "coefficients": ("bits", 8, 1, True),
+    "coefficients": ("bits", 8, 2, True),
     "biases": ("bits", 8, 3, True),
-    "activation": ("relu", 8, 3, False),
+    "activation": ("relu", 8, 7, False),
     "aggregates": ("bits", 10, 3, True),
     "output": ("bits", 16, 6, True),
 }
