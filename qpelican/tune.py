@@ -21,8 +21,10 @@ the recipe leaves it float); the search only looks for cheaper formats than the 
     aggregates    [3, b]                 [i-1, i+1]
     output        [max(4, b//2), b]      [i-2, i]
 
-(integer ranges are clipped at 0). A sampled integer width larger than the total allows is
-clipped to ``bits - 1`` (signed) / ``bits`` (unsigned), and the trial records the widths actually
+(integer ranges are clipped at 0). For a signed ``quantized_bits`` an integer width larger than
+``bits - 1`` is clipped to it; the unsigned activation keeps its integer width even above ``bits``
+(``quantized_relu(4,6)``: range 64 in steps of 4, bit-exact in the firmware): its range is what
+matters, not its step. The trial records the widths actually
 trained. An optional ``search:`` section of the recipe narrows or widens the bounds::
 
     search:
@@ -180,9 +182,9 @@ def parse_search(section, recipe=None, source="recipe"):
             bits = (min(blo_f(b), b), b)
         if integer is None:
             integer = (max(0, ilo_f(i)), max(0, ihi_f(i)))
-        if integer[0] > bits[1] - int(signed):
+        if signed and integer[0] > bits[1] - 1:
             raise RecipeError(f"{source}: search.{t}: integer >= {integer[0]} does not fit in at most {bits[1]} bits "
-                              f"({'signed: integer <= bits - 1' if signed else 'integer <= bits'}); lower "
+                              f"(signed: integer <= bits - 1); lower "
                               f"search.{t}.integer or raise search.{t}.bits.")
         space["tensors"][t] = {"kind": kind, "signed": bool(signed), "bits": bits, "integer": integer}
     return space
@@ -245,7 +247,7 @@ def variant(recipe, space, values, epochs=None, name=None):
             continue
         b = int(values.get(f"{t}_bits", spec["bits"][1]))
         i = int(values.get(f"{t}_integer", spec["integer"][1]))
-        i = max(0, min(i, b - int(spec["signed"])))
+        i = max(0, min(i, b - 1) if spec["signed"] else i)
         d["quantization"][t] = quantizer_string(spec["kind"], b, i, spec["signed"])
         widths[t] = [b, i]
     if "channels" in values:

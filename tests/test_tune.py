@@ -54,12 +54,12 @@ def test_default_space_and_variant(tmp_path):
     assert space["tensors"]["biases"] is None
     assert space["tensors"]["activation"]["kind"] == "relu" and not space["tensors"]["activation"]["signed"]
     assert space["channels"] == [1, 3]
-    # integer bits that do not fit are clipped to bits - 1 (signed) / bits (unsigned)
+    # signed integer bits that do not fit are clipped to bits - 1; the relu activation keeps its range
     rec, widths = variant(r, space, {"coefficients_bits": 2, "coefficients_integer": 3, "activation_bits": 2,
                                      "activation_integer": 4, "channels": 3}, epochs=1)
     assert widths["coefficients"] == [2, 1]
     assert rec.quantization.coefficients == "quantized_bits(2,1,alpha=1)"
-    assert widths["activation"] == [2, 2] and rec.quantization.activation == "quantized_relu(2,2)"
+    assert widths["activation"] == [2, 4] and rec.quantization.activation == "quantized_relu(2,4)"
     assert rec.quantization.biases == Q8["biases"] and widths["biases"] == [8, 3]
     assert rec.model.channels == 3 and rec.training.epochs == 1 and rec.search is None
 
