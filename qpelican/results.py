@@ -25,19 +25,27 @@ import numpy as np
 SUMMARY_KEYS = ("accuracy", "auc", "rej30", "rej50", "loss", "val_loss")
 
 
-def mass_window_baseline(splits, method="likelihood"):
-    """Jet-mass baseline fitted on the training jets, scored on the test jets (roc_metrics + method).
+# results.json key, MassWindow method, legend: the likelihood ratio is the best any function of the
+# jet mass can do; the window is the classic top-mass cut. See qpelican.data.baseline.
+MASS_BASELINES = (("baseline", "likelihood", "jet-mass likelihood ratio"),
+                  ("baseline_window", "window", "top-mass window"))
 
-    "likelihood" (results.json "baseline") is the best any function of the jet mass can do;
-    "window" ("baseline_window") is the classic top-mass window. See qpelican.data.baseline."""
-    from qpelican.data.baseline import MassWindow
+
+def mass_baselines(splits):
+    """Jet-mass baselines fitted on the training jets and scored on the test jets, each fitted once:
+    {results key: (roc_metrics + method, test scores)} in MASS_BASELINES order."""
+    from qpelican.data.baseline import MassWindow, jet_mass
     from qpelican.metrics import roc_metrics
 
-    mw = MassWindow(method).fit(splits.train[0], splits.train[1])
-    scores = mw.score(splits.test[0])
-    m = roc_metrics(splits.test[1], scores, threshold=0.0)
-    m["method"] = mw.describe()
-    return m
+    m_train, m_test = jet_mass(splits.train[0]), jet_mass(splits.test[0])
+    out = {}
+    for key, method, _ in MASS_BASELINES:
+        mw = MassWindow(method).fit(labels=splits.train[1], masses=m_train)
+        scores = mw.score(masses=m_test)
+        metrics = roc_metrics(splits.test[1], scores, threshold=0.0)
+        metrics["method"] = mw.describe()
+        out[key] = (metrics, scores)
+    return out
 
 
 def _finite(x):
@@ -59,8 +67,10 @@ def seeds_summary(per_seed, best_seed):
     return out
 
 
-def write_run_results(out_dir, recipe, splits, per_seed, best, baseline):
-    """Write RUN/model.keras (best seed), RUN/results.json and RUN/roc.png; return the results dict."""
+def write_run_results(out_dir, recipe, splits, per_seed, best, baselines):
+    """Write RUN/model.keras (best seed), RUN/results.json and RUN/roc.png; return the results dict.
+
+    baselines: ``mass_baselines(splits)``."""
     from qpelican.train import _save_model, _write_json
 
     model, bm = best
@@ -76,8 +86,8 @@ def write_run_results(out_dir, recipe, splits, per_seed, best, baseline):
                          "train_jets": n_train,
                          "jets_per_second": round(n_train * epochs / tr, 1) if tr else None,
                          "seconds_per_epoch": round(tr / epochs, 3) if epochs else None}
-    results["baseline"] = baseline
-    results["baseline_window"] = mass_window_baseline(splits, "window")
+    for key, (metrics, _) in baselines.items():
+        results[key] = metrics
     results["data"] = splits.description
     results["quantized"] = recipe.quantized
     results["quantization"] = recipe.to_dict()["quantization"]
@@ -88,14 +98,15 @@ def write_run_results(out_dir, recipe, splits, per_seed, best, baseline):
         results[k] = _finite(results[k])
     _write_json(os.path.join(out_dir, "results.json"), results)
     logits = np.load(os.path.join(out_dir, "seeds", str(bm["seed"]), "test_logits.npy"))
-    plot_roc(os.path.join(out_dir, "roc.png"), splits, logits, label=f"{recipe.name} (seed {bm['seed']})",
-             baseline_splits=splits)
+    curves = [(f"{recipe.name} (seed {bm['seed']})", logits)]
+    curves += [(name, baselines[key][1]) for key, _, name in MASS_BASELINES]
+    plot_roc(os.path.join(out_dir, "roc.png"), splits.test[1], curves)
     return results
 
 
-def plot_roc(path, splits, logits, label="model", baseline_splits=None):
-    """ROC as background rejection 1/eps_B vs signal efficiency eps_S (log scale), with the
-    jet-mass baseline fitted on the training jets and scored on the same test jets."""
+def plot_roc(path, y, curves):
+    """ROC as background rejection 1/eps_B vs signal efficiency eps_S (log scale) of each
+    (label, test scores) in ``curves`` on the test labels ``y``."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -103,15 +114,7 @@ def plot_roc(path, splits, logits, label="model", baseline_splits=None):
 
     from qpelican.metrics import roc_curve
 
-    y = splits.test[1]
     fig, ax = plt.subplots(figsize=(5.5, 4.2), dpi=120)
-    curves = [(label, logits)]
-    if baseline_splits is not None:
-        from qpelican.data.baseline import MassWindow
-
-        for method, name in (("likelihood", "jet-mass likelihood ratio"), ("window", "top-mass window")):
-            mw = MassWindow(method).fit(baseline_splits.train[0], baseline_splits.train[1])
-            curves.append((name, mw.score(baseline_splits.test[0])))
     from sklearn.metrics import roc_auc_score
 
     for name, s in curves:

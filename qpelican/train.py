@@ -479,7 +479,7 @@ def fit_recipe(recipe, out_dir, data=None, resume=False, progress=True, log=None
     more than one seed, ``seeds_summary`` {metric: {mean, std}, best: {...}}.
     """
     from qpelican.recipe import Recipe, load_recipe, recipe_from_dict
-    from qpelican.results import mass_window_baseline, write_run_results
+    from qpelican.results import mass_baselines, write_run_results
 
     if isinstance(recipe, (str, os.PathLike)):
         recipe = load_recipe(recipe)
@@ -511,7 +511,8 @@ def fit_recipe(recipe, out_dir, data=None, resume=False, progress=True, log=None
         dd = splits.description
         log(f"data: {dd.get('train_jets')} train / {dd.get('val_jets')} val / {dd.get('test_jets')} test jets "
             f"from {dd.get('path')}")
-    baseline = mass_window_baseline(splits)
+    baselines = mass_baselines(splits)
+    baseline = baselines["baseline"][0]
     per_seed, best = [], None
     for seed in recipe.seed_list():
         model, m = train_one(recipe, splits, seed, os.path.join(out_dir, "seeds", str(seed)), resume=resume,
@@ -519,7 +520,7 @@ def fit_recipe(recipe, out_dir, data=None, resume=False, progress=True, log=None
         per_seed.append(m)
         if best is None or m["val_loss"] < best[1]["val_loss"]:
             best = (model, m)
-    results = write_run_results(out_dir, recipe, splits, per_seed, best, baseline)
+    results = write_run_results(out_dir, recipe, splits, per_seed, best, baselines)
     return results
 
 

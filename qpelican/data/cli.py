@@ -46,11 +46,8 @@ def simulate(
 
     from rich.console import Console
 
-    from qpelican.data.simulate import DETECTORS
     from qpelican.data.simulate import simulate as run
 
-    if detector not in DETECTORS:
-        raise DataError(f"--detector {detector!r}: use one of {', '.join(DETECTORS)}")
     fractions = _parse_split(split)
     t0 = time.perf_counter()
     paths = run(jets, str(out), seed=seed, workers=workers, split=fractions, mpi=mpi, progress=True,

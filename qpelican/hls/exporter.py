@@ -45,8 +45,7 @@ def _hls4ml_view(model):
             return tf_keras.layers.Dropout(layer.rate, name=layer.name)
         return layer
 
-    view = tf_keras.models.clone_model(model, clone_function=clone)
-    return view
+    return tf_keras.models.clone_model(model, clone_function=clone)
 
 
 def export_model(model, out_dir, backend="Vitis", part=None, clock=None, reuse=1, project_name="qpelican",

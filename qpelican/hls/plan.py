@@ -29,7 +29,6 @@ IR_NAMES = {
     "LinEq2to2": "QPLinEq2to2Nano",
     "LinEq2to0": "QPLinEq2to0",
 }
-SKIPPED = ("Dropout", "PairDropout", "InputLayer")
 FLOAT64_BITS = 53
 
 NANO_FIX = ("Export supports the nanoPELICAN graph (MomentumInput -> ParticleMask, LorentzInvariants "
@@ -150,7 +149,7 @@ def make_plan(model):
             input_plan = {"name": layer.name, "n": int(shape[0]), "shape": shape}
             state[layer.name] = {"kind": "raw", "n": int(shape[0])}
             continue
-        if cls in ("Dropout", "PairDropout"):  # identity at inference
+        if cls == "Dropout":  # identity at inference (PairDropout arrives as Dropout: exporter._hls4ml_view)
             state[layer.name] = {"alias": ins[0]}
             continue
         if cls == "MaskedBatchNorm":
