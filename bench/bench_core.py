@@ -17,7 +17,7 @@ import qpelican  # noqa: F401
 import tensorflow as tf
 import tf_keras
 
-from qpelican.models import build_model
+from qpelican.nn.models import build_model
 
 Q8 = {
     "input": "quantized_bits(16,7,alpha=1)", "invariants": "quantized_bits(16,9,alpha=1)",

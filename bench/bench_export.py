@@ -17,7 +17,7 @@ import numpy as np
 import qpelican  # noqa: F401
 from qpelican.hls import compile_model, export_model
 from qpelican.hls.verify import compare, read_jets, stress_jets
-from qpelican.models import build_model, model_constituents
+from qpelican.nn.models import build_model, model_constituents
 
 Q8 = {
     "input": "quantized_bits(16,7,alpha=1)", "invariants": "quantized_bits(16,9,alpha=1)",

@@ -37,8 +37,8 @@ def synthetic(n_jets, n, seed=0):
 def bench(recipe_path, p4, y, steps, warmup):
     import tensorflow as tf
 
-    from qpelican.recipe import load_recipe
-    from qpelican.train import _build, _epoch_dataset
+    from qpelican.config.recipe import load_recipe
+    from qpelican.training.train import _build, _epoch_dataset
 
     r = load_recipe(recipe_path)
     bs = r.training.batch_size
@@ -84,7 +84,7 @@ def main():
         p4, y = synthetic(a.jets, a.n)
     rows = []
     for r in a.recipes:
-        from qpelican.recipe import load_recipe
+        from qpelican.config.recipe import load_recipe
 
         rec = load_recipe(r)
         if rec.data.n_constituents != a.n or a.set:

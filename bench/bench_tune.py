@@ -33,9 +33,9 @@ def main():
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
 
-    from qpelican.recipe import load_recipe, recipe_from_dict
-    from qpelican.train import load_splits
-    from qpelican.tune import tune
+    from qpelican.config.recipe import load_recipe, recipe_from_dict
+    from qpelican.training.train import load_splits
+    from qpelican.tune.search import tune
 
     r = load_recipe(args.recipe)
     d = r.model_dump()

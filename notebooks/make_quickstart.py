@@ -97,7 +97,7 @@ import numpy as np
 
 from qpelican.data.baseline import MassWindow
 from qpelican.data.readers import open_dataset
-from qpelican.metrics import roc_curve, roc_metrics
+from qpelican.core.metrics import roc_curve, roc_metrics
 
 train_p4, train_y = open_dataset("data/sim4k/train.h5").read()
 test_p4, test_y = open_dataset("data/sim4k/test.h5").read()

@@ -15,7 +15,7 @@ def _select_tf_keras():
         keras_mod = sys.modules.get("keras")
         version = getattr(keras_mod, "__version__", "") if keras_mod is not None else ""
         if version.startswith("3") or keras_mod is None:
-            from qpelican.errors import QpelicanError
+            from qpelican.core.errors import QpelicanError
 
             raise QpelicanError(
                 "TensorFlow was imported before qpelican without TF_USE_LEGACY_KERAS=1, so it uses "
@@ -33,7 +33,7 @@ def custom_objects():
     """All qpelican layers and QKeras objects, for `tf_keras.models.load_model(..., custom_objects=...)`."""
     from qkeras.utils import _add_supported_quantized_objects
 
-    from qpelican.layers import LAYERS
+    from qpelican.nn.layers import LAYERS
 
     objs = {}
     _add_supported_quantized_objects(objs)

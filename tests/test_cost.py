@@ -1,7 +1,7 @@
 """The hardware cost model against hand-counted values."""
 import qpelican  # noqa: F401
-from qpelican.cost import format_cost, model_cost
-from qpelican.models import build_model
+from qpelican.hw.cost import format_cost, model_cost
+from qpelican.nn.models import build_model
 
 Q8 = {k: "quantized_bits(8,2,alpha=1)" for k in ("input", "invariants", "coefficients", "biases", "aggregates", "output")}
 Q8["activation"] = "quantized_relu(8,3)"

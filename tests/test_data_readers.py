@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from qpelican.data.readers import open_dataset, resolve_splits
-from qpelican.errors import DataError
+from qpelican.core.errors import DataError
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -279,7 +279,7 @@ def test_resolve_splits(tmp_path):
 # ------------------------------------------------------------------ inspect
 
 def _cli(*args):
-    return subprocess.run([sys.executable, "-m", "qpelican.cli", *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "qpelican.cli.main", *args], capture_output=True, text=True,
                           cwd=REPO, timeout=120)
 
 

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 import qpelican
-from qpelican.cli import main
+from qpelican.cli.main import main
 
 N = 24
 Q8 = {"input": "quantized_bits(16,7,alpha=1)", "invariants": "quantized_bits(16,9,alpha=1)",
@@ -21,7 +21,7 @@ def jets(sim_dir):
 
 
 def _model(seed=0, **cfg):
-    from qpelican.models import build_model
+    from qpelican.nn.models import build_model
 
     model = build_model(dict(dict(channels=2, n_constituents=N, scale=8.0), **cfg))
     rng = np.random.default_rng(seed)
@@ -44,7 +44,7 @@ def _model(seed=0, **cfg):
     {"batchnorm": True},
 ], ids=["float", "8bit", "alpha-8bit", "c3-mean-alpha", "beams-8bit", "batchnorm"])
 def test_formula_reproduces_model(cfg, jets):
-    from qpelican.explain import explain_model
+    from qpelican.analysis.explain import explain_model
 
     model = _model(**cfg)
     lines = []
@@ -68,7 +68,7 @@ def test_formula_reproduces_model(cfg, jets):
 
 
 def test_canonical_form_has_unit_total_sum_weights(jets):
-    from qpelican.explain import canonical, formula_logits, nano_parts
+    from qpelican.analysis.explain import canonical, formula_logits, nano_parts
 
     p = nano_parts(_model(3))
     cp, lam, dead = canonical(p)
@@ -80,8 +80,8 @@ def test_canonical_form_has_unit_total_sum_weights(jets):
 
 def test_check_detects_a_wrong_formula(jets):
     """The comparison can fail: a perturbed coefficient or the real-valued formula of a quantized model differ."""
-    from qpelican.explain import formula_logits, nano_parts
-    from qpelican.train import predict
+    from qpelican.analysis.explain import formula_logits, nano_parts
+    from qpelican.training.train import predict
 
     model = _model(quantization=Q8)
     keras = predict(model, jets)
@@ -107,7 +107,7 @@ def test_explain_cli(tmp_path, sim_dir, capsys):
 
 
 def test_explain_rejects_full_pelican(tmp_path, capsys):
-    from qpelican.models import build_model
+    from qpelican.nn.models import build_model
 
     path = tmp_path / "p.keras"
     build_model({"architecture": "pelican", "n_constituents": N}).save(str(path))

@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 
 import qpelican  # noqa: F401  (selects tf-keras)
-from qpelican.errors import ExportError
+from qpelican.core.errors import ExportError
 from qpelican.hls import compile_model, export_model, predict_phat
 from qpelican.hls.verify import firmware_inputs, stress_jets
-from qpelican.models import build_model
+from qpelican.nn.models import build_model
 
 Q8 = {"input": "quantized_bits(8,3,alpha=1)", "invariants": "quantized_bits(8,4,alpha=1)",
       "coefficients": "quantized_bits(8,0,alpha=1)", "biases": "quantized_bits(8,0,alpha=1)",
@@ -92,7 +92,7 @@ def test_nano_6bit_alpha_mean_beams_float_output(tmp_path):
 
 def test_cli_n80_simulated_jets(sim_dir, tmp_path, capsys):
     """The CLI on a saved 8-bit c2 model at N = 80, verified on simulated jets: 0 differing jets."""
-    from qpelican.cli import main
+    from qpelican.cli.main import main
 
     model = nano(80, Q8, seed=4)
     run = tmp_path / "run"
@@ -123,7 +123,7 @@ def test_unsupported_models_fail_clearly(tmp_path, cfg, match):
 
 
 def test_cli_unsupported_exit_2(tmp_path, capsys):
-    from qpelican.cli import main
+    from qpelican.cli.main import main
 
     model = build_model({"n_constituents": 8, "architecture": "pelican", "quantization": Q8})
     model.save(tmp_path / "full.keras")

@@ -6,10 +6,10 @@ import qpelican  # noqa: F401  (selects tf-keras)
 import tensorflow as tf
 import tf_keras
 
-from qpelican.errors import DataError, QpelicanError
-from qpelican.layers import LinEq2to0, LinEq2to2, LorentzInvariants, MaskedBatchNorm, MomentumInput
-from qpelican.models import build_model, count_parameters, predict_logits
-from qpelican.quant import fixed_format, get_quantizer, quantize
+from qpelican.core.errors import DataError, QpelicanError
+from qpelican.nn.layers import LinEq2to0, LinEq2to2, LorentzInvariants, MaskedBatchNorm, MomentumInput
+from qpelican.nn.models import build_model, count_parameters, predict_logits
+from qpelican.nn.quant import fixed_format, get_quantizer, quantize
 
 Q8 = {
     "input": "quantized_bits(16,7,alpha=1)",
@@ -307,7 +307,7 @@ def test_quantized_weights_and_outputs_on_grid():
         assert_on_grid(out, Q8[key])
     assert np.count_nonzero(outs[2]) > 0 and np.unique(outs[3]).size > 3
     # the normaliser table holds table_bits-bit integers times a power of two
-    from qpelican.layers.base import table_frac_bits
+    from qpelican.nn.layers.base import table_frac_bits
     table = l22.scale_table().numpy()
     frac = table_frac_bits(table, l22.table_bits)
     ints = table * 2.0 ** frac[None]
@@ -415,7 +415,7 @@ def test_pair_dropout_rate_scale_and_determinism(channels):
     """PairDropout drops round(rate * 2^16) / 2^16 of the entries (every channel, odd C included),
     rescales the rest so the mean is kept, is the identity at inference, and repeats its masks
     after a reseed (what --resume relies on)."""
-    from qpelican.layers import PairDropout
+    from qpelican.nn.layers import PairDropout
 
     tf_keras.backend.experimental.enable_tf_random_generator()
     layer = PairDropout(0.2)

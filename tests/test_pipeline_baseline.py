@@ -8,8 +8,8 @@ import qpelican  # noqa: F401
 from qpelican.data import pipeline
 from qpelican.data.baseline import MassWindow, jet_mass, mass_window_metrics, mass_window_scores
 from qpelican.data.readers import open_dataset
-from qpelican.errors import DataError
-from qpelican.metrics import roc_curve, roc_metrics
+from qpelican.core.errors import DataError
+from qpelican.core.metrics import roc_curve, roc_metrics
 
 
 def tagged_jets(n, m=6, signal_fraction=0.5, seed=0):

@@ -43,7 +43,7 @@ def quick_start_commands():
 def _qpelican():
     """argv prefix for the installed `qpelican` entry point (or the module, if not on PATH)."""
     exe = Path(sys.executable).with_name("qpelican")
-    return [str(exe)] if exe.exists() else [sys.executable, "-m", "qpelican.cli"]
+    return [str(exe)] if exe.exists() else [sys.executable, "-m", "qpelican.cli.main"]
 
 
 def _env(tmp_path=None):
@@ -135,7 +135,7 @@ def _cli_commands():
     """{'fit': click.Command, 'data simulate': ...} from the Typer app (groups expanded)."""
     import typer
 
-    from qpelican.cli import app
+    from qpelican.cli.main import app
 
     root = typer.main.get_command(app)
     found = {}

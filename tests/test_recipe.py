@@ -7,8 +7,8 @@ import pytest
 import yaml
 
 import qpelican  # noqa: F401
-from qpelican.errors import RecipeError
-from qpelican.recipe import load_recipe, recipe_from_dict
+from qpelican.core.errors import RecipeError
+from qpelican.config.recipe import load_recipe, recipe_from_dict
 
 ROOT = os.path.join(os.path.dirname(__file__), "..")
 RECIPES = sorted(glob.glob(os.path.join(ROOT, "recipes", "*.yaml")))
@@ -30,7 +30,7 @@ def test_recipe_files_exist():
 
 @pytest.mark.parametrize("path", RECIPES, ids=[os.path.basename(p) for p in RECIPES])
 def test_recipe_files_load_and_build(path):
-    from qpelican.models import build_model, count_parameters
+    from qpelican.nn.models import build_model, count_parameters
 
     r = load_recipe(path)
     assert r.name == os.path.basename(path)[:-5]
@@ -48,7 +48,7 @@ def test_recipe_files_load_and_build(path):
 
 def test_flagship_is_8bit():
     r = load_recipe(os.path.join(ROOT, "recipes", "c2_8bit.yaml"))
-    from qpelican.quant import fixed_format
+    from qpelican.nn.quant import fixed_format
 
     for k in ("coefficients", "biases", "activation"):
         assert fixed_format(getattr(r.quantization, k)).bits == 8
@@ -56,7 +56,7 @@ def test_flagship_is_8bit():
 
 
 def test_model_config_only_set_keys():
-    from qpelican.models import DEFAULTS
+    from qpelican.nn.models import DEFAULTS
 
     r = recipe_from_dict({"model": {"channels": 3}})
     cfg = r.to_model_config()
@@ -107,7 +107,7 @@ def test_overrides_validate():
 
 
 def test_paper_schedule_shape():
-    from qpelican.schedule import paper_lr
+    from qpelican.training.schedule import paper_lr
 
     lr, lrf = 2.5e-3, 1e-5
     f = lambda t, e=140: float(paper_lr(t, lr, e, lrf))  # noqa: E731
@@ -125,7 +125,7 @@ def test_paper_schedule_shape():
 
 
 def test_tf_schedule_matches_numpy():
-    from qpelican.schedule import make_schedule, paper_lr
+    from qpelican.training.schedule import make_schedule, paper_lr
 
     steps = 7
     s = make_schedule("paper", 2.5e-3, 20, steps, 1e-5)

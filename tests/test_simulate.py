@@ -12,7 +12,7 @@ import pytest
 from qpelican.data import simulate as sim
 from qpelican.data.baseline import jet_mass
 from qpelican.data.readers import open_dataset
-from qpelican.errors import DataError
+from qpelican.core.errors import DataError
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SPLITS = ("train", "val", "test")
@@ -188,7 +188,7 @@ def test_chunk_plan_depends_only_on_n():
 
 
 def _cli(*args):
-    return subprocess.run([sys.executable, "-m", "qpelican.cli", *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "qpelican.cli.main", *args], capture_output=True, text=True,
                           cwd=REPO, timeout=300)
 
 
@@ -320,8 +320,8 @@ def test_detector_deterministic_and_cached_apart(tiny, tmp_path):
 def test_bad_detector(tmp_path):
     with pytest.raises(DataError, match="none, simple"):
         sim.simulate(20, str(tmp_path), progress=False, detector="delphes")
-    from qpelican.errors import RecipeError
-    from qpelican.recipe import recipe_from_dict
+    from qpelican.core.errors import RecipeError
+    from qpelican.config.recipe import recipe_from_dict
 
     assert recipe_from_dict({}).data.detector == "none"
     assert recipe_from_dict({"data": {"detector": "simple"}}).data.detector == "simple"

@@ -7,7 +7,7 @@ import pytest
 import yaml
 
 import qpelican
-from qpelican.cli import main
+from qpelican.cli.main import main
 
 Q8 = {"input": "quantized_bits(16,7,alpha=1)", "invariants": "quantized_bits(16,9,alpha=1)",
       "coefficients": "quantized_bits(8,1,alpha=1)", "biases": "quantized_bits(8,3,alpha=1)",
@@ -74,7 +74,7 @@ def test_fit_end_to_end_two_seeds_and_evaluate(tmp_path, sim_dir, capsys):
     # recipe as run: after overrides, loadable
     as_run = yaml.safe_load((run / "recipe.yaml").read_text())
     assert as_run["seeds"] == 2 and as_run["model"]["nbar"] == 49.0
-    from qpelican.recipe import load_recipe
+    from qpelican.config.recipe import load_recipe
 
     load_recipe(str(run / "recipe.yaml"))
     # the saved model is loadable by plain tf-keras and reproduces the reported test AUC via `evaluate`
@@ -98,8 +98,8 @@ def test_fit_end_to_end_two_seeds_and_evaluate(tmp_path, sim_dir, capsys):
 def test_resume_gives_same_weights(tmp_path, sim_dir, capsys, monkeypatch):
     """float pre-training (1 epoch) + QAT (2 epochs) with dropout; interrupted after epoch 2 (across the
     phase change) and resumed: same final weights as an uninterrupted run."""
-    from qpelican.recipe import load_recipe
-    from qpelican.train import load_splits, train_one
+    from qpelican.config.recipe import load_recipe
+    from qpelican.training.train import load_splits, train_one
 
     recipe = _recipe(tmp_path, sim_dir, quantization=Q8,
                      training={"qat": "finetune", "pretrain_epochs": 1, "epochs": 2})

@@ -14,8 +14,8 @@ import pytest
 import yaml
 
 import qpelican  # noqa: F401
-from qpelican.cli import main
-from qpelican.errors import RecipeError
+from qpelican.cli.main import main
+from qpelican.core.errors import RecipeError
 
 Q8 = {"input": "quantized_bits(16,7,alpha=1)", "invariants": "quantized_bits(16,9,alpha=1)",
       "coefficients": "quantized_bits(8,1,alpha=1)", "biases": "quantized_bits(8,3,alpha=1)",
@@ -43,8 +43,8 @@ def _run(argv, capsys=None):
 
 # ------------------------------------------------------------------------------ unit level
 def test_default_space_and_variant(tmp_path):
-    from qpelican.recipe import recipe_from_dict
-    from qpelican.tune import search_space, variant
+    from qpelican.config.recipe import recipe_from_dict
+    from qpelican.tune.search import search_space, variant
 
     r = recipe_from_dict({"quantization": dict(Q8), "search": {"coefficients": {"bits": [2, 6], "integer": [0, 3]},
                                                                "biases": "fixed", "channels": [1, 3]}})
@@ -65,7 +65,7 @@ def test_default_space_and_variant(tmp_path):
 
 
 def test_pareto_front():
-    from qpelican.tune import pareto_front
+    from qpelican.tune.search import pareto_front
 
     rows = [{"trial_id": str(i), "status": s, "val_auc": a, "bops": b} for i, (s, a, b) in enumerate([
         ("completed", 0.90, 100), ("completed", 0.92, 200), ("completed", 0.91, 300), ("completed", 0.95, 400),
@@ -83,7 +83,7 @@ def test_pareto_front():
     ("all", ["search must be a mapping"]),
 ])
 def test_bad_search_section_messages(section, words):
-    from qpelican.recipe import recipe_from_dict
+    from qpelican.config.recipe import recipe_from_dict
 
     with pytest.raises(RecipeError) as err:
         recipe_from_dict({"quantization": dict(Q8), "search": section})
@@ -93,7 +93,7 @@ def test_bad_search_section_messages(section, words):
 
 def test_bad_search_section_cli_exit_2(tmp_path, sim_dir):
     path = _recipe(tmp_path, sim_dir, search={"coefficients": {"bits": [1, 40]}})
-    p = subprocess.run([sys.executable, "-m", "qpelican.cli", "tune", str(path), "--out", str(tmp_path / "t")],
+    p = subprocess.run([sys.executable, "-m", "qpelican.cli.main", "tune", str(path), "--out", str(tmp_path / "t")],
                        capture_output=True, text=True, timeout=120)
     assert p.returncode == 2, p.stderr
     assert "search.coefficients.bits" in p.stderr and "2 <= min <= max <= 32" in p.stderr
@@ -103,7 +103,7 @@ def test_bad_search_section_cli_exit_2(tmp_path, sim_dir):
 
 # ------------------------------------------------------------------------------ end to end
 def test_tune_cli_end_to_end(tmp_path, sim_dir):
-    from qpelican.recipe import load_recipe
+    from qpelican.config.recipe import load_recipe
 
     path = _recipe(tmp_path, sim_dir, search={"biases": "fixed", "coefficients": {"bits": [3, 8]}})
     out = tmp_path / "tune"
@@ -208,7 +208,7 @@ def test_distributed_chief_and_workers(tmp_path, sim_dir):
     path = _recipe(tmp_path, sim_dir)
     out = tmp_path / "dist"
     port = _free_port()
-    cmd = [sys.executable, "-m", "qpelican.cli", "tune", str(path), "--out", str(out), "--trials", "4",
+    cmd = [sys.executable, "-m", "qpelican.cli.main", "tune", str(path), "--out", str(out), "--trials", "4",
            "--epochs", "1"]
     procs = {}
     base_env = dict(os.environ, KERASTUNER_ORACLE_IP="127.0.0.1", KERASTUNER_ORACLE_PORT=str(port))

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from qpelican.metrics import roc_metrics
+from qpelican.core.metrics import roc_metrics
 
 TOP_MASS = 172.5  # GeV, Pythia's default m_t
 

@@ -19,7 +19,7 @@ import os
 import numpy as np
 
 import qpelican  # noqa: F401  (selects tf-keras before TensorFlow loads)
-from qpelican.inputs import fit_constituents
+from qpelican.core.inputs import fit_constituents
 
 STREAM_SHUFFLE_BUFFER = 65536
 STREAM_CHUNK = 16384
@@ -74,7 +74,7 @@ def _from_arrays(p4, y, batch_size, shuffle, seed, balanced, repeat):
     import tensorflow as tf
 
     if len(y) != len(p4):
-        from qpelican.errors import DataError
+        from qpelican.core.errors import DataError
 
         raise DataError(f"make_dataset: {len(p4)} jets but {len(y)} labels")
     P = tf.convert_to_tensor(np.ascontiguousarray(p4, dtype=np.float32))
@@ -101,7 +101,7 @@ def _balanced_indices(y, n, seed):
     for c in (0, 1):
         ic = np.nonzero(y == c)[0].astype(np.int64)
         if ic.size == 0:
-            from qpelican.errors import DataError
+            from qpelican.core.errors import DataError
 
             raise DataError(f"balanced=True but the data has no jets of class {c}")
         streams.append(tf.data.Dataset.from_tensor_slices(ic)
@@ -165,7 +165,7 @@ def _stream(reader, n, shuffle, seed, balanced, batch_size):
 
     counts = np.bincount(reader.labels(), minlength=2)
     if counts.min() == 0:
-        from qpelican.errors import DataError
+        from qpelican.core.errors import DataError
 
         raise DataError(f"{reader.path}: balanced=True but the file has no jets of class {int(np.argmin(counts))}")
     sig = (tf.TensorSpec((None, n, 4), tf.float32), tf.TensorSpec((None,), tf.float32))

@@ -30,8 +30,8 @@ try:  # registers extra HDF5 compression filters (blosc, lz4, ...) when installe
 except ImportError:
     pass
 
-from qpelican.errors import DataError
-from qpelican.inputs import check_momenta, fit_constituents
+from qpelican.core.errors import DataError
+from qpelican.core.inputs import check_momenta, fit_constituents
 
 DEFAULT_CHUNK = 16384
 _PANDAS_COL = re.compile(r"^(E|PX|PY|PZ)_(\d+)$")

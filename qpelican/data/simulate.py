@@ -33,7 +33,7 @@ from dataclasses import asdict, dataclass
 import h5py
 import numpy as np
 
-from qpelican.errors import DataError
+from qpelican.core.errors import DataError
 
 MAX_CONSTITUENTS = 200
 SPLIT_NAMES = ("train", "val", "test")

@@ -15,7 +15,7 @@ def __getattr__(name):
 
         return getattr(exporter, name)
     if name == "make_plan":
-        from qpelican.hls.plan import make_plan
+        from qpelican.hw.plan import make_plan
 
         return make_plan
     raise AttributeError(name)

@@ -5,9 +5,9 @@ import os
 import shutil
 import time
 
-from qpelican.errors import ExportError
-from qpelican.hls.plan import make_plan
-from qpelican.io import write_json as _write_json
+from qpelican.core.errors import ExportError
+from qpelican.hw.plan import make_plan
+from qpelican.core.io import write_json as _write_json
 
 BACKENDS = {"vitis": "Vitis", "vivado": "Vivado"}
 DEFAULT_PART = "xcvu13p-flga2577-2-e"
@@ -124,7 +124,7 @@ def predict_phat(hls_model, p_hat):
 
 def resolve_model_path(run):
     """RUN directory (``qpelican fit`` output: RUN/model.keras) or a model file -> model path."""
-    from qpelican.io import run_model_path
+    from qpelican.core.io import run_model_path
 
     return run_model_path(run, error=ExportError)
 
@@ -171,7 +171,7 @@ def export_run(run_or_model, out_dir, backend="Vitis", part=None, clock=None, re
     result = {"report": rep, "verify": None}
     if verify is not None:
         from qpelican.hls.verify import compare, read_jets
-        from qpelican.models import model_constituents
+        from qpelican.nn.models import model_constituents
 
         p4, labels = read_jets(verify, model_constituents(model), jets)
         if len(p4) < int(jets):

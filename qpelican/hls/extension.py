@@ -5,7 +5,7 @@ API (``register_keras_v2_layer_handler``, ``hls4ml.model.layers.register_layer``
 ``backend.register_template``, ``backend.register_source``):
 
 * the Keras-v2 handlers map each qpelican layer to an IR layer carrying its
-  :class:`~qpelican.hls.plan.LayerPlan` (types and quantized constants, see ``plan.py``);
+  :class:`~qpelican.hw.plan.LayerPlan` (types and quantized constants, see ``plan.py``);
 * the IR layers declare their output array and their weights (coefficients, biases and the
   normaliser tables become hls4ml weight variables, written to ``firmware/weights``);
 * the templates write one config struct per layer and the call of the HLS function in
@@ -15,7 +15,7 @@ import importlib.resources
 import math
 from pathlib import Path
 
-from qpelican.hls.plan import IR_NAMES, type_str
+from qpelican.hw.plan import IR_NAMES, type_str
 
 BACKENDS = ("Vivado", "Vitis")
 HEADERS = ("nnet_qp_lorentz.h", "nnet_qp_lineq.h")

@@ -2,14 +2,14 @@
 
 Operator counts follow the dataflow of ``export/nnet_qp_*.h`` exactly (what the C++ computes
 per jet, fully unrolled); widths are the exact operand and accumulator widths of the plan.
-BOPs of a product a x b = a*b, of an addition = result width (as :mod:`qpelican.cost`, whose
+BOPs of a product a x b = a*b, of an addition = result width (as :mod:`qpelican.hw.cost`, whose
 own estimate, the tuner's cost axis, is included under ``cost_model``).
 """
 import os
 import shutil
 
-from qpelican.hls.fixed import Fx
-from qpelican.hls.plan import type_str
+from qpelican.hw.fixed import Fx
+from qpelican.hw.plan import type_str
 
 PRAGMAS = {
     "MomentumInput": ["INLINE", "UNROLL (copy; beams are constants)"],
@@ -109,7 +109,7 @@ def build_report(model, plan, hls_model=None, settings=None):
     """The report dict (report.json)."""
     settings = dict(settings or {})
     first = plan["layers"][0]
-    from qpelican.quant import FixedFormat  # noqa: F401  (documentation: formats come from quant.py)
+    from qpelican.nn.quant import FixedFormat  # noqa: F401  (documentation: formats come from quant.py)
 
     mi = first.params
     fmt_range = first.types["input"]
@@ -149,7 +149,7 @@ def build_report(model, plan, hls_model=None, settings=None):
         "keras_reference_exact": plan["keras_exact"],
     }
     try:
-        from qpelican.cost import model_cost
+        from qpelican.hw.cost import model_cost
 
         cost = model_cost(model, reuse=int(settings.get("reuse", 1) or 1))
         rep["cost_model"] = {k: cost[k] for k in ("bops", "bops_multipliers", "bops_adders", "n_multipliers",
@@ -189,7 +189,7 @@ def format_report(rep):
                  f"layer outputs {t['array_bits']:,} bits")
     c = rep.get("cost_model", {})
     if "bops" in c:
-        lines.append(f"cost model (qpelican.cost): {c['bops']:,} BOPs, ~{c['dsp_estimate']} DSP, ~{c['lut_estimate']:,} LUT "
+        lines.append(f"cost model (qpelican.hw.cost): {c['bops']:,} BOPs, ~{c['dsp_estimate']} DSP, ~{c['lut_estimate']:,} LUT "
                      f"(estimates; synthesis is the truth)")
     if not rep.get("keras_reference_exact", True):
         lines.append("warning: some widths exceed float64's 53 bits; the QKeras reference is not exact there")
@@ -205,7 +205,7 @@ HLS_TOOLS = {"Vitis": "vitis-run", "Vivado": "vivado_hls"}  # what hls4ml 1.3.0 
 
 def synthesize(hls_model, backend):
     """Run hls4ml ``build()`` (C synthesis) and parse its report; ExportError without the HLS tool."""
-    from qpelican.errors import ExportError
+    from qpelican.core.errors import ExportError
 
     tool = HLS_TOOLS[backend]
     if shutil.which(tool) is None:

@@ -9,11 +9,11 @@ import time
 
 import numpy as np
 
-from qpelican.errors import ExportError
+from qpelican.core.errors import ExportError
 
 
 def momentum_layer(model):
-    from qpelican.layers import MomentumInput
+    from qpelican.nn.layers import MomentumInput
 
     for layer in model.layers:
         if isinstance(layer, MomentumInput):
@@ -23,7 +23,7 @@ def momentum_layer(model):
 
 def firmware_inputs(model, p4):
     """p_hat (B, N, 4) float32 exactly as the model's MomentumInput computes it (without beams)."""
-    from qpelican.quant import quantize
+    from qpelican.nn.quant import quantize
 
     layer = momentum_layer(model)
     p_hat = layer(np.asarray(p4, np.float32)).numpy()
@@ -38,7 +38,7 @@ def firmware_inputs(model, p4):
 
 def output_lsb(plan):
     """LSB of the firmware output (the output quantizer's, or the exact accumulator's for float output)."""
-    from qpelican.hls.fixed import Fx
+    from qpelican.hw.fixed import Fx
 
     last = plan["layers"][-1]
     if last.params.get("float_output"):
@@ -53,7 +53,7 @@ def output_lsb(plan):
 def compare(model, hls_model, plan, p4, labels=None, batch=2000):
     """Run both models on momenta ``p4`` (B, N, 4) GeV; return the verification summary dict."""
     from qpelican.hls.exporter import predict_phat
-    from qpelican.models import prepare_momenta
+    from qpelican.nn.models import prepare_momenta
 
     p4 = prepare_momenta(model, p4, "verification jets")
     keras_out, hls_out = [], []
@@ -94,7 +94,7 @@ def compare(model, hls_model, plan, p4, labels=None, batch=2000):
         "reference": "QKeras/tf-keras model (quantized sums in float64, exact for the widths in report.json)",
     }
     if labels is not None:
-        from qpelican.metrics import roc_metrics
+        from qpelican.core.metrics import roc_metrics
 
         labels = np.asarray(labels).reshape(-1)[: len(p4)]
         if len(np.unique(labels)) == 2:
@@ -128,7 +128,7 @@ def stress_jets(rng, model, jets=400):
     number of constituents, jets whose momenta sit at and beyond the top of the input range
     (saturating), single-particle and empty jets.
     """
-    from qpelican.models import model_constituents
+    from qpelican.nn.models import model_constituents
 
     layer = momentum_layer(model)
     n = model_constituents(model)

@@ -2,7 +2,7 @@
 import tensorflow as tf
 import tf_keras
 
-from qpelican.layers.base import edge_mask
+from qpelican.nn.layers.base import edge_mask
 
 
 class MaskedBatchNorm(tf_keras.layers.Layer):

@@ -6,7 +6,7 @@ inputs anywhere in the declared input range. Ranges are tracked as exact rationa
 arithmetic), so "cannot overflow" is a proof, not an estimate.
 
 A :class:`Fx` is a range ``[lo, hi]`` on the grid ``2^-frac``; ``Fx.ap_type()`` gives the C++ type.
-Rounded/saturated tensors use :meth:`qpelican.quant.FixedFormat.ap_type` (the single home of the
+Rounded/saturated tensors use :meth:`qpelican.nn.quant.FixedFormat.ap_type` (the single home of the
 quantizer -> HLS type mapping); :func:`from_format` turns such a format into a range.
 """
 import math
@@ -102,7 +102,7 @@ def const(value, frac=None):
 
 
 def from_format(fmt):
-    """Range of a :class:`qpelican.quant.FixedFormat` (a quantized tensor)."""
+    """Range of a :class:`qpelican.nn.quant.FixedFormat` (a quantized tensor)."""
     return Fx(Fraction(fmt.min), Fraction(fmt.max), fmt.frac)
 
 

@@ -28,9 +28,9 @@ def write_json(path, obj):
 def run_model_path(run, error=None, what="model"):
     """``RUN`` (a ``qpelican fit`` directory holding model.keras) or a .keras file -> the model path.
 
-    Raises ``error`` (default :class:`qpelican.errors.QpelicanError`) naming the fix when absent.
+    Raises ``error`` (default :class:`qpelican.core.errors.QpelicanError`) naming the fix when absent.
     """
-    from qpelican.errors import QpelicanError
+    from qpelican.core.errors import QpelicanError
 
     error = error or QpelicanError
     p = os.fspath(run)

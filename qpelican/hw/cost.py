@@ -154,7 +154,7 @@ def _dense(sheet, layer, count, c_in, units, x_fmt):
 
 
 def _qbits(layer):
-    from qpelican.quant import fixed_format
+    from qpelican.nn.quant import fixed_format
 
     q = getattr(layer, "kernel_quantizer_internal", None)
     f = fixed_format(q) if q is not None else None
@@ -168,7 +168,7 @@ def model_cost(model, reuse=1):
     ``n_adders``, ``dsp_estimate``, ``lut_estimate``, ``per_layer`` and the ``multipliers`` /
     ``adders`` lists (what, layer, count, widths).
     """
-    from qpelican.layers import EdgeDense, LinEq2to0, LinEq2to2, LorentzInvariants, MaskedBatchNorm, MomentumInput
+    from qpelican.nn.layers import EdgeDense, LinEq2to0, LinEq2to2, LorentzInvariants, MaskedBatchNorm, MomentumInput
 
     sheet = CostSheet()
     fmt = None  # format of the tensor flowing along the main path

@@ -21,9 +21,9 @@ import math
 import tensorflow as tf
 import tf_keras
 
-from qpelican.errors import QpelicanError
-from qpelican.layers.base import QuantizedLayer, edge_mask, scale_table
-from qpelican.quant import float32_exact, max_abs
+from qpelican.core.errors import QpelicanError
+from qpelican.nn.layers.base import QuantizedLayer, edge_mask, scale_table
+from qpelican.nn.quant import float32_exact, max_abs
 
 # (source, placement, normalisation power). Sources: x, xT (transpose), dg (diagonal x_ii),
 # R (R_i = sum_k x_ik), S (S_j = sum_k x_kj), tr (trace), T (total sum).

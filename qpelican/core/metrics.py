@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from qpelican.errors import DataError
+from qpelican.core.errors import DataError
 
 
 def _inputs(labels, scores):

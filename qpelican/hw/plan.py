@@ -1,15 +1,15 @@
 """The firmware plan of a qpelican model: which HLS function each layer becomes, with every width.
 
 :func:`make_plan` walks a (tf-keras) qpelican model, rejects what the firmware cannot reproduce
-(with an :class:`~qpelican.errors.ExportError` naming the layer and the fix) and derives, for
+(with an :class:`~qpelican.core.errors.ExportError` naming the layer and the fix) and derives, for
 each layer, the quantized constants (coefficients, biases, normaliser tables exactly as Keras
 uses them) and the C++ types:
 
 * tensors rounded by a QKeras quantizer use the quantizer's format
-  (:meth:`qpelican.quant.FixedFormat.ap_type`: ``AP_RND_CONV, AP_SAT``, as QKeras rounds);
+  (:meth:`qpelican.nn.quant.FixedFormat.ap_type`: ``AP_RND_CONV, AP_SAT``, as QKeras rounds);
 * everything Keras computes exactly (Minkowski products, particle sums, aggregate products,
   pre-activations) is kept exact in the firmware, in the narrowest type that holds every value
-  it can take for momenta anywhere in the input format's range (:mod:`qpelican.hls.fixed`).
+  it can take for momenta anywhere in the input format's range (:mod:`qpelican.hw.fixed`).
 
 The plan is pure Python/numpy (no hls4ml): the exporter, the report and the tests share it.
 """
@@ -17,9 +17,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from qpelican.errors import ExportError
-from qpelican.hls import fixed
-from qpelican.hls.fixed import Fx, const, fit_values, from_format
+from qpelican.core.errors import ExportError
+from qpelican.hw import fixed
+from qpelican.hw.fixed import Fx, const, fit_values, from_format
 
 # Keras class name -> our hls4ml IR layer class name
 IR_NAMES = {
@@ -122,7 +122,7 @@ def make_plan(model):
 
     Raises ExportError for anything the firmware does not implement.
     """
-    from qpelican.layers import LAYERS
+    from qpelican.nn.layers import LAYERS
 
     cfg = model.get_config()
     if "layers" not in cfg:

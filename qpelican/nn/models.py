@@ -23,12 +23,12 @@ import numpy as np
 import tf_keras
 from qkeras import QDense
 
-from qpelican.errors import DataError, QpelicanError
-from qpelican.inputs import check_momenta
-from qpelican.layers import (EdgeDense, LinEq2to0, LinEq2to2, LorentzInvariants, MaskedBatchNorm, MomentumInput,
+from qpelican.core.errors import DataError, QpelicanError
+from qpelican.core.inputs import check_momenta
+from qpelican.nn.layers import (EdgeDense, LinEq2to0, LinEq2to2, LorentzInvariants, MaskedBatchNorm, MomentumInput,
                              PairDropout, ParticleMask)
-from qpelican.quant import get_quantizer
-from qpelican.recipe import QUANTIZED_TENSORS  # the tensor names' one home
+from qpelican.nn.quant import get_quantizer
+from qpelican.config.recipe import QUANTIZED_TENSORS  # the tensor names' one home
 
 
 DEFAULTS = {
@@ -166,7 +166,7 @@ def prepare_momenta(model, p4, source="input array"):
     if p4.shape[1] > n:
         raise DataError(
             f"{source}: jets have {p4.shape[1]} constituents but the model takes N={n}. Keep the {n} "
-            f"highest-pT ones with qpelican.inputs.fit_constituents(p4, {n}) (or set n_constituents in the recipe)."
+            f"highest-pT ones with qpelican.core.inputs.fit_constituents(p4, {n}) (or set n_constituents in the recipe)."
         )
     if p4.shape[1] < n:
         p4 = np.concatenate([p4, np.zeros((p4.shape[0], n - p4.shape[1], 4), np.float32)], axis=1)

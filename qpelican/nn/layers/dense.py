@@ -4,7 +4,7 @@ import math
 import tensorflow as tf
 import tf_keras
 
-from qpelican.layers.base import QuantizedLayer, edge_mask
+from qpelican.nn.layers.base import QuantizedLayer, edge_mask
 
 
 class EdgeDense(QuantizedLayer):

@@ -4,7 +4,7 @@ Layout everywhere: (jets, N, 4) with (E, px, py, pz) in GeV, zero-padded, sorted
 """
 import numpy as np
 
-from qpelican.errors import DataError
+from qpelican.core.errors import DataError
 
 
 def check_momenta(p4, source="input array"):

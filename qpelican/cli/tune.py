@@ -41,9 +41,9 @@ def tune(
     """
     from rich.console import Console
 
-    from qpelican.errors import QpelicanError
-    from qpelican.recipe import load_recipe
-    from qpelican.tune import ORACLES
+    from qpelican.core.errors import QpelicanError
+    from qpelican.config.recipe import load_recipe
+    from qpelican.tune.search import ORACLES
 
     if oracle not in ORACLES:
         raise QpelicanError(f"--oracle {oracle!r} is not supported; use one of {', '.join(ORACLES)}.")
@@ -53,7 +53,7 @@ def tune(
     con.print(f"[bold]qpelican tune[/] {recipe} -> {out}  ({oracle}, {trials} trials, "
               f"{epochs or r.training.epochs} epochs per trial"
               + (f", budget {max_cost:,} BOPs" if max_cost else "") + ")")
-    from qpelican import tune as tune_mod
+    from qpelican.tune.search import search as tune_mod
 
     try:
         tune_mod.tune(r, out, data=data, epochs=epochs, jets=jets, trials=trials, oracle=oracle, max_cost=max_cost,

@@ -1,9 +1,9 @@
 """Input layers: momentum scaling/quantization, particle mask, pairwise Minkowski dot products."""
 import tensorflow as tf
 
-from qpelican.errors import QpelicanError
-from qpelican.layers.base import QuantizedLayer, edge_mask, particle_mask
-from qpelican.quant import check_exact
+from qpelican.core.errors import QpelicanError
+from qpelican.nn.layers.base import QuantizedLayer, edge_mask, particle_mask
+from qpelican.nn.quant import check_exact
 
 
 def _check_momentum_shape(input_shape, layer):

@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from qpelican.errors import QpelicanError
+from qpelican.core.errors import QpelicanError
 
 
 def register(app: typer.Typer):
@@ -35,7 +35,7 @@ def fit(
                                              help="override any recipe key, e.g. --set model.dropout=0 (repeatable)"),
 ):
     """Train a model (or several seeds) from a YAML recipe and write the run directory."""
-    from qpelican.recipe import load_recipe
+    from qpelican.config.recipe import load_recipe
 
     r = load_recipe(recipe).with_overrides(epochs=epochs, data=data, seeds=seeds, jets=jets, sets=sets or ())
     out = out or Path("runs") / recipe.stem
@@ -45,7 +45,7 @@ def fit(
     con = _console()
     con.print(f"[bold]qpelican fit[/] {recipe} -> {out}  ({r.seeds} seed(s), {r.training.epochs} epochs"
               + (", quantized" if r.quantized else ", float") + ")")
-    import qpelican.train as train
+    import qpelican.training.train as train
 
     try:
         res = train.fit_recipe(r, out, resume=resume, progress=True,
@@ -103,7 +103,7 @@ def evaluate(
     jets: Optional[int] = typer.Option(None, "--jets", min=2, help="evaluate only the first K jets"),
 ):
     """Evaluate a trained model on a dataset: accuracy, AUC, 1/eps_B at eps_S = 0.3 and 0.5."""
-    from qpelican.results import evaluate_run
+    from qpelican.training.results import evaluate_run
 
     con = _console()
     res, path = evaluate_run(run, data, out=out, jets=jets)
@@ -117,6 +117,6 @@ def explain(
     jets: int = typer.Option(1000, "--jets", min=1, help="jets used for the numerical check"),
 ):
     """Print a nanoPELICAN as the paper's analytic formula (eq. 1) and check it reproduces the model."""
-    from qpelican.explain import explain_run
+    from qpelican.analysis.explain import explain_run
 
     explain_run(run, data=data, jets=jets, log=_console().print)

@@ -15,7 +15,7 @@ A recipe has five sections and two top-level keys; every key is optional except 
       seed: 0                      # seed of the simulated sample
       detector: none               # simulated sample: none (truth particles) | simple (Delphes-like
                                    # E-flow); ignored with a path
-    model:                         # keys and defaults of qpelican.models.DEFAULTS (null/absent = default)
+    model:                         # keys and defaults of qpelican.nn.models.DEFAULTS (null/absent = default)
       architecture: nano           # nano | pelican
       channels: 2
       aggregation: sum             # sum | mean
@@ -58,7 +58,7 @@ BatchNorm: the fixed-point layers do not fold a BatchNorm, so ``batchnorm: true`
 in float recipes (the saved model then runs BatchNorm in inference mode with its moving
 statistics, exactly as evaluated). Quantized recipes must say ``batchnorm: false``.
 
-Unknown keys and wrong types raise :class:`qpelican.errors.RecipeError` naming the key and the
+Unknown keys and wrong types raise :class:`qpelican.core.errors.RecipeError` naming the key and the
 allowed keys or values.
 """
 from __future__ import annotations
@@ -70,7 +70,7 @@ from typing import List, Literal, Optional, Union
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from qpelican.errors import RecipeError
+from qpelican.core.errors import RecipeError
 
 DEFAULT_SIMULATED_JETS = 40000
 QUANTIZED_TENSORS = ("input", "invariants", "coefficients", "biases", "activation", "aggregates", "output")
@@ -123,8 +123,8 @@ class QuantizationSection(_Section):
             return None
         if not isinstance(v, str):
             raise ValueError(f"expected a quantizer string such as 'quantized_bits(8,0,alpha=1)' or 'float', got {v!r}")
-        from qpelican.errors import QpelicanError
-        from qpelican.quant import fixed_format, get_quantizer
+        from qpelican.core.errors import QpelicanError
+        from qpelican.nn.quant import fixed_format, get_quantizer
 
         try:
             fixed_format(get_quantizer(v))
@@ -157,7 +157,7 @@ class Recipe(_Section):
     training: TrainingSection = Field(default_factory=TrainingSection)
     seeds: int = Field(default=1, ge=1)
     seed: int = Field(default=0, ge=0)
-    search: Optional[dict] = None  # bit-width search bounds for `qpelican tune` (validated by qpelican.tune)
+    search: Optional[dict] = None  # bit-width search bounds for `qpelican tune` (validated by qpelican.tune.search)
 
     # ------------------------------------------------------------------ helpers
     @property
@@ -166,7 +166,7 @@ class Recipe(_Section):
         return any(getattr(self.quantization, k) is not None for k in QUANTIZED_TENSORS)
 
     def to_model_config(self, quantized: bool = True) -> dict:
-        """The ``qpelican.models.build_model`` dict: only keys the recipe sets (the rest come
+        """The ``qpelican.nn.models.build_model`` dict: only keys the recipe sets (the rest come
         from ``models.DEFAULTS``), plus ``n_constituents``/``beams`` from the data section.
         ``quantized=False`` drops the quantizers (float pre-training of a finetune recipe)."""
         cfg = {k: v for k, v in self.model.model_dump().items() if v is not None}
@@ -177,7 +177,7 @@ class Recipe(_Section):
 
     def resolved_model_config(self, quantized: bool = True) -> dict:
         """``to_model_config`` merged over ``models.DEFAULTS`` (what is actually built)."""
-        from qpelican.models import model_config
+        from qpelican.nn.models import model_config
 
         return model_config(self.to_model_config(quantized))
 
@@ -295,8 +295,8 @@ def recipe_from_dict(d, source="recipe", name=None) -> Recipe:
 
 
 def _check_semantics(recipe, source):
-    from qpelican.errors import QpelicanError
-    from qpelican.models import model_config
+    from qpelican.core.errors import QpelicanError
+    from qpelican.nn.models import model_config
 
     bn = recipe.model.batchnorm
     if recipe.quantized and bn:
@@ -318,7 +318,7 @@ def _check_semantics(recipe, source):
     except QpelicanError as exc:
         raise RecipeError(f"{source}: {exc}") from None
     if recipe.search is not None:  # the `qpelican tune` section: bounds per tensor, C, N
-        from qpelican.tune import parse_search
+        from qpelican.tune.search import parse_search
 
         parse_search(recipe.search, recipe, source)
 

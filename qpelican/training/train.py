@@ -1,7 +1,7 @@
 """Training: one seed (:func:`train_one`) and a whole recipe over seeds (:func:`fit_recipe`).
 
 Regime (DESIGN.md section 2, the paper's): AdamW (weight decay 0 by default), batch 512, binary
-cross-entropy on the logit, the per-step LR schedule of :mod:`qpelican.schedule`, and the best
+cross-entropy on the logit, the per-step LR schedule of :mod:`qpelican.training.schedule`, and the best
 epoch selected by validation loss. Quantization-aware training runs from scratch (``qat:
 from_scratch``) or after ``pretrain_epochs`` of float training of the same architecture (``qat:
 finetune``: the float weights are copied into the quantized model, which then trains for
@@ -36,8 +36,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 import qpelican  # noqa: F401  (selects tf-keras before TensorFlow)
-from qpelican.errors import QpelicanError
-from qpelican.io import write_json as _write_json
+from qpelican.core.errors import QpelicanError
+from qpelican.core.io import write_json as _write_json
 
 INTERRUPT_ENV = "QPELICAN_INTERRUPT_AFTER_EPOCHS"
 
@@ -163,7 +163,7 @@ def quick_metrics(y, logits):
 
 def test_metrics(y, logits):
     """Full test metrics: roc_metrics (auc, accuracy, rej30, rej50) + loss."""
-    from qpelican.metrics import roc_metrics
+    from qpelican.core.metrics import roc_metrics
 
     m = roc_metrics(y, logits, threshold=0.0)
     m["loss"] = bce_from_logits(y, logits)
@@ -171,9 +171,9 @@ def test_metrics(y, logits):
 
 
 def model_cost_or_none(model):
-    """qpelican.cost.model_cost(model), or {"error": ...} if the cost model cannot handle it."""
+    """qpelican.hw.cost.model_cost(model), or {"error": ...} if the cost model cannot handle it."""
     try:
-        from qpelican.cost import model_cost
+        from qpelican.hw.cost import model_cost
 
         return model_cost(model)
     except Exception as exc:  # full PELICAN etc.: report, do not fail a finished training
@@ -204,8 +204,8 @@ def _build(recipe, quantized, seed, steps_per_epoch, epochs, lr):
     import tensorflow as tf
     import tf_keras
 
-    from qpelican.models import build_model
-    from qpelican.schedule import make_schedule
+    from qpelican.nn.models import build_model
+    from qpelican.training.schedule import make_schedule
 
     # Dropout draws from a tf.random.Generator whose state is a variable: it is checkpointed with
     # the model, so a resumed run continues the same random sequence.
@@ -222,7 +222,7 @@ def _build(recipe, quantized, seed, steps_per_epoch, epochs, lr):
     opt.build(model.trainable_variables)  # create slots now so checkpoints restore into them
     jit = t.jit_compile
     if jit == "auto":
-        jit = True  # XLA: ~2.5x float, ~1.3x quantized (QAT trains in float32; see qpelican.layers.base)
+        jit = True  # XLA: ~2.5x float, ~1.3x quantized (QAT trains in float32; see qpelican.nn.layers.base)
     model.compile(optimizer=opt, loss=tf_keras.losses.BinaryCrossentropy(from_logits=True), jit_compile=bool(jit))
     ckpt = tf.train.Checkpoint(model=model, optimizer=opt)
     return model, opt, ckpt, bool(jit)
@@ -230,7 +230,7 @@ def _build(recipe, quantized, seed, steps_per_epoch, epochs, lr):
 
 def _init_from(model, source):
     """Copy the weights of a trained model (run directory or .keras file) into ``model``."""
-    from qpelican.io import run_model_path
+    from qpelican.core.io import run_model_path
 
     path = run_model_path(source, what="training.init_from:")
     src = qpelican.load_model(path)
@@ -285,7 +285,7 @@ def train_one(recipe, splits, seed, out_dir, resume=False, progress=True, log=No
     """Train one seed of a recipe; return ``(model, metrics)``.
 
     Args:
-      recipe: a :class:`qpelican.recipe.Recipe`.
+      recipe: a :class:`qpelican.config.recipe.Recipe`.
       splits: a :class:`Splits` (e.g. from :func:`load_splits`; reuse it across seeds/trials).
       seed: training seed (weights initialisation, data order, dropout).
       out_dir: the seed's directory (checkpoints, model.keras, history.json, results.json).
@@ -304,7 +304,7 @@ def train_one(recipe, splits, seed, out_dir, resume=False, progress=True, log=No
     """
     import tensorflow as tf
 
-    from qpelican.models import count_parameters
+    from qpelican.nn.models import count_parameters
 
     log = log or (lambda s: print(s, flush=True))
     if max_epochs_this_run is None and os.environ.get(INTERRUPT_ENV):
@@ -465,7 +465,7 @@ def fit_recipe(recipe, out_dir, data=None, resume=False, progress=True, log=None
     """Train every seed of a recipe and write the run directory; return the run's results dict.
 
     Args:
-      recipe: a :class:`qpelican.recipe.Recipe`, a path to a YAML recipe or a dict.
+      recipe: a :class:`qpelican.config.recipe.Recipe`, a path to a YAML recipe or a dict.
       out_dir: run directory (``RUN/recipe.yaml``, ``RUN/model.keras``, ``RUN/results.json``,
         ``RUN/roc.png``, ``RUN/seeds/<seed>/...``).
       data: None (recipe's data), a path overriding data.path, or a :class:`Splits`.
@@ -478,8 +478,8 @@ def fit_recipe(recipe, out_dir, data=None, resume=False, progress=True, log=None
     (jet-mass baseline on the same test jets), ``data``, ``seeds`` (per-seed metrics) and, with
     more than one seed, ``seeds_summary`` {metric: {mean, std}, best: {...}}.
     """
-    from qpelican.recipe import Recipe, load_recipe, recipe_from_dict
-    from qpelican.results import mass_baselines, write_run_results
+    from qpelican.config.recipe import Recipe, load_recipe, recipe_from_dict
+    from qpelican.training.results import mass_baselines, write_run_results
 
     if isinstance(recipe, (str, os.PathLike)):
         recipe = load_recipe(recipe)

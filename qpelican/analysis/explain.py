@@ -28,14 +28,14 @@ import os
 
 import numpy as np
 
-from qpelican.errors import QpelicanError
+from qpelican.core.errors import QpelicanError
 
 OP_TEXT = ("d_ij", "δ_ij S_j/N̄", "S_j/N̄", "S_i/N̄", "T/N̄²", "δ_ij T/N̄²")
 
 
 # ------------------------------------------------------------------------------ extraction
 def _q_np(x, fmt):
-    """numpy twin of qpelican.quant.quantize (round half to even, saturate)."""
+    """numpy twin of qpelican.nn.quant.quantize (round half to even, saturate)."""
     if fmt is None:
         return x
     scale = 2.0 ** fmt.frac
@@ -44,7 +44,7 @@ def _q_np(x, fmt):
 
 def nano_parts(model):
     """Weights and fixed-point formats of a nanoPELICAN as plain numpy (quantized values)."""
-    from qpelican.layers import LinEq2to0, LinEq2to2, LorentzInvariants, MaskedBatchNorm, MomentumInput
+    from qpelican.nn.layers import LinEq2to0, LinEq2to2, LorentzInvariants, MaskedBatchNorm, MomentumInput
 
     by, bns = {}, {}
     for layer in model.layers:
@@ -248,8 +248,8 @@ def formula_text(p, lam=None, dead=None):
 
 def explain_model(model, p4, log=print):
     """Print the formula and check it numerically on jets p4 (B, N, 4) GeV; return the check dict."""
-    from qpelican.models import prepare_momenta
-    from qpelican.train import predict
+    from qpelican.nn.models import prepare_momenta
+    from qpelican.training.train import predict
 
     p = nano_parts(model)
     cp, lam, dead = canonical(p)
@@ -305,7 +305,7 @@ def explain_model(model, p4, log=print):
 
 
 def _run_model_path(run):
-    from qpelican.io import run_model_path
+    from qpelican.core.io import run_model_path
 
     return run_model_path(run)
 
@@ -341,7 +341,7 @@ def _check_jets(run, data, jets, n_constituents):
 def explain_run(run, data=None, jets=1000, log=print):
     """`qpelican explain RUN`: print the formula of RUN/model.keras and check it; return the check."""
     import qpelican
-    from qpelican.models import model_constituents
+    from qpelican.nn.models import model_constituents
 
     path = _run_model_path(run)
     model = qpelican.load_model(path)

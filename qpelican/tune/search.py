@@ -2,8 +2,8 @@
 
 ``qpelican tune RECIPE`` (see ``docs/tuning.md``) searches the total and integer bits of every
 quantized tensor of a recipe (and optionally the hidden channels C and the number of constituents
-N), trains each candidate with :func:`qpelican.train.train_one`, and returns the Pareto front of
-validation AUC against bit operations (:func:`qpelican.cost.model_cost`, the one cost model).
+N), trains each candidate with :func:`qpelican.training.train.train_one`, and returns the Pareto front of
+validation AUC against bit operations (:func:`qpelican.hw.cost.model_cost`, the one cost model).
 
 Search space
 ------------
@@ -70,8 +70,8 @@ import math
 import os
 import time
 
-from qpelican.errors import QpelicanError, RecipeError
-from qpelican.io import write_json as _write_json
+from qpelican.core.errors import QpelicanError, RecipeError
+from qpelican.core.io import write_json as _write_json
 
 TENSORS = ("input", "invariants", "coefficients", "biases", "activation", "aggregates", "output")
 SHORT = {"input": "in", "invariants": "inv", "coefficients": "w", "biases": "b", "activation": "act",
@@ -130,7 +130,7 @@ def _choices(value, key, lo_allowed, hi_allowed, source):
 
 def base_format(recipe, tensor):
     """(kind, bits, integer, signed) of a tensor in the recipe, DEFAULT_FORMATS when it is float."""
-    from qpelican.quant import fixed_format, get_quantizer
+    from qpelican.nn.quant import fixed_format, get_quantizer
 
     q = getattr(recipe.quantization, tensor)
     if q is None:
@@ -230,7 +230,7 @@ def quantizer_string(kind, bits, integer, signed):
 def variant(recipe, space, values, epochs=None, name=None):
     """(recipe variant, widths) for hyperparameter ``values``: the recipe with the sampled formats,
     C and N, no search section; ``widths`` = {tensor: [bits, integer] | None (float)}."""
-    from qpelican.recipe import recipe_from_dict
+    from qpelican.config.recipe import recipe_from_dict
 
     d = recipe.model_dump()
     d.pop("search", None)
@@ -272,8 +272,8 @@ def recipe_cost(recipe):
     """model_cost of a recipe's model (built, not trained)."""
     import tf_keras
 
-    from qpelican.cost import model_cost
-    from qpelican.models import build_model
+    from qpelican.hw.cost import model_cost
+    from qpelican.nn.models import build_model
 
     model = build_model(recipe.to_model_config())
     try:
@@ -321,7 +321,7 @@ class TuneContext:
         self.tuner_id = os.environ.get("KERASTUNER_TUNER_ID", "tuner0")
 
     def splits_for(self, n):
-        from qpelican.train import Splits
+        from qpelican.training.train import Splits
 
         full = self.splits
         if full.train[0].shape[1] == n:
@@ -341,9 +341,9 @@ def run_trial(tuner, trial):
     """Train one recipe variant; return the metrics dict (``score`` is the objective)."""
     import numpy as np
 
-    from qpelican.metrics import roc_metrics
-    from qpelican.recipe import recipe_from_dict
-    from qpelican.train import predict, train_one
+    from qpelican.core.metrics import roc_metrics
+    from qpelican.config.recipe import recipe_from_dict
+    from qpelican.training.train import predict, train_one
 
     ctx = tuner.ctx
     s = ctx.settings
@@ -426,9 +426,9 @@ def ensure_pretrain(ctx, channels):
     front). Returns the run directory (``training.init_from`` of the trials)."""
     import fcntl
 
-    from qpelican.metrics import roc_metrics
-    from qpelican.recipe import recipe_from_dict
-    from qpelican.train import predict, train_one
+    from qpelican.core.metrics import roc_metrics
+    from qpelican.config.recipe import recipe_from_dict
+    from qpelican.training.train import predict, train_one
 
     s = ctx.settings
     pre_dir = os.path.join(s["out_dir"], "pretrain", f"c{channels}")
@@ -521,11 +521,11 @@ def tune(recipe, out_dir, data=None, epochs=None, jets=None, trials=20, oracle="
       oracle: random | bayesian | hyperband.  max_cost: BOPs budget.  cost_weight: see module doc.
       resume: continue the search in ``out_dir`` (finished trials are kept, the interrupted one
         resumes its checkpoint).  seed: oracle seed (training uses the recipe's seed).
-      splits: preloaded :class:`qpelican.train.Splits` (tests, benchmarks).
+      splits: preloaded :class:`qpelican.training.train.Splits` (tests, benchmarks).
       pretrain_epochs: float pre-training epochs of a ``qat: finetune`` recipe (default: the
         recipe's ``pretrain_epochs``); the pre-training is shared by all trials (one per C).
     """
-    from qpelican.recipe import Recipe, load_recipe
+    from qpelican.config.recipe import Recipe, load_recipe
 
     if isinstance(recipe, (str, os.PathLike)):
         recipe = load_recipe(recipe)
@@ -586,7 +586,7 @@ def tune(recipe, out_dir, data=None, epochs=None, jets=None, trials=20, oracle="
     ctx = TuneContext(base, space, settings, log=log)
     if role != "chief":
         if splits is None:
-            from qpelican.train import load_splits
+            from qpelican.training.train import load_splits
 
             n_max = max(space["n_constituents"] or [base.data.n_constituents])
             loader = base.model_copy(deep=True)
@@ -645,7 +645,7 @@ def collect_trials(out_dir):
     project = os.path.join(os.fspath(out_dir), "kt")
     with open(os.path.join(out_dir, "tune.json")) as f:
         settings = json.load(f)
-    from qpelican.recipe import recipe_from_dict
+    from qpelican.config.recipe import recipe_from_dict
 
     base = recipe_from_dict(settings["recipe"], source=f"{out_dir}/tune.json")
     space = settings["space"]
@@ -850,7 +850,7 @@ def _plot(path, rows, front, settings, refs=()):
     if settings.get("max_cost"):
         ax.axvline(settings["max_cost"], c="k", ls="--", lw=1, label="--max-cost")
     ax.set_xscale("log")
-    ax.set_xlabel("bit operations per jet (qpelican.cost.model_cost)")
+    ax.set_xlabel("bit operations per jet (qpelican.hw.cost.model_cost)")
     ax.set_ylabel("validation AUC")
     ax.set_title(f"qpelican tune: {settings['recipe_name']} ({settings['oracle']}, {settings['epochs']} epochs/trial)",
                  fontsize=9)

@@ -6,7 +6,7 @@ from typing import Optional
 
 import typer
 
-from qpelican.errors import DataError
+from qpelican.core.errors import DataError
 
 data_app = typer.Typer(help="Simulate (Pythia 8 + FastJet) and inspect top-tagging jet files.",
                        no_args_is_help=True)

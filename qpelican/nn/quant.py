@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import tensorflow as tf
 
-from qpelican.errors import QpelicanError
+from qpelican.core.errors import QpelicanError
 
 FLOAT_NAMES = (None, "float", "none", "None", "")
 

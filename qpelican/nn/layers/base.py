@@ -5,7 +5,7 @@ import numpy as np
 import tensorflow as tf
 import tf_keras
 
-from qpelican.quant import fixed_format, get_quantizer, quantize, serialize_quantizer
+from qpelican.nn.quant import fixed_format, get_quantizer, quantize, serialize_quantizer
 
 
 class QuantizedLayer(tf_keras.layers.Layer):

@@ -35,7 +35,7 @@ def mass_baselines(splits):
     """Jet-mass baselines fitted on the training jets and scored on the test jets, each fitted once:
     {results key: (roc_metrics + method, test scores)} in MASS_BASELINES order."""
     from qpelican.data.baseline import MassWindow, jet_mass
-    from qpelican.metrics import roc_metrics
+    from qpelican.core.metrics import roc_metrics
 
     m_train, m_test = jet_mass(splits.train[0]), jet_mass(splits.test[0])
     out = {}
@@ -71,7 +71,7 @@ def write_run_results(out_dir, recipe, splits, per_seed, best, baselines):
     """Write RUN/model.keras (best seed), RUN/results.json and RUN/roc.png; return the results dict.
 
     baselines: ``mass_baselines(splits)``."""
-    from qpelican.train import _save_model, _write_json
+    from qpelican.training.train import _save_model, _write_json
 
     model, bm = best
     _save_model(model, os.path.join(out_dir, "model.keras"))
@@ -112,7 +112,7 @@ def plot_roc(path, y, curves):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from qpelican.metrics import roc_curve
+    from qpelican.core.metrics import roc_curve
 
     fig, ax = plt.subplots(figsize=(5.5, 4.2), dpi=120)
     from sklearn.metrics import roc_auc_score
@@ -147,10 +147,10 @@ def evaluate_run(run, data, out=None, jets=None):
 
     import qpelican
     from qpelican.data.readers import open_dataset, resolve_splits
-    from qpelican.models import model_constituents
-    from qpelican.train import _write_json, predict, test_metrics
+    from qpelican.nn.models import model_constituents
+    from qpelican.training.train import _write_json, predict, test_metrics
 
-    from qpelican.io import run_model_path
+    from qpelican.core.io import run_model_path
 
     run = os.fspath(run)
     model_path = run_model_path(run)

@@ -1,16 +1,16 @@
 """The `qpelican` command line.
 
-Each command family lives in its own module exposing `register(app)`; heavy imports
+Each command family lives in its own module of `qpelican.cli` exposing `register(app)`; heavy imports
 (TensorFlow, hls4ml, Pythia) happen inside the commands so that `--help` stays fast.
 User errors (`QpelicanError`) print one paragraph and exit with status 2, no traceback.
 """
-import importlib
 import sys
 
 import typer
 from rich.console import Console
 
-from qpelican.errors import QpelicanError
+from qpelican.cli import data, hls, train, tune
+from qpelican.core.errors import QpelicanError
 
 app = typer.Typer(
     name="qpelican",
@@ -20,20 +20,9 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
-# Command modules, in the order data flows: data -> fit/evaluate/explain -> tune -> export.
-COMMAND_MODULES = [
-    "qpelican.data.cli",
-    "qpelican.train_cli",
-    "qpelican.tune_cli",
-    "qpelican.hls.cli",
-]
-
-for _name in COMMAND_MODULES:
-    try:
-        importlib.import_module(_name).register(app)
-    except ModuleNotFoundError as exc:  # a command family not installed in this checkout
-        if exc.name != _name:
-            raise
+# Command families, in the order data flows: data -> fit/evaluate/explain -> tune -> export.
+for _family in (data, train, tune, hls):
+    _family.register(app)
 
 
 def main(argv=None):
