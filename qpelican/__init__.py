@@ -30,19 +30,14 @@ _select_tf_keras()
 
 
 def custom_objects():
-    """All qpelican layers and QKeras objects, for `tf_keras.models.load_model(..., custom_objects=...)`."""
-    from qkeras.utils import _add_supported_quantized_objects
+    """All qpelican layers and QKeras objects (see :func:`qpelican.nn.serialize.custom_objects`)."""
+    from qpelican.nn import serialize  # after _select_tf_keras: importing nn imports TensorFlow
 
-    from qpelican.nn.layers import LAYERS
-
-    objs = {}
-    _add_supported_quantized_objects(objs)
-    objs.update({cls.__name__: cls for cls in LAYERS})
-    return objs
+    return serialize.custom_objects()
 
 
 def load_model(path):
-    """Load a saved qpelican model (.keras / .h5 / SavedModel) with all custom objects."""
-    import tf_keras
+    """Load a saved qpelican model (see :func:`qpelican.nn.serialize.load_model`)."""
+    from qpelican.nn import serialize  # after _select_tf_keras: importing nn imports TensorFlow
 
-    return tf_keras.models.load_model(path, custom_objects=custom_objects(), compile=False)
+    return serialize.load_model(path)

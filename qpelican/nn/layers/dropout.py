@@ -2,6 +2,8 @@
 import tensorflow as tf
 import tf_keras
 
+from qpelican.nn.compat import layer_generator, smart_cond
+
 _LEVELS = 1 << 16
 
 
@@ -32,13 +34,10 @@ class PairDropout(tf_keras.layers.Dropout):
             training = tf_keras.backend.learning_phase()
         if self.threshold == 0:
             return tf.identity(inputs)
-        return tf.__internal__.smart_cond.smart_cond(training, lambda: self._drop(inputs),
-                                                      lambda: tf.identity(inputs))
+        return smart_cond(training, lambda: self._drop(inputs), lambda: tf.identity(inputs))
 
     def _bits(self, shape):
-        rng = self._random_generator
-        rng._maybe_init()
-        gen = getattr(rng, "_generator", None)
+        gen = layer_generator(self)
         if gen is not None:
             return gen.uniform_full_int(shape, dtype=tf.int32)
         seed = tf.random.uniform([2], maxval=2**31 - 1, dtype=tf.int32)
