@@ -11,7 +11,7 @@ round half to even, saturate — exactly what QKeras does (checked against QKera
 
 :func:`quantize` reproduces QKeras's rounding in any float dtype. The layers use it in float64
 for the sums whose exact value needs more than float32's 24-bit significand, so the Keras model
-and the HLS C++ round the same exact number (DESIGN.md section 6).
+and the HLS C++ round the same exact number (docs/fixed_point.md, "Exactness in Keras").
 """
 import math
 from dataclasses import dataclass
