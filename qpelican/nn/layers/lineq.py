@@ -1,4 +1,4 @@
-"""Linear permutation-equivariant layers LinEq(2->2) and LinEq(2->0) (DESIGN.md section 2).
+"""Linear permutation-equivariant layers LinEq(2->2) and LinEq(2->0) (docs/physics.md, 3-5).
 
 Fixed-point contract (what the firmware reproduces bit for bit), for a quantized layer:
 
