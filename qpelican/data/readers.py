@@ -1,4 +1,4 @@
-"""Streaming readers for the top-tagging datasets (DESIGN.md section 3), h5py only.
+"""Streaming readers for the top-tagging datasets (docs/physics.md, section 9), h5py only.
 
 Two layouts are detected automatically:
 
