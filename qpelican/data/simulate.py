@@ -1,4 +1,4 @@
-"""Pythia 8 + FastJet top-tagging sample in the converted layout (DESIGN.md section 3).
+"""Pythia 8 + FastJet top-tagging sample in the converted layout (docs/physics.md, section 9).
 
 Signal: hadronic ttbar (W -> quarks only); background: QCD dijets (HardQCD:all); 14 TeV,
 MPI off by default, ISR/FSR and hadronisation on. Final-state visible particles (neutrinos
