@@ -1,4 +1,4 @@
-"""Core layers against direct numpy implementations of DESIGN.md section 2, and their symmetries."""
+"""Core layers against direct numpy implementations of docs/physics.md (2-5), and their symmetries."""
 import numpy as np
 import pytest
 
