@@ -48,7 +48,7 @@ def minkowski(p):
 
 
 def nano_numpy(x, m, kernel, bias, dbias, nbar, alpha=None, aggregation="sum", relu=True):
-    """y_ij^h = act(sum_{c,b} w[c,h,b] A_b^c + beta_h + beta_diag_h delta_ij) m_ij (DESIGN.md)."""
+    """y_ij^h = act(sum_{c,b} w[c,h,b] A_b^c + beta_h + beta_diag_h delta_ij) m_ij (docs/physics.md)."""
     b_, n, _, c_in = x.shape
     nn = m.sum(1)
     s = x.sum(1)  # S_j = sum_k x_kj
