@@ -38,16 +38,16 @@ def bench(recipe_path, p4, y, steps, warmup):
     import tensorflow as tf
 
     from qpelican.config.recipe import load_recipe
-    from qpelican.training.train import _build, _epoch_dataset
+    from qpelican.training.session import build_training, epoch_dataset
 
     r = load_recipe(recipe_path)
     bs = r.training.batch_size
     quantized = r.quantized
     n_train = len(y)
     spe = math.ceil(n_train / bs)
-    model, opt, _, jit = _build(r, quantized, 0, spe, r.training.epochs, r.training.learning_rate)
+    model, opt, _, jit = build_training(r, quantized, 0, spe, r.training.epochs, r.training.learning_rate)
     p4_t, y_t = tf.constant(p4), tf.constant(y)
-    ds = _epoch_dataset(p4_t, y_t, n_train, bs, 0, 0).repeat()
+    ds = epoch_dataset(p4_t, y_t, n_train, bs, 0, 0).repeat()
     t0 = time.perf_counter()
     model.fit(ds, steps_per_epoch=warmup, epochs=1, verbose=0)
     t_compile = time.perf_counter() - t0

@@ -81,7 +81,7 @@ def test_canonical_form_has_unit_total_sum_weights(jets):
 def test_check_detects_a_wrong_formula(jets):
     """The comparison can fail: a perturbed coefficient or the real-valued formula of a quantized model differ."""
     from qpelican.analysis.explain import formula_logits, nano_parts
-    from qpelican.training.train import predict
+    from qpelican.nn.models import predict
 
     model = _model(quantization=Q8)
     keras = predict(model, jets)

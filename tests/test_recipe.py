@@ -56,7 +56,7 @@ def test_flagship_is_8bit():
 
 
 def test_model_config_only_set_keys():
-    from qpelican.nn.models import DEFAULTS
+    from qpelican.config.model import DEFAULTS
 
     r = recipe_from_dict({"model": {"channels": 3}})
     cfg = r.to_model_config()

@@ -99,19 +99,22 @@ def test_resume_gives_same_weights(tmp_path, sim_dir, capsys, monkeypatch):
     """float pre-training (1 epoch) + QAT (2 epochs) with dropout; interrupted after epoch 2 (across the
     phase change) and resumed: same final weights as an uninterrupted run."""
     from qpelican.config.recipe import load_recipe
-    from qpelican.training.train import load_splits, train_one
+    from qpelican.training.train import fit_recipe, load_splits, train_one
 
     recipe = _recipe(tmp_path, sim_dir, quantization=Q8,
                      training={"qat": "finetune", "pretrain_epochs": 1, "epochs": 2})
     r = load_recipe(recipe)
     ref, _ = train_one(r, load_splits(r), 0, str(tmp_path / "ref"), progress=False)
     run = tmp_path / "run"
-    monkeypatch.setenv("QPELICAN_INTERRUPT_AFTER_EPOCHS", "2")
-    code, out, err = _run(["fit", recipe, "--out", str(run)], capsys)
-    assert code == 130 and "--resume" in err
+
+    def stop_after_two(row):  # as Ctrl-C right after epoch 2 was committed
+        if row["epoch"] == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        fit_recipe(r, run, progress=False, on_epoch=stop_after_two)
     state = json.loads((run / "seeds" / "0" / "state.json").read_text())
     assert state["epochs_done"] == 2 and not (run / "model.keras").exists()
-    monkeypatch.delenv("QPELICAN_INTERRUPT_AFTER_EPOCHS")
     code, out, err = _run(["fit", recipe, "--out", str(run), "--resume"], capsys)
     assert code == 0, err
     assert "epoch   3/3 [qat]" in out and "epoch   1/3" not in out

@@ -16,6 +16,7 @@ import yaml
 import qpelican  # noqa: F401
 from qpelican.cli.main import main
 from qpelican.core.errors import RecipeError
+from qpelican.tune.search import tune
 
 Q8 = {"input": "quantized_bits(16,7,alpha=1)", "invariants": "quantized_bits(16,9,alpha=1)",
       "coefficients": "quantized_bits(8,1,alpha=1)", "biases": "quantized_bits(8,3,alpha=1)",
@@ -44,7 +45,7 @@ def _run(argv, capsys=None):
 # ------------------------------------------------------------------------------ unit level
 def test_default_space_and_variant(tmp_path):
     from qpelican.config.recipe import recipe_from_dict
-    from qpelican.tune.search import search_space, variant
+    from qpelican.tune.space import search_space, variant
 
     r = recipe_from_dict({"quantization": dict(Q8), "search": {"coefficients": {"bits": [2, 6], "integer": [0, 3]},
                                                                "biases": "fixed", "channels": [1, 3]}})
@@ -65,7 +66,7 @@ def test_default_space_and_variant(tmp_path):
 
 
 def test_pareto_front():
-    from qpelican.tune.search import pareto_front
+    from qpelican.tune.front import pareto_front
 
     rows = [{"trial_id": str(i), "status": s, "val_auc": a, "bops": b} for i, (s, a, b) in enumerate([
         ("completed", 0.90, 100), ("completed", 0.92, 200), ("completed", 0.91, 300), ("completed", 0.95, 400),
@@ -172,9 +173,11 @@ def test_resume_does_not_repeat_finished_trials(tmp_path, sim_dir, monkeypatch):
     path = _recipe(tmp_path, sim_dir)
     out = tmp_path / "tune"
     argv = ["tune", str(path), "--out", str(out), "--trials", "3", "--epochs", "1"]
-    monkeypatch.setenv("QPELICAN_TUNE_STOP_AFTER_TRIALS", "1")
-    assert _run(argv) == 130
-    monkeypatch.delenv("QPELICAN_TUNE_STOP_AFTER_TRIALS")
+    def stop_after_one(finished):
+        raise KeyboardInterrupt(f"stopped after {finished} trial(s)")
+
+    with pytest.raises(KeyboardInterrupt):  # as Ctrl-C after the first trial
+        tune(str(path), out, trials=3, epochs=1, on_trial_end=stop_after_one, log=lambda *a, **k: None)
     kt = out / "kt"
     finished = sorted(p.parent.name for p in kt.glob("trial_*/qpelican.json"))
     assert finished == ["trial_0"]
@@ -212,7 +215,6 @@ def test_distributed_chief_and_workers(tmp_path, sim_dir):
            "--epochs", "1"]
     procs = {}
     base_env = dict(os.environ, KERASTUNER_ORACLE_IP="127.0.0.1", KERASTUNER_ORACLE_PORT=str(port))
-    base_env.pop("QPELICAN_TUNE_STOP_AFTER_TRIALS", None)
     t0 = time.time()
     for tid in ("chief", "tuner0", "tuner1"):
         log = open(tmp_path / f"{tid}.log", "w")

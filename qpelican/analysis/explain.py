@@ -249,7 +249,7 @@ def formula_text(p, lam=None, dead=None):
 def explain_model(model, p4, log=print):
     """Print the formula and check it numerically on jets p4 (B, N, 4) GeV; return the check dict."""
     from qpelican.nn.models import prepare_momenta
-    from qpelican.training.train import predict
+    from qpelican.nn.models import predict
 
     p = nano_parts(model)
     cp, lam, dead = canonical(p)

@@ -53,7 +53,7 @@ def tune(
     con.print(f"[bold]qpelican tune[/] {recipe} -> {out}  ({oracle}, {trials} trials, "
               f"{epochs or r.training.epochs} epochs per trial"
               + (f", budget {max_cost:,} BOPs" if max_cost else "") + ")")
-    from qpelican.tune.search import search as tune_mod
+    from qpelican.tune import search as tune_mod
 
     try:
         tune_mod.tune(r, out, data=data, epochs=epochs, jets=jets, trials=trials, oracle=oracle, max_cost=max_cost,

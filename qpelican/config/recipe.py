@@ -15,7 +15,7 @@ A recipe has five sections and two top-level keys; every key is optional except 
       seed: 0                      # seed of the simulated sample
       detector: none               # simulated sample: none (truth particles) | simple (Delphes-like
                                    # E-flow); ignored with a path
-    model:                         # keys and defaults of qpelican.nn.models.DEFAULTS (null/absent = default)
+    model:                         # keys and defaults of qpelican.config.model.DEFAULTS (null/absent = default)
       architecture: nano           # nano | pelican
       channels: 2
       aggregation: sum             # sum | mean
@@ -70,10 +70,12 @@ from typing import List, Literal, Optional, Union
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from qpelican.core.errors import RecipeError
+from qpelican.config.model import MAX_CONSTITUENTS, QUANTIZED_TENSORS, model_config
+from qpelican.config.search import parse_search
+from qpelican.core.errors import QpelicanError, RecipeError
+from qpelican.core.formats import is_float, parse_format
 
 DEFAULT_SIMULATED_JETS = 40000
-QUANTIZED_TENSORS = ("input", "invariants", "coefficients", "biases", "activation", "aggregates", "output")
 
 
 class _Section(BaseModel):
@@ -85,7 +87,7 @@ class DataSection(_Section):
     jets: Optional[int] = Field(default=None, ge=30)
     val_jets: Optional[int] = Field(default=None, ge=1)
     test_jets: Optional[int] = Field(default=None, ge=1)
-    n_constituents: int = Field(default=80, ge=2, le=200)
+    n_constituents: int = Field(default=80, ge=2, le=MAX_CONSTITUENTS)
     beams: bool = False
     seed: int = 0
     detector: Literal["none", "simple"] = "none"  # simulated sample only (ignored with a path)
@@ -123,14 +125,11 @@ class QuantizationSection(_Section):
             return None
         if not isinstance(v, str):
             raise ValueError(f"expected a quantizer string such as 'quantized_bits(8,0,alpha=1)' or 'float', got {v!r}")
-        from qpelican.core.errors import QpelicanError
-        from qpelican.nn.quant import fixed_format, get_quantizer
-
         try:
-            fixed_format(get_quantizer(v))
+            parse_format(v)
         except QpelicanError as exc:
             raise ValueError(str(exc)) from None
-        return None if v.strip() in ("float", "none", "None", "") else v.strip()
+        return None if is_float(v) else v.strip()
 
 
 class TrainingSection(_Section):
@@ -157,7 +156,7 @@ class Recipe(_Section):
     training: TrainingSection = Field(default_factory=TrainingSection)
     seeds: int = Field(default=1, ge=1)
     seed: int = Field(default=0, ge=0)
-    search: Optional[dict] = None  # bit-width search bounds for `qpelican tune` (validated by qpelican.tune.search)
+    search: Optional[dict] = None  # bit-width search bounds for `qpelican tune` (validated by qpelican.config.search)
 
     # ------------------------------------------------------------------ helpers
     @property
@@ -167,7 +166,7 @@ class Recipe(_Section):
 
     def to_model_config(self, quantized: bool = True) -> dict:
         """The ``qpelican.nn.models.build_model`` dict: only keys the recipe sets (the rest come
-        from ``models.DEFAULTS``), plus ``n_constituents``/``beams`` from the data section.
+        from ``qpelican.config.model.DEFAULTS``), plus ``n_constituents``/``beams`` from the data section.
         ``quantized=False`` drops the quantizers (float pre-training of a finetune recipe)."""
         cfg = {k: v for k, v in self.model.model_dump().items() if v is not None}
         cfg["n_constituents"] = self.data.n_constituents
@@ -176,9 +175,7 @@ class Recipe(_Section):
         return cfg
 
     def resolved_model_config(self, quantized: bool = True) -> dict:
-        """``to_model_config`` merged over ``models.DEFAULTS`` (what is actually built)."""
-        from qpelican.nn.models import model_config
-
+        """``to_model_config`` merged over ``qpelican.config.model.DEFAULTS`` (what is actually built)."""
         return model_config(self.to_model_config(quantized))
 
     def simulated_jets(self) -> int:
@@ -190,7 +187,7 @@ class Recipe(_Section):
 
     def to_dict(self, resolved: bool = False) -> dict:
         """Plain dict (for YAML/JSON), float quantizers written as 'float'. ``resolved=True`` fills
-        the model section from ``models.DEFAULTS`` and data.jets of a simulated sample (the recipe
+        the model section from ``qpelican.config.model.DEFAULTS`` and data.jets of a simulated sample (the recipe
         as run; it loads back to the same recipe)."""
         d = self.model_dump()
         if resolved:
@@ -295,9 +292,6 @@ def recipe_from_dict(d, source="recipe", name=None) -> Recipe:
 
 
 def _check_semantics(recipe, source):
-    from qpelican.core.errors import QpelicanError
-    from qpelican.nn.models import model_config
-
     bn = recipe.model.batchnorm
     if recipe.quantized and bn:
         raise RecipeError(
@@ -318,8 +312,6 @@ def _check_semantics(recipe, source):
     except QpelicanError as exc:
         raise RecipeError(f"{source}: {exc}") from None
     if recipe.search is not None:  # the `qpelican tune` section: bounds per tensor, C, N
-        from qpelican.tune.search import parse_search
-
         parse_search(recipe.search, recipe, source)
 
 

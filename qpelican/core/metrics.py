@@ -57,3 +57,32 @@ def roc_metrics(labels, scores, threshold=0.0):
         "rej30": rejection_at(fpr, tpr, 0.3),
         "rej50": rejection_at(fpr, tpr, 0.5),
     }
+
+
+def bce_from_logits(y, logits):
+    """Mean binary cross-entropy (float64) of labels y in {0,1} and logits."""
+    z = np.asarray(logits, np.float64).reshape(-1)
+    y = np.asarray(y, np.float64).reshape(-1)
+    return float(np.mean(np.maximum(z, 0) - z * y + np.log1p(np.exp(-np.abs(z)))))
+
+
+def monitor_metrics(y, logits):
+    """{"loss", "accuracy", "auc"} of logits for per-epoch validation: NaN, never an error, when the
+    model diverged or one class is missing (training goes on and the best epoch ignores NaN)."""
+    from sklearn.metrics import roc_auc_score
+
+    y = np.asarray(y).reshape(-1)
+    logits = np.asarray(logits, np.float64).reshape(-1)
+    ok = np.isfinite(logits).all()
+    return {
+        "loss": bce_from_logits(y, logits) if ok else float("nan"),
+        "accuracy": float(np.mean((logits > 0) == (y > 0.5))) if ok else float("nan"),
+        "auc": float(roc_auc_score(y, logits)) if ok and 0 < y.mean() < 1 else float("nan"),
+    }
+
+
+def logit_metrics(y, logits):
+    """:func:`roc_metrics` of logits (decision at 0) plus the cross-entropy ``loss``."""
+    m = roc_metrics(y, logits, threshold=0.0)
+    m["loss"] = bce_from_logits(y, logits)
+    return m

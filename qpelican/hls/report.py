@@ -109,7 +109,6 @@ def build_report(model, plan, hls_model=None, settings=None):
     """The report dict (report.json)."""
     settings = dict(settings or {})
     first = plan["layers"][0]
-    from qpelican.nn.quant import FixedFormat  # noqa: F401  (documentation: formats come from quant.py)
 
     mi = first.params
     fmt_range = first.types["input"]

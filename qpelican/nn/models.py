@@ -1,74 +1,18 @@
 """Model builders: nanoPELICAN and full PELICAN, from a plain dict (filled by recipes).
 
-Config keys (defaults in ``DEFAULTS``; ``quantization`` maps tensor names to QKeras quantizer
-strings or ``"float"``):
-
-    architecture    "nano" | "pelican"
-    n_constituents  N, constituents per jet the model takes (paper: 80)
-    beams           prepend the two beam particles
-    scale           input scale in GeV: momenta enter as p / scale
-    channels        nano: hidden channels C
-    aggregation     "sum" | "mean"
-    nbar            normaliser Nbar (paper: 49)
-    alpha           (n/Nbar)^alpha scaling of the aggregators (nPELICAN_N)
-    batchnorm       masked BatchNorm before each equivariant layer
-    dropout         dropout rate before each equivariant layer
-    table_bits      significant bits of the normaliser tables (quantized models)
-    embedding, blocks, eq2to0_channels, mlp    full PELICAN widths
-    quantization    {input, invariants, coefficients, biases, activation, aggregates, output}
+The dict's keys, their defaults and their validation live in :mod:`qpelican.config.model`
+(``DEFAULTS``, :func:`~qpelican.config.model.model_config`).
 """
-import copy
-
 import numpy as np
+import tensorflow as tf
 import tf_keras
 from qkeras import QDense
 
-from qpelican.core.errors import DataError, QpelicanError
+from qpelican.core.errors import DataError
 from qpelican.core.inputs import check_momenta
 from qpelican.nn.layers import (EdgeDense, LinEq2to0, LinEq2to2, LorentzInvariants, MaskedBatchNorm, MomentumInput,
                              PairDropout, ParticleMask)
-from qpelican.nn.quant import get_quantizer
-from qpelican.config.recipe import QUANTIZED_TENSORS  # the tensor names' one home
-
-
-DEFAULTS = {
-    "architecture": "nano",
-    "n_constituents": 80,
-    "beams": False,
-    "scale": 8.0,
-    "channels": 2,
-    "aggregation": "sum",
-    "nbar": 49.0,
-    "alpha": False,
-    "batchnorm": False,
-    "dropout": 0.0,
-    "table_bits": 18,
-    "embedding": 8,
-    "blocks": [8, 8],
-    "eq2to0_channels": 8,
-    "mlp": [16],
-    "quantization": {k: None for k in QUANTIZED_TENSORS},
-}
-
-
-def model_config(cfg=None):
-    """``cfg`` merged over ``DEFAULTS``; unknown keys are errors."""
-    out = copy.deepcopy(DEFAULTS)
-    for key, value in (cfg or {}).items():
-        if key not in DEFAULTS:
-            raise QpelicanError(f"unknown model key {key!r}; allowed: {', '.join(sorted(DEFAULTS))}.")
-        if key == "quantization":
-            for qk, qv in (value or {}).items():
-                if qk not in QUANTIZED_TENSORS:
-                    raise QpelicanError(f"unknown quantization key {qk!r}; allowed: {', '.join(QUANTIZED_TENSORS)}.")
-                out["quantization"][qk] = qv
-        else:
-            out[key] = value
-    if out["architecture"] not in ("nano", "pelican"):
-        raise QpelicanError(f"architecture {out['architecture']!r} is not supported; use 'nano' or 'pelican'.")
-    for k, v in out["quantization"].items():
-        get_quantizer(v)  # fail early with a clear message
-    return out
+from qpelican.config.model import model_config
 
 
 def _front(cfg, q):
@@ -173,7 +117,17 @@ def prepare_momenta(model, p4, source="input array"):
     return p4
 
 
+def predict(model, p4, batch_size=4096):
+    """Logits (jets,) of a model for momenta already of its N (no validation): the fast path of
+    fit, tune and evaluate. The traced inference function is kept on the model and reused."""
+    fn = getattr(model, "_qpelican_predict", None)
+    if fn is None:
+        fn = tf.function(lambda x: model(x, training=False), reduce_retracing=True)
+        model._qpelican_predict = fn
+    out = [fn(tf.constant(p4[a:a + batch_size])).numpy().reshape(-1) for a in range(0, len(p4), batch_size)]
+    return np.concatenate(out) if out else np.zeros(0, np.float32)
+
+
 def predict_logits(model, p4, batch_size=4096):
     """Logits (jets,) of a model for a momentum array (jets, <=N, 4) in GeV, validated first."""
-    p4 = prepare_momenta(model, p4)
-    return model.predict(p4, batch_size=batch_size, verbose=0).reshape(-1)
+    return predict(model, prepare_momenta(model, p4), batch_size)

@@ -14,86 +14,41 @@ for the sums whose exact value needs more than float32's 24-bit significand, so 
 and the HLS C++ round the same exact number (docs/fixed_point.md, "Exactness in Keras").
 """
 import math
-from dataclasses import dataclass
+import warnings
 
 import tensorflow as tf
+from qkeras import quantizers as qkeras_quantizers
+from tf_keras import constraints
 
 from qpelican.core.errors import QpelicanError
-
-FLOAT_NAMES = (None, "float", "none", "None", "")
+from qpelican.core.formats import FLOAT32_BITS, USAGE, FixedFormat, is_float, parse_format
 
 
 def get_quantizer(q):
     """A QKeras quantizer object from a string, dict or object; ``None`` for float."""
-    if isinstance(q, str) and q.strip() in FLOAT_NAMES:
+    if is_float(q):
         return None
-    if q is None:
-        return None
-    from qkeras import quantizers as qq
-
+    if isinstance(q, str):
+        parse_format(q)  # refuse what has no firmware equivalent before QKeras sees the string
     try:
-        return qq.get_quantizer(q)
+        return qkeras_quantizers.get_quantizer(q)
     except Exception as exc:  # QKeras raises ValueError/NameError/SyntaxError on bad strings
-        raise QpelicanError(
-            f"cannot parse quantizer {q!r} ({exc}); use a QKeras quantizer such as "
-            "'quantized_bits(8,0,alpha=1)' or 'quantized_relu(8,3)', or 'float'."
-        ) from None
+        raise QpelicanError(f"cannot parse quantizer {q!r} ({exc}); {USAGE}.") from None
 
 
 def serialize_quantizer(q):
     """Config form of a quantizer (QKeras's serialisation, as ``QDense.get_config`` writes it)."""
     if q is None:
         return None
-    import warnings
-
-    from tf_keras import constraints
-
     with warnings.catch_warnings():  # tf-keras warns for every non-Constraint object; QKeras relies on it
         warnings.simplefilter("ignore", UserWarning)
         return constraints.serialize(q)
 
 
-def quantizer_str(q):
-    """Short human form: ``quantized_bits(8,0,0,alpha=1)`` or ``float``."""
-    return "float" if q is None else str(q)
-
-
-@dataclass(frozen=True)
-class FixedFormat:
-    """A fixed-point format: ``bits`` total, ``integer`` bits above the binary point (excluding sign)."""
-
-    bits: int
-    integer: int
-    signed: bool
-
-    @property
-    def frac(self):
-        return self.bits - self.integer - int(self.signed)
-
-    @property
-    def lsb(self):
-        return 2.0 ** -self.frac
-
-    @property
-    def max(self):
-        return 2.0 ** self.integer - self.lsb
-
-    @property
-    def min(self):
-        return -(2.0 ** self.integer) if self.signed else 0.0
-
-    def ap_type(self):
-        """The HLS type hls4ml uses for this QKeras quantizer."""
-        if self.signed:
-            return f"ap_fixed<{self.bits},{self.integer + 1},AP_RND_CONV,AP_SAT>"
-        return f"ap_ufixed<{self.bits},{self.integer},AP_RND_CONV,AP_SAT>"
-
-
 def fixed_format(q):
     """The :class:`FixedFormat` of a quantizer, ``None`` for float; errors for unsupported ones."""
-    q = get_quantizer(q)
-    if q is None:
-        return None
+    if isinstance(q, str) or q is None:
+        return parse_format(q)
     name = type(q).__name__
     if name == "quantized_bits":
         if q.alpha not in (None, 1, 1.0) or getattr(q, "symmetric", 0):
@@ -129,20 +84,11 @@ def quantize(x, q):
     return clipped + tf.stop_gradient(rounded - clipped)
 
 
-def check_exact(fmt, what, limit=24):
-    """Tensors kept in float32 between layers must fit its 24-bit significand."""
-    if fmt is not None and fmt.bits > limit:
-        raise QpelicanError(
-            f"{what} has {fmt.bits} bits; tensors passed between layers are float32 and hold at most "
-            f"{limit} bits exactly. Use at most {limit} bits."
-        )
-
-
 def float32_exact(terms, frac_bits):
     """True if a sum is exact in float32: ``terms`` are (count, max magnitude) pairs of values
-    that are all multiples of 2^-frac_bits; float32 holds integers of up to 24 bits exactly."""
+    that are all multiples of 2^-frac_bits; float32 holds integers of up to FLOAT32_BITS bits exactly."""
     total = sum(count * mag for count, mag in terms)
-    return math.ceil(math.log2(max(total, 2.0 ** -frac_bits))) + frac_bits + 1 <= 24
+    return math.ceil(math.log2(max(total, 2.0 ** -frac_bits))) + frac_bits + 1 <= FLOAT32_BITS
 
 
 def max_abs(fmt):

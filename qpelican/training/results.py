@@ -19,8 +19,22 @@ Metrics: accuracy (logit > 0), ROC AUC, background rejection 1/eps_B at eps_S = 
 from __future__ import annotations
 
 import os
+import time
 
+import matplotlib
 import numpy as np
+from sklearn.metrics import roc_auc_score
+
+from qpelican.core.io import run_model_path, write_json
+from qpelican.core.metrics import logit_metrics, roc_curve, roc_metrics
+from qpelican.data.baseline import MassWindow, jet_mass
+from qpelican.data.readers import open_dataset, resolve_splits
+from qpelican.nn.models import model_constituents, predict
+from qpelican.nn.serialize import load_model
+from qpelican.training.checkpoint import save_model
+
+matplotlib.use("Agg")  # files only, never a window; must precede pyplot
+import matplotlib.pyplot as plt  # noqa: E402
 
 SUMMARY_KEYS = ("accuracy", "auc", "rej30", "rej50", "loss", "val_loss")
 
@@ -34,8 +48,6 @@ MASS_BASELINES = (("baseline", "likelihood", "jet-mass likelihood ratio"),
 def mass_baselines(splits):
     """Jet-mass baselines fitted on the training jets and scored on the test jets, each fitted once:
     {results key: (roc_metrics + method, test scores)} in MASS_BASELINES order."""
-    from qpelican.data.baseline import MassWindow, jet_mass
-    from qpelican.core.metrics import roc_metrics
 
     m_train, m_test = jet_mass(splits.train[0]), jet_mass(splits.test[0])
     out = {}
@@ -71,10 +83,8 @@ def write_run_results(out_dir, recipe, splits, per_seed, best, baselines):
     """Write RUN/model.keras (best seed), RUN/results.json and RUN/roc.png; return the results dict.
 
     baselines: ``mass_baselines(splits)``."""
-    from qpelican.training.train import _save_model, _write_json
-
     model, bm = best
-    _save_model(model, os.path.join(out_dir, "model.keras"))
+    save_model(model, os.path.join(out_dir, "model.keras"))
     results = {"recipe": recipe.name}
     for k in ("accuracy", "auc", "rej30", "rej50", "loss", "val_loss", "best_epoch", "seed", "n_params",
               "n_params_all", "bops", "cost", "test_jets"):
@@ -96,7 +106,7 @@ def write_run_results(out_dir, recipe, splits, per_seed, best, baselines):
         results["seeds_summary"] = seeds_summary(per_seed, bm["seed"])
     for k in ("rej30", "rej50"):
         results[k] = _finite(results[k])
-    _write_json(os.path.join(out_dir, "results.json"), results)
+    write_json(os.path.join(out_dir, "results.json"), results)
     logits = np.load(os.path.join(out_dir, "seeds", str(bm["seed"]), "test_logits.npy"))
     curves = [(f"{recipe.name} (seed {bm['seed']})", logits)]
     curves += [(name, baselines[key][1]) for key, _, name in MASS_BASELINES]
@@ -107,16 +117,7 @@ def write_run_results(out_dir, recipe, splits, per_seed, best, baselines):
 def plot_roc(path, y, curves):
     """ROC as background rejection 1/eps_B vs signal efficiency eps_S (log scale) of each
     (label, test scores) in ``curves`` on the test labels ``y``."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from qpelican.core.metrics import roc_curve
-
     fig, ax = plt.subplots(figsize=(5.5, 4.2), dpi=120)
-    from sklearn.metrics import roc_auc_score
-
     for name, s in curves:
         fpr, tpr = roc_curve(y, s)
         ok = fpr > 0
@@ -143,20 +144,11 @@ def evaluate_run(run, data, out=None, jets=None):
     DATA: an HDF5 file, or a directory whose test split is used. ``jets`` evaluates the first K
     jets. Writes JSON (default ``RUN/evaluate_<data name>.json``) and returns (results, path).
     """
-    import time
-
-    import qpelican
-    from qpelican.data.readers import open_dataset, resolve_splits
-    from qpelican.nn.models import model_constituents
-    from qpelican.training.train import _write_json, predict, test_metrics
-
-    from qpelican.core.io import run_model_path
-
     run = os.fspath(run)
     model_path = run_model_path(run)
     files = resolve_splits(data)
     src = files.get("test") or files.get("val") or files.get("train")
-    model = qpelican.load_model(model_path)
+    model = load_model(model_path)
     n = model_constituents(model)
     ds = open_dataset(src, n)
     stop = ds.n_jets if jets is None else min(int(jets), ds.n_jets)
@@ -164,7 +156,7 @@ def evaluate_run(run, data, out=None, jets=None):
     t0 = time.perf_counter()
     logits = predict(model, p4)
     dt = time.perf_counter() - t0
-    res = test_metrics(y, logits)
+    res = logit_metrics(y, logits)
     for k in ("rej30", "rej50"):
         res[k] = _finite(res[k])
     res.update(jets=int(len(y)), signal_fraction=float(np.mean(y)), model=model_path,
@@ -174,5 +166,5 @@ def evaluate_run(run, data, out=None, jets=None):
         parent = os.path.basename(os.path.dirname(os.path.abspath(src)))
         out = os.path.join(run if os.path.isdir(run) else os.path.dirname(os.path.abspath(run)),
                            f"evaluate_{parent}_{base}.json")
-    _write_json(os.fspath(out), res)
+    write_json(os.fspath(out), res)
     return res, os.fspath(out)

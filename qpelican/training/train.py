@@ -1,6 +1,6 @@
 """Training: one seed (:func:`train_one`) and a whole recipe over seeds (:func:`fit_recipe`).
 
-Regime (DESIGN.md section 2, the paper's): AdamW (weight decay 0 by default), batch 512, binary
+Regime (the paper's; docs/training.md): AdamW (weight decay 0 by default), batch 512, binary
 cross-entropy on the logit, the per-step LR schedule of :mod:`qpelican.training.schedule`, and the best
 epoch selected by validation loss. Quantization-aware training runs from scratch (``qat:
 from_scratch``) or after ``pretrain_epochs`` of float training of the same architecture (``qat:
@@ -29,250 +29,33 @@ from __future__ import annotations
 import json
 import math
 import os
-import shutil
 import time
-from dataclasses import dataclass, field
 
 import numpy as np
+import tensorflow as tf
+import yaml
 
-import qpelican  # noqa: F401  (selects tf-keras before TensorFlow)
+from qpelican.config.recipe import Recipe, load_recipe, recipe_from_dict
 from qpelican.core.errors import QpelicanError
-from qpelican.core.io import write_json as _write_json
+from qpelican.core.io import write_json, write_text
+from qpelican.core.metrics import logit_metrics, monitor_metrics
+from qpelican.hw.cost import model_cost
+from qpelican.nn.models import count_parameters, predict
+from qpelican.nn.serialize import load_model
+from qpelican.training import checkpoint
+from qpelican.training.results import mass_baselines, write_run_results
+from qpelican.training.session import build_training, epoch_dataset, init_from, phase_at, phases_of, reseed
+from qpelican.training.splits import Splits, load_splits
 
-INTERRUPT_ENV = "QPELICAN_INTERRUPT_AFTER_EPOCHS"
-
-
-class TrainingInterrupted(KeyboardInterrupt):
-    """Raised after a committed checkpoint when a run is asked to stop early (tests, signals)."""
-
-
-# ---------------------------------------------------------------------------------------- data
-@dataclass
-class Splits:
-    """In-memory train/val/test arrays: each a tuple (p4 float32 (B, N, 4) GeV, labels float32 (B,))."""
-
-    train: tuple
-    val: tuple
-    test: tuple
-    description: dict = field(default_factory=dict)
-
-    def __post_init__(self):
-        for name in ("train", "val", "test"):
-            p4, y = getattr(self, name)
-            p4 = np.ascontiguousarray(p4, dtype=np.float32)
-            y = np.asarray(y, dtype=np.float32).reshape(-1)
-            if p4.ndim != 3 or p4.shape[-1] != 4 or len(p4) != len(y):
-                raise QpelicanError(f"{name} split: expected (p4 (B, N, 4), labels (B,)), got {p4.shape}, {y.shape}")
-            setattr(self, name, (p4, y))
-
-
-def _read_split(path, n_constituents, cap):
-    from qpelican.data.readers import open_dataset
-
-    ds = open_dataset(path, n_constituents)
-    stop = ds.n_jets if cap is None else min(ds.n_jets, int(cap))
-    p4, y = ds.read(0, stop)
-    return p4, y.astype(np.float32)
-
-
-def load_splits(recipe, data=None, progress=True) -> Splits:
-    """Read the recipe's train/val/test splits into memory.
-
-    ``data``: None (the recipe's data.path, or the cached simulated sample of ``data.jets`` jets
-    when that is null), a path (directory with train/val/test.h5, or files), or a :class:`Splits`
-    (returned as is). With a path, ``data.jets`` caps the training jets and ``val_jets`` /
-    ``test_jets`` cap the other splits (the first rows of each file are read).
-    """
-    if isinstance(data, Splits):
-        return data
-    from qpelican.data.readers import resolve_splits
-
-    d = recipe.data
-    path = data if data is not None else d.path
-    simulated = path is None
-    if simulated:
-        from qpelican.data.simulate import default_sample
-
-        path = default_sample(recipe.simulated_jets(), seed=d.seed, progress=progress, detector=d.detector)
-    files = resolve_splits(path)
-    missing = [k for k in ("train", "val", "test") if not files.get(k)]
-    if missing:
-        raise QpelicanError(f"data {path}: no {', '.join(missing)} split found; training needs train, val and test "
-                            "files (a directory with train.h5, val.h5 and test.h5).")
-    caps = {"train": None if simulated else d.jets, "val": d.val_jets, "test": d.test_jets}
-    arrays = {k: _read_split(files[k], d.n_constituents, caps[k]) for k in ("train", "val", "test")}
-    desc = {"source": "simulated" if simulated else "files", "path": os.fspath(path),
-            "files": {k: os.fspath(v) for k, v in files.items()}, "n_constituents": d.n_constituents,
-            "beams": d.beams}
-    for k, (p4, y) in arrays.items():
-        desc[f"{k}_jets"] = int(len(y))
-        desc[f"{k}_signal_fraction"] = round(float(np.mean(y)), 4) if len(y) else None
-    if simulated:
-        desc["simulated_jets"] = recipe.simulated_jets()
-        desc["simulation_seed"] = d.seed
-        desc["detector"] = d.detector
-    return Splits(arrays["train"], arrays["val"], arrays["test"], desc)
-
-
-# ------------------------------------------------------------------------------------ helpers
-
-
-
-
-def bce_from_logits(y, logits):
-    """Mean binary cross-entropy (float64) of labels y in {0,1} and logits."""
-    z = np.asarray(logits, np.float64).reshape(-1)
-    y = np.asarray(y, np.float64).reshape(-1)
-    return float(np.mean(np.maximum(z, 0) - z * y + np.log1p(np.exp(-np.abs(z)))))
-
-
-def predict(model, p4, batch_size=4096):
-    """Logits (B,) of a model (no validation; p4 already has the model's N)."""
-    import tensorflow as tf
-
-    out = []
-    fn = _predict_fn(model)
-    for a in range(0, len(p4), batch_size):
-        out.append(fn(tf.constant(p4[a:a + batch_size])).numpy().reshape(-1))
-    return np.concatenate(out) if out else np.zeros(0, np.float32)
-
-
-def _predict_fn(model):
-    fn = getattr(model, "_qpelican_predict", None)
-    if fn is None:
-        import tensorflow as tf
-
-        fn = tf.function(lambda x: model(x, training=False), reduce_retracing=True)
-        model._qpelican_predict = fn
-    return fn
-
-
-def quick_metrics(y, logits):
-    """loss, accuracy, auc of logits (validation monitoring)."""
-    from sklearn.metrics import roc_auc_score
-
-    y = np.asarray(y).reshape(-1)
-    logits = np.asarray(logits, np.float64).reshape(-1)
-    ok = np.isfinite(logits).all()
-    return {
-        "loss": bce_from_logits(y, logits) if ok else float("nan"),
-        "accuracy": float(np.mean((logits > 0) == (y > 0.5))) if ok else float("nan"),
-        "auc": float(roc_auc_score(y, logits)) if ok and 0 < y.mean() < 1 else float("nan"),
-    }
-
-
-def test_metrics(y, logits):
-    """Full test metrics: roc_metrics (auc, accuracy, rej30, rej50) + loss."""
-    from qpelican.core.metrics import roc_metrics
-
-    m = roc_metrics(y, logits, threshold=0.0)
-    m["loss"] = bce_from_logits(y, logits)
-    return m
+__all__ = ["Splits", "load_splits", "predict", "train_one", "fit_recipe", "model_cost_or_none"]
 
 
 def model_cost_or_none(model):
     """qpelican.hw.cost.model_cost(model), or {"error": ...} if the cost model cannot handle it."""
     try:
-        from qpelican.hw.cost import model_cost
-
         return model_cost(model)
     except Exception as exc:  # full PELICAN etc.: report, do not fail a finished training
         return {"error": f"{type(exc).__name__}: {exc}"}
-
-
-def _phases(recipe):
-    """[(name, quantized, epochs, learning_rate)] of the training phases."""
-    t = recipe.training
-    if t.qat == "finetune":
-        qat = ("qat", True, t.epochs, t.finetune_learning_rate or t.learning_rate / 4)
-        if t.pretrain_epochs == 0:
-            return [qat]
-        return [("float", False, t.pretrain_epochs, t.learning_rate), qat]
-    return [("qat" if recipe.quantized else "float", recipe.quantized, t.epochs, t.learning_rate)]
-
-
-def _phase_at(phases, epoch):
-    start = 0
-    for i, (name, quantized, n, lr) in enumerate(phases):
-        if epoch < start + n:
-            return i, start
-        start += n
-    return len(phases) - 1, start - phases[-1][2]
-
-
-def _build(recipe, quantized, seed, steps_per_epoch, epochs, lr):
-    import tensorflow as tf
-    import tf_keras
-
-    from qpelican.nn.models import build_model
-    from qpelican.training.schedule import make_schedule
-
-    # Dropout draws from a tf.random.Generator whose state is a variable: it is checkpointed with
-    # the model, so a resumed run continues the same random sequence.
-    tf_keras.backend.experimental.enable_tf_random_generator()
-    tf_keras.utils.set_random_seed(seed)
-    cfg = recipe.to_model_config(quantized=quantized)
-    model = build_model(cfg)
-    t = recipe.training
-    sched = make_schedule(t.schedule, lr, epochs, steps_per_epoch, t.lr_final)
-    if t.optimizer == "adamw":
-        opt = tf_keras.optimizers.AdamW(learning_rate=sched, weight_decay=t.weight_decay)
-    else:
-        opt = tf_keras.optimizers.Adam(learning_rate=sched)
-    opt.build(model.trainable_variables)  # create slots now so checkpoints restore into them
-    jit = t.jit_compile
-    if jit == "auto":
-        jit = True  # XLA: ~2.5x float, ~1.3x quantized (QAT trains in float32; see qpelican.nn.layers.base)
-    model.compile(optimizer=opt, loss=tf_keras.losses.BinaryCrossentropy(from_logits=True), jit_compile=bool(jit))
-    ckpt = tf.train.Checkpoint(model=model, optimizer=opt)
-    return model, opt, ckpt, bool(jit)
-
-
-def _init_from(model, source):
-    """Copy the weights of a trained model (run directory or .keras file) into ``model``."""
-    from qpelican.core.io import run_model_path
-
-    path = run_model_path(source, what="training.init_from:")
-    src = qpelican.load_model(path)
-    a, b = src.get_weights(), model.get_weights()
-    if [w.shape for w in a] != [w.shape for w in b]:
-        raise QpelicanError(f"training.init_from: {path} has weights {[w.shape for w in a]} but this recipe's model "
-                            f"has {[w.shape for w in b]}; use a model of the same architecture (channels, alpha, ...).")
-    model.set_weights(a)
-
-
-def _epoch_dataset(p4_t, y_t, n, batch_size, seed, epoch):
-    import tensorflow as tf
-
-    perm = np.random.default_rng([int(seed), int(epoch), 7]).permutation(n)
-    ds = tf.data.Dataset.from_tensor_slices(perm).batch(batch_size)
-    ds = ds.map(lambda i: (tf.gather(p4_t, i), tf.gather(y_t, i)[:, None]), num_parallel_calls=1, deterministic=True)
-    return ds.prefetch(2)
-
-
-def _reseed(model, seed, epoch):
-    """Reseed every RNG the training step uses (dropout) from (seed, epoch), so that epoch e draws
-    the same dropout masks whether or not the run was resumed before it."""
-    import tf_keras
-
-    base = int(np.random.default_rng([int(seed), int(epoch), 11]).integers(2**31 - 1))
-    tf_keras.utils.set_random_seed(base)
-    for i, layer in enumerate(model.layers):
-        rng = getattr(layer, "_random_generator", None)
-        if rng is None:
-            continue
-        rng._maybe_init()
-        gen = getattr(rng, "_generator", None)
-        if gen is None:
-            raise QpelicanError(f"layer {layer.name}: its random generator is not resettable, so --resume could not "
-                                "reproduce the run; this is a bug, please report it.")
-        gen.reset_from_seed(base + 7919 * (i + 1))
-
-
-def _save_model(model, path):
-    tmp = path[:-len(".keras")] + f".tmp{os.getpid()}.keras"
-    model.save(tmp)
-    os.replace(tmp, path)
 
 
 def _fmt_rate(x):
@@ -280,8 +63,113 @@ def _fmt_rate(x):
 
 
 # --------------------------------------------------------------------------------- train_one
-def train_one(recipe, splits, seed, out_dir, resume=False, progress=True, log=None, on_epoch=None,
-              max_epochs_this_run=None, baseline=None):
+class _Run:
+    """What the epochs of one seed share: recipe, data on the device, phases, directory, log."""
+
+    def __init__(self, recipe, splits, seed, out_dir, progress, log):
+        self.recipe, self.splits, self.seed, self.out_dir = recipe, splits, seed, out_dir
+        self.progress, self.log = progress, log
+        self.n_train = len(splits.train[1])
+        self.batch_size = recipe.training.batch_size
+        self.steps = math.ceil(self.n_train / self.batch_size)
+        self.phases = phases_of(recipe)
+        self.total_epochs = sum(p[2] for p in self.phases)
+        self.p4_t = tf.constant(splits.train[0])
+        self.y_t = tf.constant(splits.train[1])
+
+    def build(self, pi):
+        """(model, optimizer, checkpoint, XLA on) of phase ``pi``."""
+        _, quantized, epochs, lr = self.phases[pi]
+        return build_training(self.recipe, quantized, self.seed + 1000 * pi, self.steps, epochs, lr)
+
+    def enter_phase(self, pi, state, prev):
+        """The compiled model of phase ``pi``: restored from the checkpoint, started from
+        ``training.init_from``, or from the previous phase's weights (float -> QAT)."""
+        model, opt, ckpt, jit = self.build(pi)
+        if state["checkpoint"] and state.get("phase_index") == pi:
+            ckpt.read(checkpoint.checkpoint_path(self.out_dir, state)).assert_existing_objects_matched()
+        elif pi == 0 and self.recipe.training.init_from:
+            init_from(model, self.recipe.training.init_from)
+        elif pi > 0:
+            if prev is None:  # resumed just after the phase change: the float weights are in the checkpoint
+                prev, _, pck, _ = self.build(pi - 1)
+                pck.read(checkpoint.checkpoint_path(self.out_dir, state)).expect_partial()
+            model.set_weights(prev.get_weights())
+        return model, opt, ckpt, jit
+
+    def announce(self, pi, jit):
+        pname, quantized, pepochs, plr = self.phases[pi]
+        self.log(f"seed {self.seed}: phase {pname} ({'quantized' if quantized else 'float'}), {pepochs} epochs, "
+                 f"{self.n_train} training jets, batch {self.batch_size}, lr {plr:g}, XLA {'on' if jit else 'off'}")
+
+    def train_epoch(self, model, opt, epoch, pname):
+        """Train and validate one epoch; return (history row, seconds training, seconds validating)."""
+        reseed(model, self.seed, epoch)
+        t0 = time.perf_counter()
+        hist = model.fit(epoch_dataset(self.p4_t, self.y_t, self.n_train, self.batch_size, self.seed, epoch),
+                         epochs=1, verbose=0)
+        t_train = time.perf_counter() - t0
+        t1 = time.perf_counter()
+        val = monitor_metrics(self.splits.val[1], predict(model, self.splits.val[0]))
+        t_eval = time.perf_counter() - t1
+        lr = float(opt.learning_rate.numpy()) if hasattr(opt.learning_rate, "numpy") else float(opt.learning_rate)
+        row = {"epoch": epoch + 1, "phase": pname, "lr": lr, "loss": float(hist.history["loss"][-1]),
+               "val_loss": val["loss"], "val_accuracy": val["accuracy"], "val_auc": val["auc"],
+               "train_seconds": t_train, "jets_per_second": self.n_train / t_train}
+        return row, t_train, t_eval
+
+    def report_epoch(self, row, improved):
+        self.log(f"seed {self.seed} epoch {row['epoch']:>3}/{self.total_epochs} [{row['phase']}] lr {row['lr']:.2e}  "
+                 f"loss {row['loss']:.4f}  val_loss {row['val_loss']:.4f} acc {row['val_accuracy']:.4f} "
+                 f"auc {row['val_auc']:.4f}  {row['train_seconds']:.1f}s {_fmt_rate(row['jets_per_second'])} jets/s"
+                 + ("  *best" if improved else ""))
+
+    def finish(self, model, state, baseline):
+        """The best model, its test metrics and the seed's files; returns (model, metrics)."""
+        if model is None:  # resumed a run whose epochs were all done but results were not written
+            model = self.build(len(self.phases) - 1)[0]
+        best_path = os.path.join(self.out_dir, checkpoint.BEST)
+        if not os.path.exists(best_path):
+            raise QpelicanError(f"seed {self.seed}: validation loss was never finite (training diverged); lower the "
+                                "learning rate or check the quantizer ranges.")
+        model.load_weights(best_path)
+        checkpoint.save_model(model, os.path.join(self.out_dir, "model.keras"))
+        t2 = time.perf_counter()
+        logits = predict(model, self.splits.test[0])
+        metrics = logit_metrics(self.splits.test[1], logits)
+        t_test = time.perf_counter() - t2
+        cost = model_cost_or_none(model)
+        history, train_s = state["history"], state["train_seconds"]
+        metrics.update(
+            seed=self.seed, best_epoch=state["best_epoch"], val_loss=state["best_val_loss"], epochs=self.total_epochs,
+            n_params=count_parameters(model),
+            n_params_all=int(sum(int(np.prod(w.shape)) for w in model.trainable_weights)),
+            bops=cost.get("bops"), cost=cost,
+            timing={"train_seconds": round(train_s, 3), "eval_seconds": round(state["eval_seconds"] + t_test, 3),
+                    "epochs": self.total_epochs, "train_jets": self.n_train,
+                    "jets_per_second": round(self.n_train * len(history) / train_s, 1) if train_s else None,
+                    "seconds_per_epoch": round(train_s / len(history), 3) if history else None},
+            test_jets=int(len(self.splits.test[1])),
+        )
+        if baseline is not None:
+            metrics["baseline"] = baseline
+        write_json(os.path.join(self.out_dir, "history.json"), history)
+        np.save(os.path.join(self.out_dir, "test_logits.npy"), logits.astype(np.float32))
+        write_json(os.path.join(self.out_dir, "results.json"), metrics)
+        return model, metrics
+
+
+def _finished(out_dir):
+    """(model, metrics) of a seed whose results were written, else None."""
+    results_path = os.path.join(out_dir, "results.json")
+    model_path = os.path.join(out_dir, "model.keras")
+    if not (os.path.exists(results_path) and os.path.exists(model_path)):
+        return None
+    with open(results_path) as f:
+        return load_model(model_path), json.load(f)
+
+
+def train_one(recipe, splits, seed, out_dir, resume=False, progress=True, log=None, on_epoch=None, baseline=None):
     """Train one seed of a recipe; return ``(model, metrics)``.
 
     Args:
@@ -292,171 +180,44 @@ def train_one(recipe, splits, seed, out_dir, resume=False, progress=True, log=No
       resume: continue from the last committed checkpoint in ``out_dir`` (a finished seed is
         loaded, not retrained).
       progress: print one line per epoch (through ``log``, default ``print``).
-      on_epoch: optional callable(dict) called after each epoch with its history row.
-      max_epochs_this_run: stop (raise :class:`TrainingInterrupted`) after this many epochs were
-        trained in this call, once their checkpoint is committed (also from the environment
-        variable QPELICAN_INTERRUPT_AFTER_EPOCHS).
+      on_epoch: optional callable(dict) called with each epoch's history row once the epoch is
+        committed; raising KeyboardInterrupt from it stops the run there, ready to resume.
       baseline: optional dict stored in results.json under "baseline".
 
     Returns: the best model (tf-keras, weights of the epoch with the lowest validation loss in the
     final phase) and its metrics dict: test ``accuracy, auc, rej30, rej50, loss``, ``val_loss``,
     ``best_epoch``, ``epochs``, ``seed``, ``n_params``, ``bops``, ``cost``, ``timing``.
     """
-    import tensorflow as tf
-
-    from qpelican.nn.models import count_parameters
-
     log = log or (lambda s: print(s, flush=True))
-    if max_epochs_this_run is None and os.environ.get(INTERRUPT_ENV):
-        max_epochs_this_run = int(os.environ[INTERRUPT_ENV])
     os.makedirs(out_dir, exist_ok=True)
-    state_path = os.path.join(out_dir, "state.json")
-    best_path = os.path.join(out_dir, "best.weights.h5")
-    results_path = os.path.join(out_dir, "results.json")
-    model_path = os.path.join(out_dir, "model.keras")
-
-    if resume and os.path.exists(results_path) and os.path.exists(model_path):
-        with open(results_path) as f:
-            metrics = json.load(f)
+    if resume and (done := _finished(out_dir)) is not None:
         if progress:
-            log(f"seed {seed}: already finished (results in {results_path})")
-        return qpelican.load_model(model_path), metrics
-
-    tp4, ty = splits.train
-    vp4, vy = splits.val
-    n_train = len(ty)
-    bs = recipe.training.batch_size
-    steps = math.ceil(n_train / bs)
-    phases = _phases(recipe)
-    total_epochs = sum(p[2] for p in phases)
-
-    state = None
-    if resume and os.path.exists(state_path):
-        with open(state_path) as f:
-            state = json.load(f)
-        if state.get("seed") != seed or state.get("total_epochs") != total_epochs or state.get("n_train") != n_train:
-            raise QpelicanError(
-                f"{out_dir}: the checkpoint was written for seed {state.get('seed')}, {state.get('total_epochs')} "
-                f"epochs, {state.get('n_train')} training jets; this run has seed {seed}, {total_epochs} epochs, "
-                f"{n_train} jets. Resume with the same recipe and data, or start a new --out directory.")
-    elif not resume:
-        for name in os.listdir(out_dir):
-            path = os.path.join(out_dir, name)
-            if name.startswith("ckpt-"):
-                shutil.rmtree(path, ignore_errors=True)
-            elif name in ("state.json", "best.weights.h5", "results.json", "model.keras", "history.json"):
-                os.remove(path)
-    if state is None:
-        state = {"seed": seed, "total_epochs": total_epochs, "n_train": n_train, "epochs_done": 0,
-                 "checkpoint": None, "best_val_loss": None, "best_epoch": None, "history": [],
-                 "train_seconds": 0.0, "eval_seconds": 0.0}
-
-    p4_t = tf.constant(tp4)
-    y_t = tf.constant(ty)
+            log(f"seed {seed}: already finished (results in {os.path.join(out_dir, 'results.json')})")
+        return done
+    run = _Run(recipe, splits, seed, out_dir, progress, log)
+    state = checkpoint.open_state(out_dir, seed, run.total_epochs, run.n_train, resume)
     model = opt = ckpt = None
     cur_phase = None
-    trained_now = 0
-    epoch = state["epochs_done"]
-    while epoch < total_epochs:
-        pi, pstart = _phase_at(phases, epoch)
-        pname, quantized, pepochs, plr = phases[pi]
+    for epoch in range(state["epochs_done"], run.total_epochs):
+        pi, pstart = phase_at(run.phases, epoch)
         if cur_phase != pi:
-            prev = model
-            model, opt, ckpt, jit = _build(recipe, quantized, seed + 1000 * pi, steps, pepochs, plr)
-            if state["checkpoint"] and state.get("phase_index") == pi:
-                ckpt.read(os.path.join(out_dir, state["checkpoint"], "ckpt")).assert_existing_objects_matched()
-            elif pi == 0 and recipe.training.init_from:
-                _init_from(model, recipe.training.init_from)
-            elif pi > 0:
-                # phase change: start the QAT model from the float weights of the previous phase
-                if prev is None:
-                    prev, _, pck, _ = _build(recipe, phases[pi - 1][1], seed + 1000 * (pi - 1), steps,
-                                             phases[pi - 1][2], phases[pi - 1][3])
-                    pck.read(os.path.join(out_dir, state["checkpoint"], "ckpt")).expect_partial()
-                model.set_weights(prev.get_weights())
+            model, opt, ckpt, jit = run.enter_phase(pi, state, model)
             cur_phase = pi
             if progress and epoch == pstart:
-                log(f"seed {seed}: phase {pname} ({'quantized' if quantized else 'float'}), {pepochs} epochs, "
-                    f"{n_train} training jets, batch {bs}, lr {plr:g}, XLA {'on' if jit else 'off'}")
-        _reseed(model, seed, epoch)
-        t0 = time.perf_counter()
-        hist = model.fit(_epoch_dataset(p4_t, y_t, n_train, bs, seed, epoch), epochs=1, verbose=0)
-        t_train = time.perf_counter() - t0
-        t1 = time.perf_counter()
-        val = quick_metrics(vy, predict(model, vp4))
-        t_eval = time.perf_counter() - t1
-        lr_now = float(opt.learning_rate.numpy()) if hasattr(opt.learning_rate, "numpy") else float(opt.learning_rate)
-        row = {"epoch": epoch + 1, "phase": pname, "lr": lr_now, "loss": float(hist.history["loss"][-1]),
-               "val_loss": val["loss"], "val_accuracy": val["accuracy"], "val_auc": val["auc"],
-               "train_seconds": t_train, "jets_per_second": n_train / t_train}
-        final_phase = pi == len(phases) - 1
-        improved = final_phase and np.isfinite(val["loss"]) and (
-            state["best_val_loss"] is None or val["loss"] < state["best_val_loss"])
+                run.announce(pi, jit)
+        row, t_train, t_eval = run.train_epoch(model, opt, epoch, run.phases[pi][0])
+        # the best epoch is taken from the final (quantized) phase only
+        improved = pi == len(run.phases) - 1 and np.isfinite(row["val_loss"]) and (
+            state["best_val_loss"] is None or row["val_loss"] < state["best_val_loss"])
         if improved:
-            tmp = os.path.join(out_dir, f"best.tmp{os.getpid()}.weights.h5")
-            model.save_weights(tmp)
-            os.replace(tmp, best_path)
-            state["best_val_loss"] = val["loss"]
-            state["best_epoch"] = epoch + 1
-        # commit: checkpoint directory (atomic rename), then state.json (atomic replace)
-        name = f"ckpt-{epoch + 1:04d}"
-        tmpdir = os.path.join(out_dir, f".{name}.tmp{os.getpid()}")
-        shutil.rmtree(tmpdir, ignore_errors=True)
-        ckpt.write(os.path.join(tmpdir, "ckpt"))
-        final_dir = os.path.join(out_dir, name)
-        shutil.rmtree(final_dir, ignore_errors=True)
-        os.replace(tmpdir, final_dir)
-        old = state["checkpoint"]
-        state.update(epochs_done=epoch + 1, checkpoint=name, phase_index=pi)
-        state["history"].append(row)
-        state["train_seconds"] += t_train
-        state["eval_seconds"] += t_eval
-        _write_json(state_path, state)
-        if old and old != name:
-            shutil.rmtree(os.path.join(out_dir, old), ignore_errors=True)
+            checkpoint.save_best(model, out_dir)
+            state["best_val_loss"], state["best_epoch"] = row["val_loss"], epoch + 1
+        checkpoint.commit_epoch(out_dir, state, ckpt, epoch, pi, row, t_train, t_eval)
         if progress:
-            log(f"seed {seed} epoch {epoch + 1:>3}/{total_epochs} [{pname}] lr {lr_now:.2e}  loss {row['loss']:.4f}  "
-                f"val_loss {val['loss']:.4f} acc {val['accuracy']:.4f} auc {val['auc']:.4f}  "
-                f"{t_train:.1f}s {_fmt_rate(row['jets_per_second'])} jets/s" + ("  *best" if improved else ""))
+            run.report_epoch(row, improved)
         if on_epoch is not None:
             on_epoch(dict(row, seed=seed))
-        epoch += 1
-        trained_now += 1
-        if max_epochs_this_run is not None and trained_now >= max_epochs_this_run and epoch < total_epochs:
-            raise TrainingInterrupted(f"stopped after epoch {epoch} (checkpoint committed); rerun with --resume")
-
-    # ---- final: best model, test metrics, files
-    if model is None:  # resumed a run whose epochs were all done but results were not written
-        pi = len(phases) - 1
-        model, opt, ckpt, _ = _build(recipe, phases[pi][1], seed + 1000 * pi, steps, phases[pi][2], phases[pi][3])
-    if not os.path.exists(best_path):
-        raise QpelicanError(f"seed {seed}: validation loss was never finite (training diverged); lower the "
-                            "learning rate or check the quantizer ranges.")
-    model.load_weights(best_path)
-    _save_model(model, model_path)
-    t2 = time.perf_counter()
-    logits = predict(model, splits.test[0])
-    metrics = test_metrics(splits.test[1], logits)
-    t_test = time.perf_counter() - t2
-    cost = model_cost_or_none(model)
-    history = state["history"]
-    train_s = state["train_seconds"]
-    metrics.update(
-        seed=seed, best_epoch=state["best_epoch"], val_loss=state["best_val_loss"], epochs=total_epochs,
-        n_params=count_parameters(model), n_params_all=int(sum(int(np.prod(w.shape)) for w in model.trainable_weights)),
-        bops=cost.get("bops"), cost=cost,
-        timing={"train_seconds": round(train_s, 3), "eval_seconds": round(state["eval_seconds"] + t_test, 3),
-                "epochs": total_epochs, "train_jets": n_train,
-                "jets_per_second": round(n_train * len(history) / train_s, 1) if train_s else None,
-                "seconds_per_epoch": round(train_s / len(history), 3) if history else None},
-        test_jets=int(len(splits.test[1])),
-    )
-    if baseline is not None:
-        metrics["baseline"] = baseline
-    _write_json(os.path.join(out_dir, "history.json"), history)
-    np.save(os.path.join(out_dir, "test_logits.npy"), logits.astype(np.float32))
-    _write_json(results_path, metrics)
-    return model, metrics
+    return run.finish(model, state, baseline)
 
 
 # -------------------------------------------------------------------------------- fit_recipe
@@ -478,9 +239,6 @@ def fit_recipe(recipe, out_dir, data=None, resume=False, progress=True, log=None
     (jet-mass baseline on the same test jets), ``data``, ``seeds`` (per-seed metrics) and, with
     more than one seed, ``seeds_summary`` {metric: {mean, std}, best: {...}}.
     """
-    from qpelican.config.recipe import Recipe, load_recipe, recipe_from_dict
-    from qpelican.training.results import mass_baselines, write_run_results
-
     if isinstance(recipe, (str, os.PathLike)):
         recipe = load_recipe(recipe)
     elif isinstance(recipe, dict):
@@ -495,16 +253,14 @@ def fit_recipe(recipe, out_dir, data=None, resume=False, progress=True, log=None
     if isinstance(data, (str, os.PathLike)):
         as_run["data"]["path"] = os.fspath(data)
     if resume and os.path.exists(recipe_path):
-        import yaml
-
         with open(recipe_path) as f:
             before = yaml.safe_load(f)
-        diff = _dict_diff(before, as_run)
+        diff = dict_diff(before, as_run)
         if diff:
             raise QpelicanError(f"{out_dir}: --resume with a different recipe than the run was started with "
                                 f"(differs in: {', '.join(diff)}). Resume with the same recipe and options, "
                                 "or start a new --out directory.")
-    _write_text(recipe_path, _yaml_dump(as_run))
+    write_text(recipe_path, yaml.safe_dump(as_run, sort_keys=False))
 
     splits = splits or load_splits(recipe, data, progress=progress)
     if progress:
@@ -524,26 +280,13 @@ def fit_recipe(recipe, out_dir, data=None, resume=False, progress=True, log=None
     return results
 
 
-def _write_text(path, text):
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
-
-
-def _yaml_dump(d):
-    import yaml
-
-    return yaml.safe_dump(d, sort_keys=False)
-
-
-def _dict_diff(a, b, prefix=""):
+def dict_diff(a, b, prefix=""):
+    """Dotted keys whose values differ between two nested dicts (a resumed run's recipe check)."""
     out = []
-    keys = set(a or {}) | set(b or {})
-    for k in sorted(keys):
+    for k in sorted(set(a or {}) | set(b or {})):
         va, vb = (a or {}).get(k), (b or {}).get(k)
         if isinstance(va, dict) and isinstance(vb, dict):
-            out += _dict_diff(va, vb, f"{prefix}{k}.")
+            out += dict_diff(va, vb, f"{prefix}{k}.")
         elif va != vb:
             out.append(f"{prefix}{k}")
     return out

@@ -23,6 +23,7 @@ import tf_keras
 
 from qpelican.core.errors import QpelicanError
 from qpelican.nn.layers.base import QuantizedLayer, edge_mask, scale_table
+from qpelican.core.formats import FLOAT32_BITS
 from qpelican.nn.quant import float32_exact, max_abs
 
 # (source, placement, normalisation power). Sources: x, xT (transpose), dg (diagonal x_ii),
@@ -271,7 +272,7 @@ class LinEq2to0(_EquivariantBase):
     def elementwise_dtype(self):
         """dtype of the sums over N^2: float32 when they are provably exact in it."""
         fx = self.input_format
-        exact32 = not self.quantized or (fx is not None and fx.bits + 2 * math.ceil(math.log2(self.n_max)) <= 24)
+        exact32 = not self.quantized or (fx is not None and fx.bits + 2 * math.ceil(math.log2(self.n_max)) <= FLOAT32_BITS)
         return tf.float32 if exact32 else tf.float64
 
     def call(self, inputs, training=None):

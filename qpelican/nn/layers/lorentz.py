@@ -3,7 +3,7 @@ import tensorflow as tf
 
 from qpelican.core.errors import QpelicanError
 from qpelican.nn.layers.base import QuantizedLayer, edge_mask, particle_mask
-from qpelican.nn.quant import check_exact
+from qpelican.core.formats import FLOAT32_BITS, check_exact
 
 
 def _check_momentum_shape(input_shape, layer):
@@ -100,7 +100,7 @@ class LorentzInvariants(QuantizedLayer):
     def compute_dtype_exact(self):
         """float32 when the products and their sum fit 24 bits (input format known), else float64."""
         fmt = self.input_format
-        if self.invariant_format is None or (fmt is not None and 2 * fmt.bits + 2 <= 24):
+        if self.invariant_format is None or (fmt is not None and 2 * fmt.bits + 2 <= FLOAT32_BITS):
             return tf.float32
         return tf.float64
 

@@ -1,0 +1,90 @@
+"""The pieces of one training phase: phases of a recipe, the compiled model and optimizer, the
+epoch's batches and the reseeding that makes a resumed run repeat an uninterrupted one."""
+import numpy as np
+import tensorflow as tf
+import tf_keras
+
+from qpelican.core.errors import QpelicanError
+from qpelican.core.io import run_model_path
+from qpelican.nn.compat import layer_generator
+from qpelican.nn.models import build_model
+from qpelican.nn.serialize import load_model
+from qpelican.training.schedule import make_schedule
+
+
+def phases_of(recipe):
+    """[(name, quantized, epochs, learning_rate)] of the training phases."""
+    t = recipe.training
+    if t.qat == "finetune":
+        qat = ("qat", True, t.epochs, t.finetune_learning_rate or t.learning_rate / 4)
+        if t.pretrain_epochs == 0:
+            return [qat]
+        return [("float", False, t.pretrain_epochs, t.learning_rate), qat]
+    return [("qat" if recipe.quantized else "float", recipe.quantized, t.epochs, t.learning_rate)]
+
+
+def phase_at(phases, epoch):
+    """(index of the phase that trains ``epoch``, the first epoch of that phase)."""
+    start = 0
+    for i, (name, quantized, n, lr) in enumerate(phases):
+        if epoch < start + n:
+            return i, start
+        start += n
+    return len(phases) - 1, start - phases[-1][2]
+
+
+def build_training(recipe, quantized, seed, steps_per_epoch, epochs, lr):
+    """(compiled model, optimizer, checkpoint, XLA on) of one training phase."""
+    # Dropout draws from a tf.random.Generator whose state is a variable: it is checkpointed with
+    # the model, so a resumed run continues the same random sequence.
+    tf_keras.backend.experimental.enable_tf_random_generator()
+    tf_keras.utils.set_random_seed(seed)
+    cfg = recipe.to_model_config(quantized=quantized)
+    model = build_model(cfg)
+    t = recipe.training
+    sched = make_schedule(t.schedule, lr, epochs, steps_per_epoch, t.lr_final)
+    if t.optimizer == "adamw":
+        opt = tf_keras.optimizers.AdamW(learning_rate=sched, weight_decay=t.weight_decay)
+    else:
+        opt = tf_keras.optimizers.Adam(learning_rate=sched)
+    opt.build(model.trainable_variables)  # create slots now so checkpoints restore into them
+    jit = t.jit_compile
+    if jit == "auto":
+        jit = True  # XLA: ~2.5x float, ~1.3x quantized (QAT trains in float32; see qpelican.nn.layers.base)
+    model.compile(optimizer=opt, loss=tf_keras.losses.BinaryCrossentropy(from_logits=True), jit_compile=bool(jit))
+    ckpt = tf.train.Checkpoint(model=model, optimizer=opt)
+    return model, opt, ckpt, bool(jit)
+
+
+def init_from(model, source):
+    """Copy the weights of a trained model (run directory or .keras file) into ``model``."""
+    path = run_model_path(source, what="training.init_from:")
+    src = load_model(path)
+    a, b = src.get_weights(), model.get_weights()
+    if [w.shape for w in a] != [w.shape for w in b]:
+        raise QpelicanError(f"training.init_from: {path} has weights {[w.shape for w in a]} but this recipe's model "
+                            f"has {[w.shape for w in b]}; use a model of the same architecture (channels, alpha, ...).")
+    model.set_weights(a)
+
+
+def epoch_dataset(p4_t, y_t, n, batch_size, seed, epoch):
+    """The batches of one epoch: a permutation that is a pure function of (seed, epoch)."""
+    perm = np.random.default_rng([int(seed), int(epoch), 7]).permutation(n)
+    ds = tf.data.Dataset.from_tensor_slices(perm).batch(batch_size)
+    ds = ds.map(lambda i: (tf.gather(p4_t, i), tf.gather(y_t, i)[:, None]), num_parallel_calls=1, deterministic=True)
+    return ds.prefetch(2)
+
+
+def reseed(model, seed, epoch):
+    """Reseed every RNG the training step uses (dropout) from (seed, epoch), so that epoch e draws
+    the same dropout masks whether or not the run was resumed before it."""
+    base = int(np.random.default_rng([int(seed), int(epoch), 11]).integers(2**31 - 1))
+    tf_keras.utils.set_random_seed(base)
+    for i, layer in enumerate(model.layers):
+        if getattr(layer, "_random_generator", None) is None:  # layers without random draws
+            continue
+        gen = layer_generator(layer)
+        if gen is None:
+            raise QpelicanError(f"layer {layer.name}: its random generator is not resettable, so --resume could not "
+                                "reproduce the run; this is a bug, please report it.")
+        gen.reset_from_seed(base + 7919 * (i + 1))

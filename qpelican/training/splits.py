@@ -1,0 +1,71 @@
+"""The train/validation/test jets of a run, read into memory once and shared by seeds and trials."""
+import os
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from qpelican.core.errors import QpelicanError
+from qpelican.data.readers import open_dataset, resolve_splits
+from qpelican.data.simulate import default_sample
+
+
+@dataclass
+class Splits:
+    """In-memory train/val/test arrays: each a tuple (p4 float32 (B, N, 4) GeV, labels float32 (B,))."""
+
+    train: tuple
+    val: tuple
+    test: tuple
+    description: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        for name in ("train", "val", "test"):
+            p4, y = getattr(self, name)
+            p4 = np.ascontiguousarray(p4, dtype=np.float32)
+            y = np.asarray(y, dtype=np.float32).reshape(-1)
+            if p4.ndim != 3 or p4.shape[-1] != 4 or len(p4) != len(y):
+                raise QpelicanError(f"{name} split: expected (p4 (B, N, 4), labels (B,)), got {p4.shape}, {y.shape}")
+            setattr(self, name, (p4, y))
+
+
+def read_split(path, n_constituents, cap):
+    """(p4, labels float32) of the first ``cap`` jets (None: all) of one split file."""
+    ds = open_dataset(path, n_constituents)
+    stop = ds.n_jets if cap is None else min(ds.n_jets, int(cap))
+    p4, y = ds.read(0, stop)
+    return p4, y.astype(np.float32)
+
+
+def load_splits(recipe, data=None, progress=True) -> Splits:
+    """Read the recipe's train/val/test splits into memory.
+
+    ``data``: None (the recipe's data.path, or the cached simulated sample of ``data.jets`` jets
+    when that is null), a path (directory with train/val/test.h5, or files), or a :class:`Splits`
+    (returned as is). With a path, ``data.jets`` caps the training jets and ``val_jets`` /
+    ``test_jets`` cap the other splits (the first rows of each file are read).
+    """
+    if isinstance(data, Splits):
+        return data
+    d = recipe.data
+    path = data if data is not None else d.path
+    simulated = path is None
+    if simulated:
+        path = default_sample(recipe.simulated_jets(), seed=d.seed, progress=progress, detector=d.detector)
+    files = resolve_splits(path)
+    missing = [k for k in ("train", "val", "test") if not files.get(k)]
+    if missing:
+        raise QpelicanError(f"data {path}: no {', '.join(missing)} split found; training needs train, val and test "
+                            "files (a directory with train.h5, val.h5 and test.h5).")
+    caps = {"train": None if simulated else d.jets, "val": d.val_jets, "test": d.test_jets}
+    arrays = {k: read_split(files[k], d.n_constituents, caps[k]) for k in ("train", "val", "test")}
+    desc = {"source": "simulated" if simulated else "files", "path": os.fspath(path),
+            "files": {k: os.fspath(v) for k, v in files.items()}, "n_constituents": d.n_constituents,
+            "beams": d.beams}
+    for k, (p4, y) in arrays.items():
+        desc[f"{k}_jets"] = int(len(y))
+        desc[f"{k}_signal_fraction"] = round(float(np.mean(y)), 4) if len(y) else None
+    if simulated:
+        desc["simulated_jets"] = recipe.simulated_jets()
+        desc["simulation_seed"] = d.seed
+        desc["detector"] = d.detector
+    return Splits(arrays["train"], arrays["val"], arrays["test"], desc)

@@ -1,0 +1,92 @@
+"""The search space of ``qpelican tune``: Keras Tuner hyperparameters and the recipe each point is.
+
+The bounds come from the recipe's ``search:`` section (:mod:`qpelican.config.search`); a point of
+the space (hyperparameter values) becomes a recipe variant with the sampled formats, C and N.
+"""
+import keras_tuner as kt
+import tf_keras
+
+from qpelican.config.recipe import recipe_from_dict
+from qpelican.config.search import TENSORS, base_format, parse_search
+from qpelican.core.formats import quantizer_string
+from qpelican.hw.cost import model_cost
+from qpelican.nn.models import build_model
+
+SHORT = {"input": "in", "invariants": "inv", "coefficients": "w", "biases": "b", "activation": "act",
+         "aggregates": "agg", "output": "out"}
+
+
+def search_space(recipe):
+    """The recipe's full search space (its ``search`` section over the defaults)."""
+    return parse_search(getattr(recipe, "search", None), recipe, source=f"recipe {recipe.name or ''}".strip())
+
+
+def hyperparameters(space):
+    """A ``keras_tuner.HyperParameters`` declaring the whole space (fixed ranges as Fixed)."""
+    hp = kt.HyperParameters()
+    for t in TENSORS:
+        spec = space["tensors"][t]
+        if spec is None:
+            continue
+        for k in ("bits", "integer"):
+            lo, hi = spec[k]
+            if lo == hi:
+                hp.Fixed(f"{t}_{k}", lo)
+            else:
+                hp.Int(f"{t}_{k}", lo, hi)
+    if space["channels"]:
+        (hp.Fixed if len(space["channels"]) == 1 else hp.Choice)("channels", *(
+            [space["channels"][0]] if len(space["channels"]) == 1 else [space["channels"]]))
+    if space["n_constituents"]:
+        (hp.Fixed if len(space["n_constituents"]) == 1 else hp.Choice)("n_constituents", *(
+            [space["n_constituents"][0]] if len(space["n_constituents"]) == 1 else [space["n_constituents"]]))
+    return hp
+
+
+def variant(recipe, space, values, epochs=None, name=None):
+    """(recipe variant, widths) for hyperparameter ``values``: the recipe with the sampled formats,
+    C and N, no search section; ``widths`` = {tensor: [bits, integer] | None (float)}."""
+    d = recipe.model_dump()
+    d.pop("search", None)
+    widths = {}
+    for t in TENSORS:
+        spec = space["tensors"][t]
+        if spec is None:
+            q = d["quantization"][t]
+            if q is None:
+                widths[t] = None
+            else:
+                _, b, i, _ = base_format(recipe, t)
+                widths[t] = [b, i]
+            continue
+        b = int(values.get(f"{t}_bits", spec["bits"][1]))
+        i = int(values.get(f"{t}_integer", spec["integer"][1]))
+        i = max(0, min(i, b - 1) if spec["signed"] else i)
+        d["quantization"][t] = quantizer_string(spec["kind"], b, i, spec["signed"])
+        widths[t] = [b, i]
+    if "channels" in values:
+        d["model"]["channels"] = int(values["channels"])
+    if "n_constituents" in values:
+        d["data"]["n_constituents"] = int(values["n_constituents"])
+    if epochs is not None:
+        d["training"]["epochs"] = int(epochs)
+    d["seeds"] = 1
+    if name:
+        d["name"] = name
+    if d["model"].get("batchnorm"):
+        d["model"]["batchnorm"] = False  # quantized recipes cannot fold BatchNorm
+    return recipe_from_dict(d, source="search variant"), widths
+
+
+def widths_label(widths):
+    return " ".join(f"{SHORT[t]} {w[0]},{w[1]}" if w else f"{SHORT[t]} f" for t, w in widths.items())
+
+
+def recipe_cost(recipe):
+    """model_cost of a recipe's model (built, not trained)."""
+    model = build_model(recipe.to_model_config())
+    try:
+        return model_cost(model)
+    finally:
+        del model
+        tf_keras.backend.clear_session()
