@@ -10,7 +10,11 @@ The HLS C++ lives in the top-level ``export/`` folder (installed as ``qpelican.e
 
 
 def __getattr__(name):
-    if name in ("export_model", "compile_model", "predict_phat", "export_run"):
+    if name == "predict_phat":
+        from qpelican.hls.verify import predict_phat
+
+        return predict_phat
+    if name in ("export_model", "compile_model", "export_run"):
         from qpelican.hls import exporter
 
         return getattr(exporter, name)

@@ -112,16 +112,6 @@ def compile_model(hls_model, quiet=True):
     return time.perf_counter() - t0
 
 
-def predict_phat(hls_model, p_hat):
-    """Run the C simulation on quantized momenta p_hat (B, N, 4); returns (B, outputs) float64."""
-    import numpy as np
-
-    x = np.ascontiguousarray(np.asarray(p_hat, dtype=np.float32).reshape(len(p_hat), -1))
-    y = hls_model.predict(x)
-    y = np.asarray(y, dtype=np.float64)
-    return y.reshape(len(p_hat), -1)
-
-
 def resolve_model_path(run):
     """RUN directory (``qpelican fit`` output: RUN/model.keras) or a model file -> model path."""
     from qpelican.core.io import run_model_path

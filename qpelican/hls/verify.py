@@ -50,9 +50,16 @@ def output_lsb(plan):
     return 2.0 ** -(prec.width - prec.integer)
 
 
+def predict_phat(hls_model, p_hat):
+    """Run the C simulation on quantized momenta p_hat (B, N, 4); returns (B, outputs) float64."""
+    x = np.ascontiguousarray(np.asarray(p_hat, dtype=np.float32).reshape(len(p_hat), -1))
+    y = hls_model.predict(x)
+    y = np.asarray(y, dtype=np.float64)
+    return y.reshape(len(p_hat), -1)
+
+
 def compare(model, hls_model, plan, p4, labels=None, batch=2000):
     """Run both models on momenta ``p4`` (B, N, 4) GeV; return the verification summary dict."""
-    from qpelican.hls.exporter import predict_phat
     from qpelican.nn.models import prepare_momenta
 
     p4 = prepare_momenta(model, p4, "verification jets")
