@@ -97,33 +97,14 @@ def peak_rss_kb():
 def read_worker(path, n_const, chunk, mode):
     """Runs in a subprocess: stream the file, print JSON with jets/s and peak RSS."""
     rss0 = peak_rss_kb()
-    if mode == "pipeline":
-        import qpelican  # noqa: F401
-        from qpelican.data.pipeline import make_dataset
-        from qpelican.data.readers import open_dataset
+    from qpelican.data.readers import open_dataset
 
-        ds = open_dataset(path, n_const)
-        rss0 = peak_rss_kb()
-        limit = min(ds.n_jets, 1_000_000)
-        pipe = make_dataset(ds, batch_size=512, seed=0, in_memory=False)
-        for _ in pipe.take(3):  # warm-up: TensorFlow builds its graph on the first batches
-            pass
-        t = time.perf_counter()
-        n = 0
-        for p, y in pipe:
-            n += int(y.shape[0])
-            if n >= limit:
-                break
-        dt = time.perf_counter() - t
-    else:
-        from qpelican.data.readers import open_dataset
-
-        ds = open_dataset(path, n_const)
-        t = time.perf_counter()
-        n = 0
-        for p, y in ds.iter_chunks(chunk_size=chunk):
-            n += len(y)
-        dt = time.perf_counter() - t
+    ds = open_dataset(path, n_const)
+    t = time.perf_counter()
+    n = 0
+    for p, y in ds.iter_chunks(chunk_size=chunk):
+        n += len(y)
+    dt = time.perf_counter() - t
     rss = peak_rss_kb()
     print(json.dumps({"jets": n, "seconds": dt, "jets_per_s": n / dt, "peak_rss_mb": rss / 1024,
                       "rss_before_mb": rss0 / 1024}))
@@ -137,7 +118,6 @@ def main():
     ap.add_argument("--chunk", type=int, default=16384)
     ap.add_argument("--dir", default=None, help="work directory (default: a temporary one)")
     ap.add_argument("--no-sim", action="store_true", help="skip the simulation benchmark")
-    ap.add_argument("--pipeline", action="store_true", help="also time the streaming tf.data pipeline")
     ap.add_argument("--_read", nargs=4, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args._read:
@@ -158,7 +138,7 @@ def main():
     n, dt = write_big_file(big, args.size_gb, seed_block(sim_dir))
     size = os.path.getsize(big) / 1e9
     print(f"\nreader file: {n} jets, {size:.2f} GB written in {dt:.1f} s ({size / dt:.2f} GB/s)")
-    modes = ["reader"] + (["pipeline"] if args.pipeline else [])
+    modes = ["reader"]
     for mode in modes:
         r = subprocess.run([sys.executable, __file__, "--_read", big, str(args.n_constituents), str(args.chunk), mode],
                            capture_output=True, text=True, check=True)

@@ -2,7 +2,6 @@
 import numpy as np
 import pytest
 
-import qpelican
 from qpelican.cli.main import main
 
 N = 24

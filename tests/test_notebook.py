@@ -4,7 +4,6 @@ The notebook runs in a temporary directory (its data/, runs/, fw/ land there) an
 through QPELICAN_REPO. Several minutes on a 2-core CPU: the slowest test of the suite.
 """
 import json
-import os
 import sys
 import time
 from pathlib import Path

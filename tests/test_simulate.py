@@ -298,7 +298,7 @@ def test_detector_jets(det_dir, sim_dir):
         keys = np.round(np.c_[np.arcsinh(q[:, 3] / np.hypot(q[:, 1], q[:, 2])), np.arctan2(q[:, 2], q[:, 1])], 3)
         assert len(np.unique(keys, axis=0)) == len(keys)
     # truth-level jets: no grid, and soft particles a detector would not keep as tracks
-    on_t, aeta_t, pt_t = _tower_grid(tru["Pmu"][:100])
+    on_t, _, pt_t = _tower_grid(tru["Pmu"][:100])
     assert on_t.mean() < 0.01 and (pt_t < 0.45).mean() > 0.05
 
 

@@ -1,6 +1,5 @@
 """`qpelican fit / evaluate` end to end on a few hundred simulated jets, resume, CLI errors."""
 import json
-import os
 
 import numpy as np
 import pytest

@@ -23,7 +23,8 @@ KINDS = {  # quantizer name -> its positional and keyword arguments, in QKeras's
     "quantized_bits": ("bits", "integer", "symmetric", "keep_negative", "alpha", "use_stochastic_rounding"),
     "quantized_relu": ("bits", "integer", "use_sigmoid", "negative_slope", "use_stochastic_rounding"),
 }
-USAGE = "use quantized_bits(bits, integer, alpha=1) or quantized_relu(bits, integer), or 'float'"
+USAGE = ("use quantized_bits(bits, integer, alpha=1) or quantized_relu(bits, integer), such as "
+         "'quantized_bits(8,0,alpha=1)' or 'quantized_relu(8,3)', or 'float'")
 
 
 @dataclass(frozen=True)

@@ -162,13 +162,7 @@ def tune(recipe, out_dir, data=None, epochs=None, jets=None, trials=20, oracle="
                 "pretrain_epochs": int(pretrain_epochs if pretrain_epochs is not None
                                        else base.training.pretrain_epochs)}
     if os.path.exists(settings_path) and (resume or role == "worker"):
-        with open(settings_path) as f:
-            before = json.load(f)
-        diff = [k for k in ("recipe", "space", "oracle", "epochs", "max_cost", "cost_weight", "seed", "pretrain_epochs")
-                if json.dumps(before.get(k), sort_keys=True) != json.dumps(settings.get(k), sort_keys=True)]
-        if diff:
-            raise QpelicanError(f"{out_dir}: this search was started with different settings ({', '.join(diff)} "
-                                "differ); continue it with the same recipe and options, or use a new --out.")
+        check_same_settings(settings_path, settings, out_dir)
     if role != "worker":
         write_json(settings_path, settings)
 
@@ -211,6 +205,17 @@ def tune(recipe, out_dir, data=None, epochs=None, jets=None, trials=20, oracle="
         log(f"worker {ctx.tuner_id}: the oracle has no more trials; done")
         return None
     return write_outputs(out_dir, log=log)
+
+
+def check_same_settings(settings_path, settings, out_dir):
+    """Refuse to continue a search with settings other than those it was started with."""
+    with open(settings_path) as f:
+        before = json.load(f)
+    diff = [k for k in ("recipe", "space", "oracle", "epochs", "max_cost", "cost_weight", "seed", "pretrain_epochs")
+            if json.dumps(before.get(k), sort_keys=True) != json.dumps(settings.get(k), sort_keys=True)]
+    if diff:
+        raise QpelicanError(f"{out_dir}: this search was started with different settings ({', '.join(diff)} "
+                            "differ); continue it with the same recipe and options, or use a new --out.")
 
 
 def space_json(space):
