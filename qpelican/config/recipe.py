@@ -76,6 +76,7 @@ from qpelican.core.errors import QpelicanError, RecipeError
 from qpelican.core.formats import is_float, parse_format
 
 DEFAULT_SIMULATED_JETS = 40000
+DETECTORS = ("none", "simple")  # simulated samples: truth particles | Delphes-like E-flow
 
 
 class _Section(BaseModel):
@@ -90,7 +91,7 @@ class DataSection(_Section):
     n_constituents: int = Field(default=80, ge=2, le=MAX_CONSTITUENTS)
     beams: bool = False
     seed: int = 0
-    detector: Literal["none", "simple"] = "none"  # simulated sample only (ignored with a path)
+    detector: Literal[DETECTORS] = "none"  # simulated sample only (ignored with a path)
 
 
 class ModelSection(_Section):
