@@ -8,6 +8,7 @@ import sys
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from qpelican.cli import data, hls, train, tune
 from qpelican.core.errors import QpelicanError
@@ -35,7 +36,7 @@ def main(argv=None):
                 err.print("interrupted: finished work is kept; rerun with --resume to continue")
             sys.exit(rv)
     except QpelicanError as exc:
-        err.print(f"[bold red]error:[/] {exc}", highlight=False)
+        err.print("[bold red]error:[/] " + escape(str(exc)), highlight=False)  # file names, compiler output: text
         sys.exit(2)
     except KeyboardInterrupt:
         err.print("interrupted: finished work is kept; rerun with --resume to continue")
