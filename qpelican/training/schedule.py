@@ -18,6 +18,9 @@ restores the optimizer, iterations included) continues on exactly the same sched
 import math
 
 import numpy as np
+import tensorflow as tf
+import tensorflow.experimental.numpy as tnp
+import tf_keras
 
 PAPER_EPOCHS = 140
 PAPER_WARMUP = 4
@@ -26,25 +29,29 @@ PAPER_T0 = 4
 PAPER_GAMMA = 0.5
 
 
-def paper_lr(t, lr, epochs=PAPER_EPOCHS, lr_final=1e-5, min_warmup=1e-3):
-    """Paper schedule at fractional epoch(s) ``t`` (numpy; scalar or array)."""
-    t = np.asarray(t, dtype=np.float64)
+def paper_lr(t, lr, epochs=PAPER_EPOCHS, lr_final=1e-5, min_warmup=1e-3, xp=np):
+    """Paper schedule at fractional epoch(s) ``t``, scalar or array.
+
+    ``xp`` is the array module: numpy (plots, tests) or ``tf.experimental.numpy`` (the optimizer's
+    schedule, traced per step), so both evaluate this one formula.
+    """
+    t = xp.asarray(t, dtype=xp.float64)
     f = epochs / PAPER_EPOCHS
     warm = PAPER_WARMUP * f
     cos_end = (PAPER_WARMUP + PAPER_COSINE) * f
     t0 = PAPER_T0 * f
     # warm-up
-    warm_lr = lr * np.maximum(t / warm, min_warmup) if warm > 0 else np.full_like(t, lr)
+    warm_lr = lr * xp.maximum(t / warm, min_warmup) if warm > 0 else xp.full_like(t, lr)
     # cosine with warm restarts: cycle k spans t0 * (2^k - 1) .. t0 * (2^(k+1) - 1) after warm-up
-    u = np.clip(t - warm, 0.0, None) / t0
-    k = np.floor(np.log2(u + 1.0))
-    start = 2.0**k - 1.0
-    length = 2.0**k
-    frac = np.clip((u - start) / length, 0.0, 1.0)
-    cos_lr = lr_final + 0.5 * (lr - lr_final) * (1.0 + np.cos(math.pi * frac))
+    u = xp.maximum(t - warm, 0.0) / t0
+    k = xp.floor(xp.log2(u + 1.0))
+    start = xp.power(2.0, k) - 1.0
+    length = xp.power(2.0, k)
+    frac = xp.clip((u - start) / length, 0.0, 1.0)
+    cos_lr = lr_final + 0.5 * (lr - lr_final) * (1.0 + xp.cos(math.pi * frac))
     # exponential decay
-    dec_lr = lr_final * PAPER_GAMMA ** (np.clip(t - cos_end, 0.0, None) / f)
-    return np.where(t < warm, warm_lr, np.where(t < cos_end, cos_lr, dec_lr))
+    dec_lr = lr_final * xp.power(PAPER_GAMMA, xp.maximum(t - cos_end, 0.0) / f)
+    return xp.where(t < warm, warm_lr, xp.where(t < cos_end, cos_lr, dec_lr))
 
 
 def make_schedule(kind, lr, epochs, steps_per_epoch, lr_final=1e-5):
@@ -53,9 +60,6 @@ def make_schedule(kind, lr, epochs, steps_per_epoch, lr_final=1e-5):
     kind: "paper" (see module docstring), "cosine" (single cosine from lr to lr_final over all
     epochs) or "constant".
     """
-    import tensorflow as tf
-    import tf_keras
-
     if kind == "constant":
         return float(lr)
 
@@ -71,19 +75,7 @@ def make_schedule(kind, lr, epochs, steps_per_epoch, lr_final=1e-5):
                 frac = tf.clip_by_value(t / self.epochs, 0.0, 1.0)
                 out = lrf + 0.5 * (lr - lrf) * (1.0 + tf.cos(math.pi * frac))
                 return tf.cast(out, tf.float32)
-            f = self.epochs / PAPER_EPOCHS
-            warm = PAPER_WARMUP * f
-            cos_end = (PAPER_WARMUP + PAPER_COSINE) * f
-            t0 = PAPER_T0 * f
-            warm_lr = lr * tf.maximum(t / warm, 1e-3)
-            u = tf.maximum(t - warm, 0.0) / t0
-            k = tf.floor(tf.math.log(u + 1.0) / math.log(2.0))
-            start = tf.pow(tf.constant(2.0, tf.float64), k) - 1.0
-            length = tf.pow(tf.constant(2.0, tf.float64), k)
-            frac = tf.clip_by_value((u - start) / length, 0.0, 1.0)
-            cos_lr = lrf + 0.5 * (lr - lrf) * (1.0 + tf.cos(math.pi * frac))
-            dec_lr = lrf * tf.pow(tf.constant(PAPER_GAMMA, tf.float64), tf.maximum(t - cos_end, 0.0) / f)
-            out = tf.where(t < warm, warm_lr, tf.where(t < cos_end, cos_lr, dec_lr))
+            out = paper_lr(t, self.lr, self.epochs, self.lr_final, xp=tnp)
             return tf.cast(out, tf.float32)
 
         def get_config(self):
