@@ -106,7 +106,9 @@ def read_config(path):
                 "rerun the `qpelican fit` that wrote it, or copy the file again")
     allowed = allowed_classes()
     bad = []
-    for name, module in _classes(config, []):
+    # compile_config (optimizer, loss, LR schedule) is never deserialized: models load with compile=False
+    model_part = {k: v for k, v in config.items() if k != "compile_config"} if isinstance(config, dict) else config
+    for name, module in _classes(model_part, []):
         trusted_module = module is None or (isinstance(module, str)
                                             and module.split(".")[0] in TRUSTED_MODULES)
         if not isinstance(name, str) or name not in allowed or not trusted_module:
