@@ -28,7 +28,7 @@ import os
 
 import numpy as np
 
-from qpelican.core.errors import QpelicanError
+from qpelican.core.errors import DataError, QpelicanError
 
 OP_TEXT = ("d_ij", "δ_ij S_j/N̄", "S_j/N̄", "S_i/N̄", "T/N̄²", "δ_ij T/N̄²")
 
@@ -312,12 +312,11 @@ def _run_model_path(run):
 
 def _check_jets(run, data, jets, n_constituents):
     """Jets for the numerical check: --data, else the run's test split, else synthetic jets."""
-    from qpelican.data.readers import open_dataset, resolve_splits
+    from qpelican.data.readers import evaluation_file, open_dataset
 
     src = None
     if data is not None:
-        files = resolve_splits(data)
-        src = files.get("test") or files.get("val") or files.get("train")
+        src = evaluation_file(data)
     elif os.path.isdir(os.fspath(run)) and os.path.exists(os.path.join(run, "results.json")):
         import json
 
@@ -329,6 +328,11 @@ def _check_jets(run, data, jets, n_constituents):
     if src is not None:
         ds = open_dataset(src, n_constituents)
         p4, _ = ds.read(0, min(int(jets), ds.n_jets))
+        if len(p4) == 0:
+            raise DataError(f"{src}: no jets to check the formula on (" + (
+                f"the first {min(int(jets), ds.n_jets)} rows are all empty jets without constituents"
+                if ds.n_jets else "the file holds no rows") + "); pass --data with non-empty jets, or leave "
+                "--data out to check on synthetic jets.")
         return p4, src
     rng = np.random.default_rng(0)  # massless synthetic jets: the identity holds on any input
     p = rng.normal(0, 20, size=(int(jets), n_constituents, 3)) + np.array([0, 0, 300.0])

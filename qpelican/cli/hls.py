@@ -13,7 +13,7 @@ def register(app: typer.Typer):
 
 def export_hls(
     run: Path = typer.Argument(..., help="run directory written by `qpelican fit` (RUN/model.keras) or a .keras file"),
-    out: Path = typer.Option(..., "--out", "-o", help="project folder to write (replaced if it holds an hls4ml project)"),
+    out: Path = typer.Option(..., "--out", "-o", help="project folder to write (an hls4ml project there is replaced only once the new one is complete; files you added to it are kept)"),
     backend: str = typer.Option("Vitis", "--backend", help="Vitis or Vivado"),
     part: Optional[str] = typer.Option(None, "--part", help="FPGA part (default xcvu13p-flga2577-2-e)"),
     clock: Optional[float] = typer.Option(None, "--clock", help="clock period in ns (default 5)"),
@@ -33,13 +33,17 @@ def export_hls(
 
     from rich.console import Console
 
-    from qpelican.hls.exporter import export_run
+    from qpelican.core.io import dir_lock
+    from qpelican.hls.exporter import check_out, check_settings, export_run
     from qpelican.hls.report import format_report
 
     con = Console(highlight=False, soft_wrap=True)
     t0 = time.perf_counter()
-    res = export_run(run, out, backend=backend, part=part, clock=clock, reuse=reuse, verify=verify, jets=jets,
-                     synth=synth, project_name=project, log=con.print)
+    check_settings(backend, clock, reuse, project)
+    check_out(out)  # before the lock file goes into a folder that is not ours
+    with dir_lock(out, "export folder"):
+        res = export_run(run, out, backend=backend, part=part, clock=clock, reuse=reuse, verify=verify, jets=jets,
+                         synth=synth, project_name=project, log=con.print)
     con.print(format_report(res["report"]), markup=False)
     ver = res["verify"]
     if ver is not None:

@@ -143,6 +143,7 @@ def dir_lock(directory, what="directory", option="--out"):
     crashed) are released by the kernel and do not block.
     """
     directory = check_out_dir(directory, option)
+    created = not os.path.isdir(directory)
     try:
         os.makedirs(directory, exist_ok=True)
         fd = os.open(os.path.join(directory, LOCK_NAME), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
@@ -167,6 +168,11 @@ def dir_lock(directory, what="directory", option="--out"):
         finally:
             with contextlib.suppress(OSError):
                 os.ftruncate(fd, 0)
+            if created:  # a directory this lock made and nothing filled (a command that failed early)
+                with contextlib.suppress(OSError):
+                    if os.listdir(directory) == [LOCK_NAME]:
+                        os.remove(os.path.join(directory, LOCK_NAME))
+                        os.rmdir(directory)
             fcntl.flock(fd, fcntl.LOCK_UN)
     finally:
         os.close(fd)

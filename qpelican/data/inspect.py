@@ -10,6 +10,7 @@ import os
 
 import numpy as np
 
+from qpelican.core.io import atomic_path
 from qpelican.data.baseline import jet_mass
 from qpelican.data.readers import open_dataset
 
@@ -97,8 +98,9 @@ def write_png(summary, out_png):
         ax.legend()
     fig.suptitle(os.path.basename(summary["path"]))
     fig.tight_layout()
-    tmp = out_png + ".tmp.png"
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    os.replace(tmp, out_png)
+    try:
+        with atomic_path(out_png) as tmp:
+            fig.savefig(tmp, dpi=100, format="png")
+    finally:
+        plt.close(fig)
     return out_png

@@ -62,17 +62,33 @@ class Dataset:
         self.skipped_empty = 0
         if not os.path.exists(self.path):
             raise DataError(f"{self.path}: file not found; pass an HDF5 file or a directory with train/val/test.h5")
+        if os.path.isdir(self.path):
+            raise DataError(f"{self.path}: is a directory; pass an HDF5 file of jets, or give the directory "
+                            "where a command takes one (train.h5, val.h5, test.h5)")
         if not h5py.is_hdf5(self.path):
             raise DataError(f"{self.path}: not an HDF5 file; expected a top-tagging .h5 file "
                             "(pandas table under key 'table' or converted datasets 'Pmu' + 'is_signal')")
-        with h5py.File(self.path, "r") as f:
-            if "Pmu" in f:
-                self._init_converted(f)
-            elif "table" in f:
-                self._init_pandas(f)
-            else:
-                raise DataError(f"{self.path}: found keys {sorted(f.keys())}; expected 'Pmu' (converted layout) "
-                                "or 'table' (pandas layout of the top-tagging reference dataset)")
+        with self._open() as f:
+            try:
+                self._init_layout(f)
+            except (OSError, KeyError, ValueError, RuntimeError) as exc:  # damaged metadata
+                raise DataError(damaged(self.path, exc)) from None
+
+    def _init_layout(self, f):
+        if "Pmu" in f:
+            self._init_converted(f)
+        elif "table" in f:
+            self._init_pandas(f)
+        else:
+            raise DataError(f"{self.path}: found keys {sorted(f.keys())}; expected 'Pmu' (converted layout) "
+                            "or 'table' (pandas layout of the top-tagging reference dataset)")
+
+    def _open(self):
+        """The file opened read-only; a damaged or truncated file is a DataError naming the fix."""
+        try:
+            return h5py.File(self.path, "r")
+        except OSError as exc:
+            raise DataError(damaged(self.path, exc)) from None
 
     # -- layout detection ---------------------------------------------------------------
     def _init_converted(self, f):
@@ -235,14 +251,15 @@ class Dataset:
         Memory is one chunk, independent of the file size. Empty jets are dropped (counted).
         """
         start, stop = self._range(start, stop)
-        with h5py.File(self.path, "r") as f:
+        with self._open() as f:
             for a in range(start, stop, int(chunk_size)):
                 b = min(a + int(chunk_size), stop)
                 try:
                     raw = self._raw(f, a, b)
-                except OSError as exc:  # e.g. a compression filter this h5py build lacks
-                    raise DataError(f"{self.path}: cannot read rows {a}-{b - 1} ({exc}); if the file uses a "
-                                    "compression filter such as blosc, `pip install hdf5plugin` and retry") from None
+                except (OSError, KeyError, ValueError) as exc:  # truncated file, missing filter (blosc), ...
+                    raise DataError(f"{self.path}: cannot read rows {a}-{b - 1} ({exc}); the file is truncated or "
+                                    "damaged (copy or regenerate it), or it uses a compression filter such as "
+                                    "blosc that this h5py lacks (`pip install hdf5plugin` and retry)") from None
                 p4, labels, k = self._prepare(*raw, a, b)
                 self._count_skipped(k)
                 if len(labels):
@@ -263,14 +280,24 @@ class Dataset:
     def labels(self, start=0, stop=None):
         """Labels of rows [start, stop) without reading momenta (empty jets not removed)."""
         start, stop = self._range(start, stop)
-        with h5py.File(self.path, "r") as f:
-            if self.layout == "converted":
-                raw = f[self._label_key][start:stop]
-            else:
-                key, transposed = self._blocks[self._label_col[0]]
-                ds = f[key]
-                raw = ds[start:stop, self._label_col[1]] if transposed else ds[self._label_col[1], start:stop]
+        with self._open() as f:
+            try:
+                if self.layout == "converted":
+                    raw = f[self._label_key][start:stop]
+                else:
+                    key, transposed = self._blocks[self._label_col[0]]
+                    ds = f[key]
+                    raw = ds[start:stop, self._label_col[1]] if transposed else ds[self._label_col[1], start:stop]
+            except (OSError, KeyError, ValueError) as exc:
+                raise DataError(damaged(self.path, exc)) from None
         return self._labels(raw, start, stop)
+
+
+def damaged(path, exc):
+    """The message for an HDF5 file that h5py cannot read (truncated download, interrupted copy)."""
+    return (f"{path}: cannot be read as HDF5 ({str(exc).strip() or type(exc).__name__}); the file is truncated "
+            "or damaged, e.g. by an interrupted download or copy. Copy or download it again, or regenerate it "
+            "with `qpelican data simulate`.")
 
 
 def open_dataset(path, n_constituents=80):
@@ -316,6 +343,24 @@ def resolve_splits(path):
     p = _existing(p)
     out[_split_of(os.path.splitext(os.path.basename(p))[0]) or "test"] = p
     return out
+
+
+def evaluation_file(path, warn=None):
+    """The file to evaluate a model on, for a user's data argument: a file is used as given; of a
+    directory the test split, else the validation split (said through ``warn``), never the
+    training split (metrics on training jets would overstate the model)."""
+    if not isinstance(path, (str, os.PathLike)) or not os.path.isdir(os.fspath(path)):
+        files = resolve_splits(path)
+        return next(v for v in (files["test"], files["val"], files["train"]) if v)
+    files = resolve_splits(path)
+    if files["test"]:
+        return files["test"]
+    if files["val"]:
+        (warn or _warn)(f"{os.fspath(path)} has no test.h5; using the validation split {files['val']}")
+        return files["val"]
+    raise DataError(f"{os.fspath(path)}: the directory has no test.h5 (or val.h5), only {files['train']}; "
+                    "metrics on training jets would overstate the model. Pass a test file or a directory "
+                    "with test.h5 (or name the training file itself if that is really what you want).")
 
 
 def _split_of(name):

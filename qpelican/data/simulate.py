@@ -33,12 +33,13 @@ from dataclasses import asdict, dataclass
 import h5py
 import numpy as np
 
+from qpelican.config.recipe import DETECTORS
 from qpelican.core.errors import DataError
+from qpelican.core.io import atomic_path, check_out_dir
 
 MAX_CONSTITUENTS = 200
 SPLIT_NAMES = ("train", "val", "test")
 FORMAT_VERSION = 1  # bump when the generator changes: invalidates cached chunks
-DETECTORS = ("none", "simple")
 
 
 @dataclass(frozen=True)
@@ -313,7 +314,7 @@ def generate_jets(signal: bool, n_jets: int, seed: int, cfg: GenConfig = GenConf
             cs = fastjet.ClusterSequence(parts, jetdef)
             jets = cs.inclusive_jets(cfg.pt_min)
             cons = cs.constituents(cfg.pt_min)
-        jpx, jpy, jpz, je = (ak.to_numpy(ak.flatten(jets[f])) for f in ("px", "py", "pz", "E"))
+        jpx, jpy, jpz = (ak.to_numpy(ak.flatten(jets[f])) for f in ("px", "py", "pz"))
         counts = ak.to_numpy(ak.num(jets))
         ev_of_jet = np.repeat(np.arange(len(counts)), counts)
         jpt = np.hypot(jpx, jpy)
@@ -446,17 +447,23 @@ def _progress(total, done, enabled):
 
 
 def simulate(n_jets, out_dir, seed=0, workers=None, split=(0.8, 0.1, 0.1), mpi=False, progress=True,
-             config: GenConfig | None = None, resume=True, detector: str | None = None):
+             config: GenConfig | None = None, resume=True, detector: str | None = None, force=False):
     """Simulate `n_jets` jets (half signal) into out_dir/{train,val,test}.h5; returns {split: path}.
 
     Splits with zero jets are not written. Re-running with the same arguments reuses finished
     chunks and returns at once when the final files are complete; resume=False regenerates.
     `detector` ("none" | "simple") overrides the config's (default "none": truth particles).
+
+    A directory that already holds a different dataset (any train/val/test file that is not this
+    very simulation: the reference dataset, another seed, size or split) is refused with a
+    DataError unless ``force``; with ``force`` the old files stay until the new ones are complete,
+    then the new files replace them (and old split files the new run does not write are removed).
     """
     n_jets = int(n_jets)
     if n_jets < 2:
         raise DataError(f"--jets {n_jets}: need at least 2 jets (one per class)")
     sizes = _split_sizes(n_jets, split)
+    check_out_dir(out_dir)
     _require_sim()
     cfg = config or GenConfig(mpi=bool(mpi))
     if config is not None and mpi != cfg.mpi:
@@ -464,9 +471,15 @@ def simulate(n_jets, out_dir, seed=0, workers=None, split=(0.8, 0.1, 0.1), mpi=F
     if detector is not None and detector != cfg.detector:
         cfg = GenConfig(**{**asdict(cfg), "detector": detector})
     tag = _tag(n_jets, seed, cfg)
-    os.makedirs(out_dir, exist_ok=True)
     paths = {s: os.path.join(out_dir, f"{s}.h5") for s, n in sizes.items() if n > 0}
     final_tag = f"{tag}-{_split_sizes_tag(sizes)}"
+    other = [p for p in _dataset_files(out_dir) if not _is_complete(p, final_tag) or p not in paths.values()]
+    if other and not force:
+        raise DataError(f"--out {out_dir} already holds a dataset ({', '.join(os.path.basename(p) for p in other)}) "
+                        "that is not this simulation (other jets, seed, split or settings); qpelican does not "
+                        "overwrite it. Choose another --out directory, or pass --force to replace it once the new "
+                        "files are complete.")
+    os.makedirs(out_dir, exist_ok=True)
     chunk_dir = os.path.join(out_dir, f".sim-chunks-{tag}")
     if not resume:
         shutil.rmtree(chunk_dir, ignore_errors=True)
@@ -523,7 +536,19 @@ def simulate(n_jets, out_dir, seed=0, workers=None, split=(0.8, 0.1, 0.1), mpi=F
 
     _merge(plan, chunk_dir, paths, sizes, seed, final_tag, cfg)
     shutil.rmtree(chunk_dir, ignore_errors=True)
+    for p in other:  # --force: old split files the new dataset does not replace would mix with it
+        if p not in paths.values():
+            with contextlib.suppress(OSError):
+                os.remove(p)
     return paths
+
+
+def _dataset_files(out_dir):
+    """The train/val/test files a reader would find in ``out_dir``."""
+    if not os.path.isdir(out_dir):
+        return []
+    names = [n + ext for n in ("train", "val", "valid", "validation", "test") for ext in (".h5", ".hdf5")]
+    return [os.path.join(out_dir, n) for n in names if os.path.lexists(os.path.join(out_dir, n))]
 
 
 def _split_sizes_tag(sizes):
@@ -531,12 +556,10 @@ def _split_sizes_tag(sizes):
 
 
 def _write_chunk(path, pmu, nobj, truth):
-    tmp = path + f".tmp{os.getpid()}"
-    with h5py.File(tmp, "w") as f:
+    with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
         f["Pmu"] = pmu
         f["Nobj"] = nobj
         f["truth_Pmu"] = truth
-    os.replace(tmp, path)
 
 
 def _merge(plan, chunk_dir, paths, sizes, seed, final_tag, cfg, group=16):
@@ -546,7 +569,14 @@ def _merge(plan, chunk_dir, paths, sizes, seed, final_tag, cfg, group=16):
     rng = np.random.default_rng([int(seed), 7919])
     split_of = np.repeat(np.arange(3, dtype=np.int8), [sizes[s] for s in SPLIT_NAMES])
     rng.shuffle(split_of)
-    tmp = {s: p + ".tmp" for s, p in paths.items()}
+    with contextlib.ExitStack() as commit:  # all split files appear (os.replace) only when all are complete
+        tmp = {s: commit.enter_context(atomic_path(p)) for s, p in paths.items()}
+        pos = _merge_into(plan, chunk_dir, tmp, sizes, seed, final_tag, cfg, rng, split_of, group)
+    assert pos == n
+
+
+def _merge_into(plan, chunk_dir, tmp, sizes, seed, final_tag, cfg, rng, split_of, group):
+    """Write the split files ``tmp`` ({split: path}); returns the number of jets distributed."""
     files = {s: h5py.File(t, "w") for s, t in tmp.items()}
     try:
         for s, f in files.items():
@@ -585,9 +615,7 @@ def _merge(plan, chunk_dir, paths, sizes, seed, final_tag, cfg, group=16):
     finally:
         for f in files.values():
             f.close()
-    for s, t in tmp.items():
-        os.replace(t, paths[s])
-    assert pos == n
+    return pos
 
 
 def default_sample(n_jets, seed=0, cache_dir=None, workers=None, progress=True, detector="none"):
@@ -596,5 +624,6 @@ def default_sample(n_jets, seed=0, cache_dir=None, workers=None, progress=True, 
     root = cache_dir or os.environ.get("QPELICAN_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "qpelican")
     suffix = "" if detector == "none" else f"-{detector}"  # own dir: truth and detector samples coexist
     out = os.path.join(root, f"sim-{int(n_jets)}-{int(seed)}{suffix}")
-    simulate(n_jets, out, seed=seed, workers=workers, progress=progress, detector=detector)
+    simulate(n_jets, out, seed=seed, workers=workers, progress=progress, detector=detector,
+             force=True)  # the cache directory is qpelican's own
     return out

@@ -112,19 +112,20 @@ def compare(model, hls_model, plan, p4, labels=None, batch=2000):
     return out, k, h
 
 
-def read_jets(data, n_constituents, jets):
-    """First ``jets`` jets (momenta, labels) of an HDF5 file/dir via qpelican.data.readers."""
-    import os
+def read_jets(data, n_constituents, jets, log=None):
+    """First ``jets`` jets with constituents of an HDF5 file, or of a directory's test split (else its
+    validation split, never its training split): (momenta, labels, file). A DataError when none."""
+    from qpelican.data.readers import evaluation_file, open_dataset
 
-    from qpelican.data.readers import open_dataset, resolve_splits
-
-    path = os.fspath(data)
-    if os.path.isdir(path):
-        splits = resolve_splits(path)
-        path = splits.get("test") or splits.get("val") or splits.get("train")
+    path = evaluation_file(data, warn=(lambda m: log(f"note: {m}")) if log else None)
     ds = open_dataset(path, n_constituents)
     p4, labels = ds.read(0, min(int(jets), int(ds.n_jets)))
-    return np.asarray(p4, np.float32), (None if labels is None else np.asarray(labels))
+    if len(p4) == 0:
+        raise ExportError(f"--verify {path}: no jets to verify (" + (
+            f"the first {min(int(jets), ds.n_jets)} rows are all empty jets without constituents"
+            if ds.n_jets else "the file holds no rows") + "); pass a file with non-empty jets, e.g. a test.h5 "
+            "written by `qpelican data simulate`.")
+    return np.asarray(p4, np.float32), (None if labels is None else np.asarray(labels)), path
 
 
 def stress_jets(rng, model, jets=400):
