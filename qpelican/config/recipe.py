@@ -211,9 +211,11 @@ class Recipe(_Section):
 
         ``epochs`` sets training.epochs; for a ``qat: finetune`` recipe with float pre-training it
         sets the QAT epochs and scales pretrain_epochs by the same factor (c2_8bit: 120 + 20 epochs;
-        ``--epochs 4`` gives 24 + 4). ``sets`` are ``"section.key=value"`` strings (``--set``), the
+        ``--epochs 4`` gives 24 + 4), unless ``sets`` names ``training.pretrain_epochs`` itself,
+        which is then kept as given. ``sets`` are ``"section.key=value"`` strings (``--set``), the
         value read as YAML (``model.dropout=0``, ``quantization.input=float``), applied first."""
         d = self.model_dump()
+        explicit = set()
         for kv in sets:
             key, eq, val = str(kv).partition("=")
             sec, dot, k = key.strip().partition(".")
@@ -225,9 +227,12 @@ class Recipe(_Section):
                 d[sec][k] = yaml.safe_load(val)
             except yaml.YAMLError:
                 raise RecipeError(f"--set {kv!r}: the value is not valid YAML.") from None
+            explicit.add(f"{sec}.{k.strip()}")
         if epochs is not None:
             t = d["training"]
-            if t["qat"] == "finetune" and t["pretrain_epochs"] > 0:
+            scale = "training.pretrain_epochs" not in explicit and isinstance(t["pretrain_epochs"], int)
+            if scale and t["qat"] == "finetune" and t["pretrain_epochs"] > 0 and isinstance(t["epochs"], int) \
+                    and t["epochs"] > 0:
                 # keep the float : QAT proportion of the recipe
                 t["pretrain_epochs"] = max(1, round(t["pretrain_epochs"] * epochs / t["epochs"]))
             t["epochs"] = epochs
