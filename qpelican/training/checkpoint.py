@@ -11,7 +11,7 @@ import os
 import shutil
 
 from qpelican.core.errors import QpelicanError
-from qpelican.core.io import write_json
+from qpelican.core.io import atomic_path, swap_dir, tmp_name, write_json
 
 STATE = "state.json"
 BEST = "best.weights.h5"
@@ -52,20 +52,17 @@ def open_state(out_dir, seed, total_epochs, n_train, resume):
 
 def save_best(model, out_dir):
     """Weights of a new best epoch, replacing the previous best atomically."""
-    tmp = os.path.join(out_dir, f"best.tmp{os.getpid()}.weights.h5")
-    model.save_weights(tmp)
-    os.replace(tmp, os.path.join(out_dir, BEST))
+    with atomic_path(os.path.join(out_dir, BEST)) as tmp:
+        model.save_weights(tmp)
 
 
 def commit_epoch(out_dir, state, ckpt, epoch, phase_index, row, t_train, t_eval):
     """Commit a finished epoch: its checkpoint directory (atomic rename), then state.json."""
     name = f"ckpt-{epoch + 1:04d}"
-    tmpdir = os.path.join(out_dir, f".{name}.tmp{os.getpid()}")
+    tmpdir = tmp_name(os.path.join(out_dir, "." + name))
     shutil.rmtree(tmpdir, ignore_errors=True)
     ckpt.write(os.path.join(tmpdir, "ckpt"))
-    final_dir = os.path.join(out_dir, name)
-    shutil.rmtree(final_dir, ignore_errors=True)
-    os.replace(tmpdir, final_dir)
+    swap_dir(tmpdir, os.path.join(out_dir, name))
     old = state["checkpoint"]
     state.update(epochs_done=epoch + 1, checkpoint=name, phase_index=phase_index)
     state["history"].append(row)
@@ -83,6 +80,5 @@ def checkpoint_path(out_dir, state):
 
 def save_model(model, path):
     """model.keras, written beside and renamed into place."""
-    tmp = path[:-len(".keras")] + f".tmp{os.getpid()}.keras"
-    model.save(tmp)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        model.save(tmp)

@@ -25,10 +25,11 @@ import matplotlib
 import numpy as np
 from sklearn.metrics import roc_auc_score
 
-from qpelican.core.io import run_model_path, write_json
+from qpelican.core.errors import DataError
+from qpelican.core.io import atomic_path, run_model_path, write_json
 from qpelican.core.metrics import logit_metrics, roc_curve, roc_metrics
 from qpelican.data.baseline import MassWindow, jet_mass
-from qpelican.data.readers import open_dataset, resolve_splits
+from qpelican.data.readers import evaluation_file, open_dataset
 from qpelican.nn.models import model_constituents, predict
 from qpelican.nn.serialize import load_model
 from qpelican.training.checkpoint import save_model
@@ -132,10 +133,11 @@ def plot_roc(path, y, curves):
     ax.legend(fontsize=8)
     ax.set_title(f"test jets: {len(y)}", fontsize=9)
     fig.tight_layout()
-    tmp = path[:-4] + f".tmp{os.getpid()}.png"
-    fig.savefig(tmp)
-    plt.close(fig)
-    os.replace(tmp, path)
+    try:
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, format="png")
+    finally:
+        plt.close(fig)
 
 
 def evaluate_run(run, data, out=None, jets=None):
@@ -146,13 +148,18 @@ def evaluate_run(run, data, out=None, jets=None):
     """
     run = os.fspath(run)
     model_path = run_model_path(run)
-    files = resolve_splits(data)
-    src = files.get("test") or files.get("val") or files.get("train")
+    src = evaluation_file(data)
     model = load_model(model_path)
     n = model_constituents(model)
     ds = open_dataset(src, n)
     stop = ds.n_jets if jets is None else min(int(jets), ds.n_jets)
     p4, y = ds.read(0, stop)
+    if len(y) < 2 or len(np.unique(y)) < 2:
+        raise DataError(f"{src}: {len(y)} jets with constituents in the rows read ({int(np.sum(y))} signal); "
+                        "evaluating needs jets of both classes. Pass a test file with signal and background jets "
+                        "(or raise --jets).")
+    if out is not None and os.path.isdir(os.fspath(out)):
+        raise DataError(f"--out {out} is a directory; give the JSON file to write, e.g. {os.path.join(out, 'evaluate.json')}.")
     t0 = time.perf_counter()
     logits = predict(model, p4)
     dt = time.perf_counter() - t0

@@ -4,9 +4,12 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from qpelican.core.errors import QpelicanError
+from qpelican.core.errors import DataError, QpelicanError
 from qpelican.data.readers import open_dataset, resolve_splits
 from qpelican.data.simulate import default_sample
+
+
+MIN_JETS = {"train": 20, "val": 2, "test": 2}  # below this a run's numbers mean nothing
 
 
 @dataclass
@@ -26,6 +29,18 @@ class Splits:
             if p4.ndim != 3 or p4.shape[-1] != 4 or len(p4) != len(y):
                 raise QpelicanError(f"{name} split: expected (p4 (B, N, 4), labels (B,)), got {p4.shape}, {y.shape}")
             setattr(self, name, (p4, y))
+
+
+def check_split(name, path, labels):
+    """Refuse a split too small to train or measure on: fewer than MIN_JETS[name] non-empty jets,
+    or jets of one class only (a classifier needs both; AUC and rejection are undefined)."""
+    y = np.asarray(labels).reshape(-1)
+    n_sig = int((y == 1).sum())
+    counts = f"{len(y)} jets with constituents ({n_sig} signal, {len(y) - n_sig} background)"
+    if len(y) < MIN_JETS[name] or n_sig == 0 or n_sig == len(y):
+        raise DataError(f"{name} split {path}: {counts}; training needs at least {MIN_JETS[name]} {name} jets "
+                        "and both classes (signal and background) in every split. Use a larger or complete "
+                        "dataset, or raise data.jets / data.val_jets / data.test_jets.")
 
 
 def read_split(path, n_constituents, cap):
@@ -58,6 +73,8 @@ def load_splits(recipe, data=None, progress=True) -> Splits:
                             "files (a directory with train.h5, val.h5 and test.h5).")
     caps = {"train": None if simulated else d.jets, "val": d.val_jets, "test": d.test_jets}
     arrays = {k: read_split(files[k], d.n_constituents, caps[k]) for k in ("train", "val", "test")}
+    for k, (_, y) in arrays.items():
+        check_split(k, files[k], y)
     desc = {"source": "simulated" if simulated else "files", "path": os.fspath(path),
             "files": {k: os.fspath(v) for k, v in files.items()}, "n_constituents": d.n_constituents,
             "beams": d.beams}
