@@ -17,7 +17,7 @@ from qpelican.config.recipe import recipe_from_dict
 from qpelican.config.search import TENSORS
 from qpelican.core.errors import QpelicanError
 from qpelican.core.formats import quantizer_string
-from qpelican.core.io import write_json
+from qpelican.core.io import atomic_path, write_json, write_text
 from qpelican.tune.space import variant, widths_label
 
 matplotlib.use("Agg")  # files only, never a window; must precede pyplot
@@ -115,10 +115,7 @@ def write_outputs(out_dir, log=print):
                             f"test AUC {r['test_auc']:.4f}, {r['bops']:,} BOPs, "
                             f"searched with {r['epochs']} epochs per trial")
         path = os.path.join(pdir, f"point_{k}.yaml")
-        tmp = path + ".tmp"
-        with open(tmp, "w") as f:
-            yaml.safe_dump(d, f, sort_keys=False)
-        os.replace(tmp, path)
+        write_text(path, yaml.safe_dump(d, sort_keys=False))
         point = dict(r, point=k, recipe=os.path.relpath(path, out_dir))
         t = base.training
         pre_dir = os.path.join(settings.get("out_dir") or os.path.abspath(out_dir), "pretrain",
@@ -129,9 +126,7 @@ def write_outputs(out_dir, log=print):
                                                                      init_from=pre_dir))
             d2["description"] = d["description"] + f"; fine-tunes the search's float pre-training {pre_dir}"
             path2 = os.path.join(pdir, f"point_{k}_finetune.yaml")
-            with open(path2 + ".tmp", "w") as f:
-                yaml.safe_dump(d2, f, sort_keys=False)
-            os.replace(path2 + ".tmp", path2)
+            write_text(path2, yaml.safe_dump(d2, sort_keys=False))
             point["recipe_finetune"] = os.path.relpath(path2, out_dir)
         points.append(point)
     counts = {}
@@ -192,14 +187,13 @@ CSV_COLUMNS = ("trial_id", "status", "tuner_id", "score", "val_auc", "val_accura
 
 
 def _write_csv(path, rows):
-    tmp = path + ".tmp"
-    with open(tmp, "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(list(CSV_COLUMNS) + [f"{t}_{k}" for t in TENSORS for k in ("bits", "integer")])
-        for r in rows:
-            w.writerow([r.get(c) for c in CSV_COLUMNS]
-                       + [(r["widths"][t] or [None, None])[j] for t in TENSORS for j in (0, 1)])
-    os.replace(tmp, path)
+    buf = StringIO(newline="")
+    w = csv.writer(buf)
+    w.writerow(list(CSV_COLUMNS) + [f"{t}_{k}" for t in TENSORS for k in ("bits", "integer")])
+    for r in rows:
+        w.writerow([r.get(c) for c in CSV_COLUMNS]
+                   + [(r["widths"][t] or [None, None])[j] for t in TENSORS for j in (0, 1)])
+    write_text(path, buf.getvalue())
 
 
 def _plot(path, rows, front, settings, refs=()):
@@ -228,7 +222,8 @@ def _plot(path, rows, front, settings, refs=()):
     ax.legend(fontsize=8, loc="lower right")
     ax.grid(alpha=0.3, which="both")
     fig.tight_layout()
-    tmp = path[:-4] + ".tmp.png"
-    fig.savefig(tmp, dpi=120)
-    plt.close(fig)
-    os.replace(tmp, path)
+    try:
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, dpi=120, format="png")
+    finally:
+        plt.close(fig)

@@ -152,6 +152,9 @@ def tune(recipe, out_dir, data=None, epochs=None, jets=None, trials=20, oracle="
     if role != "worker" and existing and not resume:
         raise QpelicanError(f"tune directory {out_dir} already holds a search; pass --resume to continue it, or "
                             "--out NEW_DIR to start another (delete the directory to start over).")
+    if role is None and resume and not existing:
+        raise QpelicanError(f"--resume: tune directory {out_dir} holds no search to continue (no kt/oracle.json); "
+                            "drop --resume to start a new search there, or give the --out of the interrupted one.")
 
     recipe_bops = int(recipe_cost(base)["bops"])
     settings = {"recipe": base.to_dict(), "recipe_name": base.name, "space": space_json(space), "oracle": oracle,
