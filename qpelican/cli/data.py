@@ -35,10 +35,14 @@ def simulate(
     detector: str = typer.Option("none", "--detector",
                                  help="none | simple. none: truth particles; simple: Delphes-like E-flow "
                                       "(smeared tracks + calorimeter towers)."),
+    force: bool = typer.Option(False, "--force",
+                               help="Replace a different dataset already in --out (its files stay until the new "
+                                    "ones are complete). Without it such a directory is refused."),
 ):
     """Generate jets with Pythia 8 + FastJet into the converted layout (Pmu, Nobj, is_signal, truth_Pmu).
 
     An interrupted run keeps finished chunks; rerun the same command to resume.
+    A directory holding another dataset is never overwritten unless --force is given.
     MPI on is about 2-3x slower per jet and adds underlying-event particles.
     --detector simple clusters tracks and calorimeter towers instead of the particles.
     """
@@ -48,10 +52,13 @@ def simulate(
 
     from qpelican.data.simulate import simulate as run
 
+    from qpelican.core.io import dir_lock
+
     fractions = _parse_split(split)
     t0 = time.perf_counter()
-    paths = run(jets, str(out), seed=seed, workers=workers, split=fractions, mpi=mpi, progress=True,
-              resume=resume, detector=detector)
+    with dir_lock(out, "dataset directory"):
+        paths = run(jets, str(out), seed=seed, workers=workers, split=fractions, mpi=mpi, progress=True,
+                    resume=resume, detector=detector, force=force)
     dt = time.perf_counter() - t0
     con = Console()
     for name, p in paths.items():

@@ -1,7 +1,6 @@
 """`qpelican fit`, `qpelican evaluate`, `qpelican explain` (heavy imports inside the commands)."""
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Optional
 
@@ -37,25 +36,37 @@ def fit(
     """Train a model (or several seeds) from a YAML recipe and write the run directory."""
     from qpelican.config.recipe import load_recipe
 
+    from qpelican.core.io import check_out_dir, dir_lock
+
     r = load_recipe(recipe).with_overrides(epochs=epochs, data=data, seeds=seeds, jets=jets, sets=sets or ())
     out = out or Path("runs") / recipe.stem
-    if not resume and (out / "seeds").exists() and any((out / "seeds").iterdir()):
-        raise QpelicanError(f"run directory {out} already holds a run; pass --resume to continue it, "
-                            "or --out NEW_DIR to start another (delete the directory to start over).")
-    con = _console()
-    con.print(f"[bold]qpelican fit[/] {recipe} -> {out}  ({r.seeds} seed(s), {r.training.epochs} epochs"
-              + (", quantized" if r.quantized else ", float") + ")")
-    import qpelican.training.train as train
+    check_out_dir(out)
+    if resume and not _has_run(out):
+        raise QpelicanError(f"--resume: run directory {out} holds no run to continue (no seeds/ checkpoint); "
+                            "drop --resume to start a new run there, or give the --out of the interrupted run.")
+    with dir_lock(out, "run directory"):  # one writer per run directory
+        if not resume and _has_run(out):
+            raise QpelicanError(f"run directory {out} already holds a run; pass --resume to continue it, "
+                                "or --out NEW_DIR to start another (delete the directory to start over).")
+        con = _console()
+        con.print(f"[bold]qpelican fit[/] {recipe} -> {out}  ({r.seeds} seed(s), {r.training.epochs} epochs"
+                  + (", quantized" if r.quantized else ", float") + ")", markup=True)
+        import qpelican.training.train as train
 
-    try:
-        res = train.fit_recipe(r, out, resume=resume, progress=True,
-                               log=lambda line: con.print(line, markup=False))  # "[qat]" is text, not markup
-    except KeyboardInterrupt as exc:  # Ctrl-C or the test hook: the last committed epoch is kept
-        detail = f" ({exc})" if str(exc) else ""
-        typer.echo(f"interrupted{detail}: finished epochs are checkpointed in {out}; rerun the same command "
-                   "with --resume to continue.", err=True)
-        raise SystemExit(130)
+        try:
+            res = train.fit_recipe(r, out, resume=resume, progress=True,
+                                   log=lambda line: con.print(line, markup=False))  # "[qat]" is text, not markup
+        except KeyboardInterrupt as exc:  # Ctrl-C or the test hook: the last committed epoch is kept
+            detail = f" ({exc})" if str(exc) else ""
+            typer.echo(f"interrupted{detail}: finished epochs are checkpointed in {out}; rerun the same command "
+                       "with --resume to continue.", err=True)
+            raise SystemExit(130)
     _print_metrics(con, res, title=f"results ({out}/results.json)")
+
+
+def _has_run(out):
+    seeds = Path(out) / "seeds"
+    return seeds.is_dir() and any(seeds.iterdir())
 
 
 def _fmt(x, spec):

@@ -1,6 +1,8 @@
 """`qpelican tune`: Keras Tuner bit-width search, validation AUC against bit operations."""
 from __future__ import annotations
 
+import contextlib
+import os
 from pathlib import Path
 from typing import Optional
 
@@ -53,12 +55,16 @@ def tune(
     con.print(f"[bold]qpelican tune[/] {recipe} -> {out}  ({oracle}, {trials} trials, "
               f"{epochs or r.training.epochs} epochs per trial"
               + (f", budget {max_cost:,} BOPs" if max_cost else "") + ")")
+    from qpelican.core.io import dir_lock
     from qpelican.tune import search as tune_mod
 
+    # one search per directory; a distributed search (chief + workers) shares it by design
+    lock = contextlib.nullcontext() if os.environ.get("KERASTUNER_TUNER_ID") else dir_lock(out, "tune directory")
     try:
-        tune_mod.tune(r, out, data=data, epochs=epochs, jets=jets, trials=trials, oracle=oracle, max_cost=max_cost,
-                      cost_weight=cost_weight, resume=resume, seed=seed, log=con.print,
-                      pretrain_epochs=pretrain_epochs)
+        with lock:
+            tune_mod.tune(r, out, data=data, epochs=epochs, jets=jets, trials=trials, oracle=oracle,
+                          max_cost=max_cost, cost_weight=cost_weight, resume=resume, seed=seed, log=con.print,
+                          pretrain_epochs=pretrain_epochs)
     except KeyboardInterrupt as exc:
         detail = f" ({exc})" if str(exc) else ""
         typer.echo(f"interrupted{detail}: finished trials are kept in {out}; rerun the same command with --resume "
