@@ -473,12 +473,7 @@ def simulate(n_jets, out_dir, seed=0, workers=None, split=(0.8, 0.1, 0.1), mpi=F
     tag = _tag(n_jets, seed, cfg)
     paths = {s: os.path.join(out_dir, f"{s}.h5") for s, n in sizes.items() if n > 0}
     final_tag = f"{tag}-{_split_sizes_tag(sizes)}"
-    other = [p for p in _dataset_files(out_dir) if not _is_complete(p, final_tag) or p not in paths.values()]
-    if other and not force:
-        raise DataError(f"--out {out_dir} already holds a dataset ({', '.join(os.path.basename(p) for p in other)}) "
-                        "that is not this simulation (other jets, seed, split or settings); qpelican does not "
-                        "overwrite it. Choose another --out directory, or pass --force to replace it once the new "
-                        "files are complete.")
+    other = _other_dataset(out_dir, paths, final_tag, force)
     os.makedirs(out_dir, exist_ok=True)
     chunk_dir = os.path.join(out_dir, f".sim-chunks-{tag}")
     if not resume:
@@ -536,11 +531,21 @@ def simulate(n_jets, out_dir, seed=0, workers=None, split=(0.8, 0.1, 0.1), mpi=F
 
     _merge(plan, chunk_dir, paths, sizes, seed, final_tag, cfg)
     shutil.rmtree(chunk_dir, ignore_errors=True)
-    for p in other:  # --force: old split files the new dataset does not replace would mix with it
-        if p not in paths.values():
-            with contextlib.suppress(OSError):
-                os.remove(p)
+    for p in set(other) - set(paths.values()):  # --force: old split files not replaced would mix in
+        with contextlib.suppress(OSError):
+            os.remove(p)
     return paths
+
+
+def _other_dataset(out_dir, paths, final_tag, force):
+    """Split files in ``out_dir`` that are not this simulation; a DataError unless ``force``."""
+    other = [p for p in _dataset_files(out_dir) if not _is_complete(p, final_tag) or p not in paths.values()]
+    if other and not force:
+        raise DataError(f"--out {out_dir} already holds a dataset ({', '.join(os.path.basename(p) for p in other)}) "
+                        "that is not this simulation (other jets, seed, split or settings); qpelican does not "
+                        "overwrite it. Choose another --out directory, or pass --force to replace it once the new "
+                        "files are complete.")
+    return other
 
 
 def _dataset_files(out_dir):
