@@ -5,7 +5,13 @@ API (``register_keras_v2_layer_handler``, ``hls4ml.model.layers.register_layer``
 ``backend.register_template``, ``backend.register_source``):
 
 * the Keras-v2 handlers map each qpelican layer to an IR layer carrying its
-  :class:`~qpelican.hw.plan.LayerPlan` (types and quantized constants, see ``plan.py``);
+  :class:`~qpelican.hw.plan.LayerPlan` (types and quantized constants, see ``plan.py``) and its
+  :class:`~qpelican.hw.inventory.Stage` (operator counts: the multiplier limits). As in hls4ml's
+  extension-API example (``test/pytest/test_extensions.py``), a handler reads its layer from what
+  the converter passes it: the layer's config and the reader of the Keras model. A layer's plan
+  depends on the layers before it (input ranges, beams), so the handler plans the reader's model
+  (:func:`~qpelican.hw.plan.make_plan`, a pure function: the exporter's plan, recomputed) and
+  takes its layer; no state is handed over outside hls4ml's call;
 * the IR layers declare their output array and their weights (coefficients, biases and the
   normaliser tables become hls4ml weight variables, written to ``firmware/weights``);
 * the templates write one config struct per layer and the call of the HLS function in
@@ -15,13 +21,17 @@ import importlib.resources
 import math
 from pathlib import Path
 
-from qpelican.hw.plan import IR_NAMES, type_str
+import hls4ml
+from hls4ml.backends.template import FunctionCallTemplate, LayerConfigTemplate
+from hls4ml.converters.keras_v2_to_hls import get_layer_handlers
+from hls4ml.model.layers import Layer
+
+from qpelican.hw.inventory import stage_of
+from qpelican.hw.plan import IR_NAMES, make_plan, type_str
 
 BACKENDS = ("Vivado", "Vitis")
 HEADERS = ("nnet_qp_lorentz.h", "nnet_qp_lineq.h")
 
-# plans of the models being converted, keyed by id(keras model); set by the exporter
-PLANS = {}
 _registered = False
 
 
@@ -35,13 +45,20 @@ def header_dir():
 
 
 def _handler(keras_layer, input_names, input_shapes, data_reader, *args):
+    """hls4ml Keras-v2 handler of a qpelican layer: (IR layer dict, output shape).
+
+    Args:
+      keras_layer: the layer's entry of the model config (its name is read).
+      input_names, input_shapes: as hls4ml passes them.
+      data_reader: hls4ml's KerasModelReader; its ``model`` is planned.
+    """
     name = keras_layer["config"]["name"]
-    model = getattr(data_reader, "model", None)
-    plan = PLANS.get(id(model)) if model is not None else None
-    if plan is None:
-        raise RuntimeError(f"qpelican layer {name!r}: convert qpelican models with qpelican.hls.export_model().")
-    lp = plan["by_name"][name]
-    layer = {"class_name": lp.ir_class, "name": name, "qp_plan": lp}
+    model = getattr(data_reader, "model", None)  # a KerasModelReader; files (KerasH5) have none
+    if model is None:
+        raise RuntimeError(f"qpelican layer {name!r}: convert in-memory qpelican models with "
+                           "qpelican.hls.export_model().")
+    lp = make_plan(model)["by_name"][name]
+    layer = {"class_name": lp.ir_class, "name": name, "qp_plan": lp, "qp_stage": stage_of(lp)}
     if input_names is not None:
         layer["inputs"] = list(input_names)
     return layer, [None, *lp.out_shape]
@@ -52,8 +69,6 @@ def _handler(keras_layer, input_names, input_shapes, data_reader, *args):
 
 
 def _ir_layers():
-    from hls4ml.model.layers import Layer
-
     class _QPLayer(Layer):
         def initialize(self):
             lp = self.get_attr("qp_plan")
@@ -73,6 +88,11 @@ def _ir_layers():
 # templates
 
 
+def _multiplier_limit(node, reuse):
+    """ceil(multipliers / reuse): the layer's multipliers counted by its inventory stage."""
+    return math.ceil(node.get_attr("qp_stage").n_multipliers / reuse)
+
+
 def _cfg_lines(lp, node):
     """Lines of the config struct of one layer."""
     p = lp.params
@@ -90,22 +110,19 @@ def _cfg_lines(lp, node):
         lines += [f"static const unsigned n = {n};"]
         base = "qp_mask_config"
     elif lp.keras_class == "LorentzInvariants":
-        pairs = n * (n - 1) // 2 if p["zero_diagonal"] else n * (n + 1) // 2
         lines += [f"static const unsigned n = {n};", f"static const bool zero_diagonal = {b(p['zero_diagonal'])};",
                   f"static const unsigned reuse_factor = {reuse};",
-                  f"static const unsigned multiplier_limit = {math.ceil(4 * pairs / reuse)};",
+                  f"static const unsigned multiplier_limit = {_multiplier_limit(node, reuse)};",
                   f"typedef {type_str(t['dot_t'])} dot_t;"]
         base = "qp_invariants_config"
     elif lp.keras_class == "LinEq2to2":
         ci, co, al = p["n_in"], p["n_out"], p["alias"]
-        n_agg = sum(1 for k in range(5) if al[k] == k)
-        mults = ci * (n_agg_vec(al) * n + (n_agg - n_agg_vec(al))) + ci * co * (n * (n - 1) // 2 + 3 * n + 2)
         lines += [f"static const unsigned n = {n};", f"static const unsigned n_in = {ci};",
                   f"static const unsigned n_out = {co};", f"static const bool relu = {b(p['relu'])};",
                   f"static const unsigned alias_1 = {al[1]};", f"static const unsigned alias_2 = {al[2]};",
                   f"static const unsigned alias_4 = {al[4]};",
                   f"static const unsigned reuse_factor = {reuse};",
-                  f"static const unsigned multiplier_limit = {math.ceil(mults / reuse)};"]
+                  f"static const unsigned multiplier_limit = {_multiplier_limit(node, reuse)};"]
         for k in ("n_t", "sum_t", "total_t", "agg_t", "accum_t"):
             lines.append(f"typedef {type_str(t[k])} {k};")
         lines += [f"typedef {node.get_weights('w').type.name} coef_t;", f"typedef {node.get_weights('b').type.name} bias_t;"]
@@ -114,11 +131,10 @@ def _cfg_lines(lp, node):
         base = "qp_lineq2to2_config"
     elif lp.keras_class == "LinEq2to0":
         ci, co = p["n_in"], p["n_out"]
-        mults = 2 * ci + 2 * ci * co
         lines += [f"static const unsigned n = {n};", f"static const unsigned n_in = {ci};",
                   f"static const unsigned n_out = {co};", f"static const bool relu = {b(p['relu'])};",
                   f"static const unsigned reuse_factor = {reuse};",
-                  f"static const unsigned multiplier_limit = {math.ceil(mults / reuse)};"]
+                  f"static const unsigned multiplier_limit = {_multiplier_limit(node, reuse)};"]
         for k in ("n_t", "total_t", "trace_t", "agg_t", "accum_t"):
             lines.append(f"typedef {type_str(t[k])} {k};")
         lines += [f"typedef {node.get_weights('w').type.name} coef_t;", f"typedef {node.get_weights('b').type.name} bias_t;",
@@ -128,11 +144,6 @@ def _cfg_lines(lp, node):
     else:  # pragma: no cover
         raise RuntimeError(lp.keras_class)
     return base, lines
-
-
-def n_agg_vec(alias):
-    """Distinct per-particle aggregates (S-ops whose table is not an alias)."""
-    return sum(1 for k in range(3) if alias[k] == k)
 
 
 def _function_call(lp, node):
@@ -156,8 +167,6 @@ def _function_call(lp, node):
 
 
 def _templates(classes):
-    from hls4ml.backends.template import FunctionCallTemplate, LayerConfigTemplate
-
     layer_classes = tuple(classes.values())
     includes = [f"nnet_utils/{h}" for h in HEADERS]
 
@@ -186,9 +195,6 @@ def register():
     global _registered
     if _registered:
         return
-    import hls4ml
-    from hls4ml.converters.keras_v2_to_hls import get_layer_handlers
-
     handlers = get_layer_handlers()
     for keras_name in IR_NAMES:
         if keras_name not in handlers:

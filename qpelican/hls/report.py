@@ -1,15 +1,19 @@
 """Firmware report without Vivado: operators and their widths, BOPs, arrays, pragmas; synthesis parsing.
 
-Operator counts follow the dataflow of ``export/nnet_qp_*.h`` exactly (what the C++ computes
-per jet, fully unrolled); widths are the exact operand and accumulator widths of the plan.
-BOPs of a product a x b = a*b, of an addition = result width (as :mod:`qpelican.hw.cost`, whose
-own estimate, the tuner's cost axis, is included under ``cost_model``).
+The operators are the firmware's inventory (:func:`qpelican.hw.inventory.from_plan`, exact widths:
+the types the C++ is generated with) and their BOPs and DSP/LUT estimates come from
+:func:`qpelican.hw.cost.summarize`, so the report and the cost model count the same operators the
+same way. ``cost_model`` is :func:`qpelican.hw.cost.model_cost`'s figure (what fit and tune record:
+widths that hold for any weights on the recipe's grids); ``cost_model.differences`` names each
+operator whose width or count differs from the firmware's, with its BOPs.
 """
 import os
 import shutil
 
+from qpelican.core.errors import ExportError
+from qpelican.hw.cost import differences, summarize
 from qpelican.hw.fixed import Fx
-from qpelican.hw.plan import type_str
+from qpelican.hw.inventory import EXACT, RECIPE, Adder, from_plan, width_of
 
 PRAGMAS = {
     "MomentumInput": ["INLINE", "UNROLL (copy; beams are constants)"],
@@ -24,61 +28,19 @@ PRAGMAS = {
 }
 TOP_PRAGMAS = ["PIPELINE (top function, io_parallel)", "ARRAY_RESHAPE complete (inputs/outputs)",
                "ARRAY_PARTITION complete (layer outputs)", "INTERFACE ap_vld"]
+COST_KEYS = ("bops", "bops_multipliers", "bops_adders", "n_multipliers", "n_adders", "dsp_estimate", "lut_estimate",
+             "reuse", "widths")
 
 
-def _w(t):
-    if isinstance(t, Fx):
-        return t.width
-    import re
-
-    m = re.search(r"<(\d+)", str(t))
-    return int(m.group(1)) if m else 1
-
-
-def operations(plan):
-    """[{layer, op, kind: mult|add, count, widths|width}] per jet, from the plan's exact types."""
+def operations(inv):
+    """[{layer, op, kind: mult|add, count, widths|width}] per jet of an inventory."""
     ops = []
-
-    def mult(layer, what, count, a, b):
-        if count:
-            ops.append({"layer": layer, "op": what, "kind": "mult", "count": int(count), "widths": [int(a), int(b)]})
-
-    def add(layer, what, count, width):
-        if count:
-            ops.append({"layer": layer, "op": what, "kind": "add", "count": int(count), "width": int(width)})
-
-    for lp in plan["layers"]:
-        n, t, p = lp.n, lp.types, lp.params
-        if lp.keras_class == "LorentzInvariants":
-            pairs = n * (n - 1) // 2 if p["zero_diagonal"] else n * (n + 1) // 2
-            wp = _w(plan["layers"][0].out_type)
-            mult(lp.name, "p_i,mu * p_j,mu (pairs i<j)", 4 * pairs, wp, wp)
-            add(lp.name, "Minkowski sum (3 per pair)", 3 * pairs, _w(t["dot_t"]))
-        elif lp.keras_class == "LinEq2to2":
-            ci, co, al = p["n_in"], p["n_out"], p["alias"]
-            add(lp.name, "column sums S_j (= row sums)", ci * n * max(n - 2, 0), _w(t["sum_t"]))
-            add(lp.name, "total T = sum_j S_j", ci * (n - 1), _w(t["total_t"]))
-            for k in range(5):
-                if al[k] == k:
-                    src = "S_j" if k < 3 else "T"
-                    cnt = ci * (n if k < 3 else 1)
-                    mult(lp.name, f"{src} x table{k}[n] -> aggregate", cnt, _w(t["sum_t" if k < 3 else "total_t"]),
-                         _w(t[f"table{k}_t"]))
-            wc, wa, wacc = _w(lp.weights["w"][1]), _w(t["agg_t"]), _w(t["accum_t"])
-            pairs = n * (n - 1) // 2
-            mult(lp.name, "w0 * d_ij (once per unordered pair)", ci * co * pairs, wc, _w(t["x"]))
-            mult(lp.name, "row/column/diagonal coefficients", ci * co * 3 * n, wc, wa)
-            mult(lp.name, "scalar coefficients", ci * co * 2, wc, wa)
-            add(lp.name, "per-particle terms (row, column, diagonal)", co * (3 * n * ci + 2 * ci), wacc)
-            add(lp.name, "z_ij = w0 d_ij + row_i + col_j (+ diag_i)", co * (4 * pairs + 2 * n + (ci - 1) * pairs), wacc)
-        elif lp.keras_class == "LinEq2to0":
-            ci, co = p["n_in"], p["n_out"]
-            add(lp.name, "total sum over pairs", ci * (n * n - 1), _w(t["total_t"]))
-            add(lp.name, "trace", ci * (n - 1), _w(t["trace_t"]))
-            mult(lp.name, "total x table0[n]", ci, _w(t["total_t"]), _w(t["table0_t"]))
-            mult(lp.name, "trace x table1[n]", ci, _w(t["trace_t"]), _w(t["table1_t"]))
-            mult(lp.name, "output coefficients", 2 * ci * co, _w(lp.weights["w"][1]), _w(t["agg_t"]))
-            add(lp.name, "output sum", 2 * ci * co, _w(t["accum_t"]))
+    for s in inv.stages:
+        for o in s.multipliers + s.adders:
+            if isinstance(o, Adder):
+                ops.append({"layer": s.layer, "op": o.what, "kind": "add", "count": o.count, "width": o.width})
+            else:
+                ops.append({"layer": s.layer, "op": o.what, "kind": "mult", "count": o.count, "widths": list(o.widths)})
     return ops
 
 
@@ -92,7 +54,7 @@ def _layer_entry(lp, hls_layer=None):
         "hls_function": {"MomentumInput": "qp_momentum_input", "ParticleMask": "qp_particle_mask",
                          "LorentzInvariants": "qp_lorentz_invariants", "LinEq2to2": "qp_lineq2to2_nano",
                          "LinEq2to0": "qp_lineq2to0"}[lp.keras_class],
-        "output": {"shape": list(lp.out_shape), "elements": size, "type": lp.out_type, "bits": size * _w(lp.out_type)},
+        "output": {"shape": list(lp.out_shape), "elements": size, "type": lp.out_type, "bits": size * width_of(lp.out_type)},
         "types": {k: (v.describe() if isinstance(v, Fx) else {"type": str(v)}) for k, v in lp.types.items()},
         "weights": {k: {"elements": int(len(v[0])), "type": v[1]} for k, v in lp.weights.items()},
         "params": {k: v for k, v in lp.params.items() if k != "alias"} | (
@@ -105,57 +67,79 @@ def _layer_entry(lp, hls_layer=None):
     return entry
 
 
-def build_report(model, plan, hls_model=None, settings=None):
-    """The report dict (report.json)."""
-    settings = dict(settings or {})
-    first = plan["layers"][0]
+def _totals(inv, reuse, plan):
+    """Totals of the firmware's exact inventory (cost.summarize: the cost model's arithmetic)."""
+    c = summarize(inv, reuse)
+    return {"multipliers": c["n_multipliers"], "adders": c["n_adders"], "table_lookups": c["n_lookups"],
+            "bops": c["bops"], "bops_multipliers": c["bops_multipliers"], "bops_adders": c["bops_adders"],
+            "dsp_estimate": c["dsp_estimate"], "lut_estimate": c["lut_estimate"],
+            "array_bits": int(sum(_layer_entry(lp)["output"]["bits"] for lp in plan["layers"]))}
 
-    mi = first.params
-    fmt_range = first.types["input"]
-    ops = operations(plan)
-    bops_m = sum(o["count"] * o["widths"][0] * o["widths"][1] for o in ops if o["kind"] == "mult")
-    bops_a = sum(o["count"] * o["width"] for o in ops if o["kind"] == "add")
-    hls_layers = {}
-    if hls_model is not None:
-        for layer in hls_model.get_layers():
-            hls_layers[layer.name] = layer
-    inp_layer = model.get_layer(first.name)
-    fmt = inp_layer.input_format
-    rep = {
+
+def _cost_model(plan, reuse, exact):
+    """model_cost's figure (RECIPE widths, the same plan) and the operators where it differs from ``exact``."""
+    recipe = from_plan(plan, RECIPE)
+    cost = summarize(recipe, reuse)
+    out = {k: cost[k] for k in COST_KEYS}
+    out["differences"] = differences(exact, recipe)
+    out["bops_difference"] = cost["bops"] - summarize(exact, reuse)["bops"]
+    return out
+
+
+def _input_entry(model, plan):
+    mi = plan["layers"][0].params
+    fmt = model.get_layer(plan["layers"][0].name).input_format
+    return {
+        "tensor": plan["input"]["name"],
+        "constituents": mi["n_in"],
+        "beams": mi["beams"],
+        "type": plan["layers"][0].types["input"],
+        "scale_gev": mi["scale"],
+        "declared_range_gev": [fmt.min * mi["scale"], fmt.max * mi["scale"]],
+        "lsb_gev": fmt.lsb * mi["scale"],
+        "what_the_firmware_expects": "p_hat = Q_input(p / scale) per component (E, px, py, pz), zero-padded; "
+                                     "the widths below hold for every input in the declared range (no overflow)",
+    }
+
+
+def build_report(model, plan, hls_model=None, settings=None):
+    """The report dict (report.json).
+
+    Args:
+      model: the Keras model the plan was made from.
+      plan: its firmware plan (``make_plan``).
+      hls_model: the hls4ml model (reuse factors per layer), optional.
+      settings: export settings (``reuse`` is read for the DSP/LUT estimates).
+    """
+    settings = dict(settings or {})
+    reuse = int(settings.get("reuse", 1) or 1)
+    hls_layers = {layer.name: layer for layer in hls_model.get_layers()} if hls_model is not None else {}
+    inv = from_plan(plan, EXACT)
+    return {
         "settings": settings,
-        "input": {
-            "tensor": plan["input"]["name"],
-            "constituents": mi["n_in"],
-            "beams": mi["beams"],
-            "type": fmt_range,
-            "scale_gev": mi["scale"],
-            "declared_range_gev": [fmt.min * mi["scale"], fmt.max * mi["scale"]],
-            "lsb_gev": fmt.lsb * mi["scale"],
-            "what_the_firmware_expects": "p_hat = Q_input(p / scale) per component (E, px, py, pz), zero-padded; "
-                                         "the widths below hold for every input in the declared range (no overflow)",
-        },
+        "input": _input_entry(model, plan),
         "layers": [_layer_entry(lp, hls_layers.get(lp.name)) for lp in plan["layers"]],
-        "operations": ops,
-        "totals": {
-            "multipliers": int(sum(o["count"] for o in ops if o["kind"] == "mult")),
-            "adders": int(sum(o["count"] for o in ops if o["kind"] == "add")),
-            "bops": int(bops_m + bops_a),
-            "bops_multipliers": int(bops_m),
-            "bops_adders": int(bops_a),
-            "array_bits": int(sum(_layer_entry(lp)["output"]["bits"] for lp in plan["layers"])),
-        },
+        "operations": operations(inv),
+        "totals": _totals(inv, reuse, plan),
+        "cost_model": _cost_model(plan, reuse, inv),
         "top_pragmas": TOP_PRAGMAS,
         "keras_reference_exact": plan["keras_exact"],
     }
-    try:
-        from qpelican.hw.cost import model_cost
 
-        cost = model_cost(model, reuse=int(settings.get("reuse", 1) or 1))
-        rep["cost_model"] = {k: cost[k] for k in ("bops", "bops_multipliers", "bops_adders", "n_multipliers",
-                                                  "n_adders", "dsp_estimate", "lut_estimate", "reuse")}
-    except Exception as exc:  # the cost model is optional for the report
-        rep["cost_model"] = {"error": str(exc)}
-    return rep
+
+def _cost_lines(c):
+    """The cost model's figure against the report's, every difference named."""
+    head = (f"cost model (qpelican.hw.cost.model_cost, as fit and tune record it): {c['bops']:,} BOPs, "
+            f"~{c['dsp_estimate']} DSP, ~{c['lut_estimate']:,} LUT (estimates; synthesis is the truth)")
+    if not c["differences"]:
+        return [head, "  same operators and widths as above"]
+    lines = [head, f"  {c['bops_difference']:+,} BOPs vs the firmware above: the cost model sizes these for any "
+                   "weights on the recipe's grids, the firmware for these weights:"]
+    for d in c["differences"]:
+        key = "widths" if "widths" in d else "width"
+        fw, cm = (f"{n} x {w if key == 'width' else 'x'.join(map(str, w or []))}" for n, w in zip(d["count"], d[key]))
+        lines.append(f"    {d['layer']} {d['op']}: firmware {fw}, cost model {cm} ({d['bops']:+,} BOPs)")
+    return lines
 
 
 def format_report(rep):
@@ -186,10 +170,7 @@ def format_report(rep):
     t = rep["totals"]
     lines.append(f"total: {t['multipliers']:,} multipliers, {t['adders']:,} adders, {t['bops']:,} BOPs; "
                  f"layer outputs {t['array_bits']:,} bits")
-    c = rep.get("cost_model", {})
-    if "bops" in c:
-        lines.append(f"cost model (qpelican.hw.cost): {c['bops']:,} BOPs, ~{c['dsp_estimate']} DSP, ~{c['lut_estimate']:,} LUT "
-                     f"(estimates; synthesis is the truth)")
+    lines += _cost_lines(rep["cost_model"])
     if not rep.get("keras_reference_exact", True):
         lines.append("warning: some widths exceed float64's 53 bits; the QKeras reference is not exact there")
     syn = rep.get("synthesis")
@@ -204,8 +185,6 @@ HLS_TOOLS = {"Vitis": "vitis-run", "Vivado": "vivado_hls"}  # what hls4ml 1.3.0 
 
 def synthesize(hls_model, backend):
     """Run hls4ml ``build()`` (C synthesis) and parse its report; ExportError without the HLS tool."""
-    from qpelican.core.errors import ExportError
-
     tool = HLS_TOOLS[backend]
     if shutil.which(tool) is None:
         raise ExportError(

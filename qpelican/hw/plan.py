@@ -16,10 +16,12 @@ The plan is pure Python/numpy (no hls4ml): the exporter, the report and the test
 from dataclasses import dataclass, field
 
 import numpy as np
+import tf_keras
 
 from qpelican.core.errors import ExportError
 from qpelican.hw import fixed
 from qpelican.hw.fixed import Fx, const, fit_values, from_format
+from qpelican.nn.layers import LAYERS
 
 # Keras class name -> our hls4ml IR layer class name
 IR_NAMES = {
@@ -51,6 +53,11 @@ class LayerPlan:
     weights: dict = field(default_factory=dict)  # name -> (np.ndarray flattened C-order, ap type)
     params: dict = field(default_factory=dict)  # scalar settings for the config struct
     notes: list = field(default_factory=list)
+    # weight-independent versions of the entries of types/params that depend on the weights (accum_t;
+    # with alpha the tables and "alias"): what any weights on the quantizer grids need. The cost model
+    # of a recipe uses them (qpelican.hw.inventory RECIPE), so a model costs the same before and after
+    # training; the firmware is generated with the exact types.
+    bounds: dict = field(default_factory=dict)
 
 
 def _inbound(model_config):
@@ -81,8 +88,6 @@ def _weights(layer, attr, qname):
 
 
 def _activation_name(layer):
-    import tf_keras
-
     name = tf_keras.activations.serialize(layer.activation) if layer.activation is not None else "linear"
     if isinstance(name, dict):
         name = name.get("config", {}).get("name", name.get("class_name"))
@@ -110,6 +115,19 @@ def _sum_terms(terms):
     return total
 
 
+def _accum_bound(coef, operands, c_in, n_biases, bias):
+    """Range of a pre-activation for any coefficients and biases on their grids.
+
+    Args:
+      coef, bias: the coefficient and bias formats.
+      operands: ranges multiplied by one coefficient each, per input channel.
+      c_in: input channels; n_biases: bias terms added (1, or 2 with the diagonal bias).
+    """
+    c_rng = from_format(coef)
+    terms = [c_rng * r for _ in range(c_in) for r in operands] + [from_format(bias)] * n_biases
+    return _sum_terms(terms)
+
+
 def _check_float64(plan, width, what):
     if width > FLOAT64_BITS:
         plan.notes.append(f"{what} needs {width} bits > 53: the QKeras reference (float64) is not exact there; "
@@ -122,8 +140,6 @@ def make_plan(model):
 
     Raises ExportError for anything the firmware does not implement.
     """
-    from qpelican.nn.layers import LAYERS
-
     cfg = model.get_config()
     if "layers" not in cfg:
         raise ExportError("only functional qpelican models (built by qpelican.build_model) can be exported.")
@@ -149,7 +165,9 @@ def make_plan(model):
             input_plan = {"name": layer.name, "n": int(shape[0]), "shape": shape}
             state[layer.name] = {"kind": "raw", "n": int(shape[0])}
             continue
-        if cls == "Dropout":  # identity at inference (PairDropout arrives as Dropout: exporter._hls4ml_view)
+        # identity at inference: the exporter hands PairDropout to hls4ml as Dropout, the cost model
+        # plans the model as trained
+        if cls in ("Dropout", "PairDropout"):
             state[layer.name] = {"alias": ins[0]}
             continue
         if cls == "MaskedBatchNorm":
@@ -180,7 +198,7 @@ def make_plan(model):
                     out_type = rng.ap_type()
             p = LayerPlan(layer.name, cls, IR_NAMES[cls], ins, n, (n, 4), out_type, params=params,
                           types={"input": fmt.ap_type()})
-            state[layer.name] = {"kind": "momenta", "n": n, "range": rng, "fmt": fmt}
+            state[layer.name] = {"kind": "momenta", "n": n, "range": rng, "fmt": fmt, "type": out_type}
         elif cls == "ParticleMask":
             src = state[ins[0]]
             if src.get("kind") != "momenta":
@@ -198,7 +216,7 @@ def make_plan(model):
             sq = pr * pr
             dot = sq - sq - sq - sq  # E_i E_j - px px - py py - pz pz, exact
             p = LayerPlan(layer.name, cls, IR_NAMES[cls], ins, n, (n, n, 1), fmt.ap_type(),
-                          types={"dot_t": dot}, params={"n": n, "zero_diagonal": bool(layer.zero_diagonal)})
+                          types={"p": src["type"], "dot_t": dot}, params={"n": n, "zero_diagonal": bool(layer.zero_diagonal)})
             _check_float64(p, dot.width, "the Minkowski product")
             state[layer.name] = {"kind": "pairs", "n": n, "range": from_format(fmt), "fmt": fmt, "c": 1,
                                  "symmetric": True, "zero_diagonal": bool(layer.zero_diagonal)}
@@ -268,6 +286,9 @@ def _plan_2to2(layer, ins, x):
         z = _sum_terms(terms)
         accum = z if accum is None else accum.union(z)
     prods = {k: (s_rng if k < 3 else t_rng) * tab_rng[k] for k in range(5)}
+    bounds = {"accum_t": _accum_bound(coef, [xr] + [agg_rng] * 5, c_in, 1 + (layer.diag_bias_weight is not None), bias)}
+    if layer.alpha:  # tables follow the trained exponents: table_bits wide, no two alike
+        bounds.update({f"table{k}_t": layer.table_bits for k in range(5)}, alias={k: k for k in range(5)})
     weights = {
         "w": (w.reshape(-1), coef.ap_type()),
         "b": (b.reshape(-1), bias.ap_type()),
@@ -284,6 +305,7 @@ def _plan_2to2(layer, ins, x):
         params={"n": n, "n_in": c_in, "n_out": h, "relu": act == "relu", "zero_diagonal": True,
                 "alias": alias, "table_bits": layer.table_bits, "alpha": bool(layer.alpha),
                 "aggregation": layer.aggregation, "nbar": layer.nbar},
+        bounds=bounds,
     )
     for k in range(5):
         _check_float64(p, prods[k].width, f"aggregate product {k}")
@@ -318,6 +340,9 @@ def _plan_2to0(layer, ins, x):
         terms.append(const(b[hh], bias.frac))
         z = _sum_terms(terms)
         accum = z if accum is None else accum.union(z)
+    bounds = {"accum_t": _accum_bound(coef, [agg_rng, agg_rng], c_in, 1, bias)}
+    if layer.alpha:
+        bounds.update(table0_t=layer.table_bits, table1_t=layer.table_bits)
     if out is None:
         out_type = accum.ap_type()
     else:
@@ -331,6 +356,7 @@ def _plan_2to0(layer, ins, x):
                  "t0": (t0, r0.ap_type()), "t1": (t1, r1.ap_type())},
         params={"n": n, "n_in": c_in, "n_out": h, "relu": act == "relu", "float_output": out is None,
                 "table_bits": layer.table_bits, "alpha": bool(layer.alpha)},
+        bounds=bounds,
     )
     _check_float64(p, (tot_rng * r0).width, "the total-sum product")
     _check_float64(p, accum.width, "the output sum")
