@@ -118,10 +118,6 @@ def fit_values(values):
     return Fx(min(vals), max(vals), frac)
 
 
-def ceil_log2(n):
-    return max(int(n) - 1, 0).bit_length()
-
-
 def uint_type(max_value):
     """``ap_uint`` wide enough for 0..max_value."""
     return f"ap_uint<{max(int(max_value).bit_length(), 1)}>"
