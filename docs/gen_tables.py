@@ -74,8 +74,9 @@ def export_table(path=EXPORT_RECORD.relative_to(REPO)):
     if cost.get("differences"):
         ops = "; ".join(f"{d['op']} ({d['layer']}): {d['width'][0]} vs {d['width'][1]} bits"
                         for d in cost["differences"])
-        lines.append(f"| report vs cost model | {_num(cost.get('bops_difference', 0))} BOPs: the cost model sizes "
-                     f"these adders from the recipe's formats, the report from the proven ranges: {ops} |")
+        lines.append(f"| report vs cost model | {_num(cost.get('bops_difference', 0))} BOPs: the firmware sizes these "
+                     f"adders for the trained weights, the cost model for any weights on the recipe's grids "
+                     f"(firmware vs cost model): {ops} |")
     lines.append(f"| QKeras reference exact (float64 suffices) | {'yes' if rep.get('keras_reference_exact') else 'no'} |")
     if ver:
         lines.append(f"| differing jets / outputs | **{ver['differing_jets']} / {ver['differing_outputs']}** of "
