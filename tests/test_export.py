@@ -4,6 +4,7 @@ Each C-simulation compile takes 5-15 s; three models are compiled (two small N, 
 """
 import json
 import os
+import re
 
 import numpy as np
 import pytest
@@ -79,6 +80,25 @@ def test_project_files(exported8):
     assert any(w.startswith("t0_l") for w in weights) and any(w.startswith("w_l") for w in weights)
 
 
+def test_report_reads_the_inventory(exported8):
+    """The multiplier limits in parameters.h, the report's totals and the cost model all read the
+    one inventory; where the cost model's widths differ from the firmware's, the operator is named."""
+    from qpelican.hls.report import build_report, format_report
+    from qpelican.hw.cost import model_cost, summarize
+    from qpelican.hw.inventory import EXACT, from_plan
+
+    model, hls_model, plan, out = exported8
+    inv = from_plan(plan, EXACT)
+    limits = [int(v) for v in re.findall(r"multiplier_limit = (\d+);", (out / "firmware/parameters.h").read_text())]
+    assert sorted(limits) == sorted(s.n_multipliers for s in inv.stages)
+    rep = build_report(model, plan, hls_model, {"reuse": 1})
+    exact, cost = summarize(inv), model_cost(model)
+    assert rep["totals"]["bops"] == exact["bops"] and rep["totals"]["multipliers"] == exact["n_multipliers"]
+    assert rep["cost_model"]["bops"] == cost["bops"] == exact["bops"] + sum(d["bops"] for d in rep["cost_model"]["differences"])
+    text = format_report(rep)
+    assert all(f"{d['layer']} {d['op']}:" in text for d in rep["cost_model"]["differences"])
+
+
 def test_nano_6bit_alpha_mean_beams_float_output(tmp_path):
     model = nano(20, Q6, seed=2, alpha=True, beams=True, scale=16.0, aggregation="mean")
     hls_model, plan = export_model(model, tmp_path / "prj6")
@@ -107,6 +127,7 @@ def test_cli_n80_simulated_jets(sim_dir, tmp_path, capsys):
     assert "auc_hls" in ver and ver["auc_hls"] == ver["auc_keras"]
     assert rep["settings"]["reuse"] == 2 and rep["settings"]["backend"] == "Vivado"
     assert rep["totals"]["multipliers"] > 0 and rep["cost_model"].get("bops", 0) > 0
+    assert rep["totals"]["bops"] + rep["cost_model"]["bops_difference"] == rep["cost_model"]["bops"]
     assert "0 of 300 jets differ" in capsys.readouterr().out
 
 
