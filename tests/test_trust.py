@@ -39,7 +39,7 @@ def run_cli(argv, capsys):
     except SystemExit as exc:
         code = exc.code
     out = capsys.readouterr()
-    return code, out.out + out.err
+    return code, " ".join((out.out + out.err).split())  # rich wraps long lines
 
 
 def user_error(argv, capsys, *needles):
@@ -131,6 +131,7 @@ def hostile(tmp_path_factory):
 
 
 @pytest.mark.parametrize("kind, needle", [("legacy", "legacy HDF5"), ("ziplambda", "Lambda")])
+@pytest.mark.filterwarnings("ignore:You are saving your model as an HDF5 file")
 def test_hostile_models_run_no_code(hostile, kind, needle, sim_dir, tmp_path, capsys):
     d, marker = hostile
     run = d / kind
@@ -223,8 +224,7 @@ def test_lock_of_a_killed_process_does_not_block(tmp_path):
     out = tmp_path / "out"
     holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
         import sys, time
-        from qpelican.core.errors import QpelicanError
-from qpelican.core.io import dir_lock
+        from qpelican.core.io import dir_lock
         with dir_lock({str(out)!r}):
             print("locked", flush=True)
             time.sleep(600)
