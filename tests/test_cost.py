@@ -46,6 +46,7 @@ def test_inventory_hand_counted(tiny):
     inv = from_plan(make_plan(tiny), EXACT)
     assert [(s.layer, s.kind) for s in inv.stages] == [("invariants", "invariants"), ("lineq_2to2", "2to2"),
                                                        ("lineq_2to0", "2to0")]
+    assert [s.layer for s in inv.of_kind("2to2")] == ["lineq_2to2"]
     # 6 pairs i<j: 4 products and 3 additions each
     assert ops(inv.stage("invariants")) == {"p_i,mu * p_j,mu (pairs i<j)": (24, (8, 8)),
                                             "Minkowski sum (3 per pair)": (18, 17)}
@@ -82,6 +83,7 @@ def test_inventory_hand_counted(tiny):
     lineq0 = 9 + 30 * 12 + 6 * 10 + 2 * 12 + 2 * 10 + 4 * 64 + 4 * 15
     assert cost["bops"] == lorentz + lineq2 + lineq0 == 6712
     assert cost["n_multipliers"] == 24 + 4 + 1 + 12 + 24 + 4 + 2 + 2 + 4
+    assert inv.stage("lineq_2to0").n_adders == 3 + 30 + 6 + 4
     assert cost["n_lookups"] == 2 + 4
 
 

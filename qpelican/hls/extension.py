@@ -44,12 +44,12 @@ def header_dir():
 # Keras-v2 handlers
 
 
-def _handler(keras_layer, input_names, input_shapes, data_reader, *args):
+def _handler(keras_layer, input_names, _input_shapes, data_reader, *args):
     """hls4ml Keras-v2 handler of a qpelican layer: (IR layer dict, output shape).
 
     Args:
       keras_layer: the layer's entry of the model config (its name is read).
-      input_names, input_shapes: as hls4ml passes them.
+      input_names, _input_shapes: as hls4ml passes them (the shapes follow from the plan).
       data_reader: hls4ml's KerasModelReader; its ``model`` is planned.
     """
     name = keras_layer["config"]["name"]

@@ -135,6 +135,102 @@ def _check_float64(plan, width, what):
         plan.params["keras_exact"] = False
 
 
+def _refuse(layer, cls):
+    """ExportError for a layer the firmware does not implement (Dropout and planned classes pass)."""
+    if cls == "MaskedBatchNorm":
+        raise ExportError(
+            f"layer {layer.name!r} (MaskedBatchNorm) cannot be exported: masked batch normalisation has no "
+            f"bit-exact fixed-point form here. {NANO_FIX}")
+    if cls in ("EdgeDense", "QDense", "Dense"):
+        raise ExportError(
+            f"layer {layer.name!r} ({cls}) belongs to full PELICAN, which the firmware exporter does not "
+            f"support (only nanoPELICAN). {NANO_FIX}")
+    if cls not in IR_NAMES:
+        extra = "" if cls in {c.__name__ for c in LAYERS} else " (not a qpelican layer)"
+        raise ExportError(f"layer {layer.name!r} ({cls}){extra} is not supported by the firmware exporter. {NANO_FIX}")
+
+
+def _input_plan(layer):
+    shape = tuple(layer.output_shape[0][1:] if isinstance(layer.output_shape, list) else layer.output_shape[1:])
+    if len(shape) != 2 or shape[1] != 4:
+        raise ExportError(f"model input {layer.name!r} has shape {shape}; expected (N, 4) momenta. {NANO_FIX}")
+    return {"name": layer.name, "n": int(shape[0]), "shape": shape}
+
+
+def _needs(layer, src, kind, what):
+    if src.get("kind") != kind:
+        raise ExportError(f"layer {layer.name!r}: {what} must be computed from MomentumInput. {NANO_FIX}")
+
+
+def _plan_momentum(layer, ins, state):
+    """MomentumInput: the input format, widened to hold the beams' energy when needed."""
+    fmt = _fmt(layer, "input", "input")
+    rng = from_format(fmt)
+    n_in = state[ins[0]]["n"]
+    n = n_in + 2 * int(layer.beams)
+    out_type = fmt.ap_type()
+    params = {"n_in": n_in, "n_out": n, "beams": bool(layer.beams), "beam_energy": float(layer.beam_energy),
+              "scale": float(layer.scale)}
+    if layer.beams:
+        e = const(layer.beam_energy)
+        if not (rng.lo <= e.lo <= rng.hi and e.frac <= rng.frac):
+            rng = rng.union(e).union(-e)
+            out_type = rng.ap_type()
+    p = LayerPlan(layer.name, "MomentumInput", IR_NAMES["MomentumInput"], ins, n, (n, 4), out_type, params=params,
+                  types={"input": fmt.ap_type()})
+    return p, {"kind": "momenta", "n": n, "range": rng, "fmt": fmt, "type": out_type}
+
+
+def _plan_mask(layer, ins, state):
+    src = state[ins[0]]
+    _needs(layer, src, "momenta", "the particle mask")
+    n = src["n"]
+    p = LayerPlan(layer.name, "ParticleMask", IR_NAMES["ParticleMask"], ins, n, (n,), "ap_uint<1>", params={"n": n})
+    return p, {"kind": "mask", "n": n}
+
+
+def _plan_invariants(layer, ins, state):
+    """LorentzInvariants: the exact Minkowski product of two momenta, rounded once."""
+    src = state[ins[0]]
+    _needs(layer, src, "momenta", "Lorentz invariants")
+    n = src["n"]
+    fmt = _fmt(layer, "invariant", "invariants")
+    sq = src["range"] * src["range"]
+    dot = sq - sq - sq - sq  # E_i E_j - px px - py py - pz pz, exact
+    p = LayerPlan(layer.name, "LorentzInvariants", IR_NAMES["LorentzInvariants"], ins, n, (n, n, 1), fmt.ap_type(),
+                  types={"p": src["type"], "dot_t": dot}, params={"n": n, "zero_diagonal": bool(layer.zero_diagonal)})
+    _check_float64(p, dot.width, "the Minkowski product")
+    return p, {"kind": "pairs", "n": n, "range": from_format(fmt), "fmt": fmt, "c": 1, "symmetric": True,
+               "zero_diagonal": bool(layer.zero_diagonal)}
+
+
+def _plan_lineq2to2(layer, ins, state):
+    if layer.basis != "nano":
+        raise ExportError(
+            f"layer {layer.name!r} (LinEq2to2, basis {layer.basis!r}): only the 6-op nano basis is exported; "
+            f"the 15-op full basis (full PELICAN) is not supported. {NANO_FIX}")
+    x, m = state[ins[0]], state[ins[1]]
+    if x.get("kind") != "pairs" or not x.get("symmetric") or not x.get("zero_diagonal") or m.get("kind") != "mask":
+        raise ExportError(
+            f"layer {layer.name!r}: the nano basis needs the symmetric, zero-diagonal invariants d_ij and the "
+            f"particle mask as inputs. {NANO_FIX}")
+    return _plan_2to2(layer, ins, x), {"kind": "pairs", "n": x["n"], "range": from_format(layer.output_format),
+                                       "fmt": layer.output_format, "c": layer.channels, "symmetric": False,
+                                       "zero_diagonal": False}
+
+
+def _plan_lineq2to0(layer, ins, state):
+    x, m = state[ins[0]], state[ins[1]]
+    if x.get("kind") != "pairs" or m.get("kind") != "mask":
+        raise ExportError(f"layer {layer.name!r}: LinEq2to0 needs a pair array and the particle mask. {NANO_FIX}")
+    return _plan_2to0(layer, ins, x), {"kind": "vector", "n": x["n"], "c": layer.channels}
+
+
+# Keras class -> planner(layer, input tensor names, state) -> (LayerPlan, state of its output)
+PLANNERS = {"MomentumInput": _plan_momentum, "ParticleMask": _plan_mask, "LorentzInvariants": _plan_invariants,
+            "LinEq2to2": _plan_lineq2to2, "LinEq2to0": _plan_lineq2to0}
+
+
 def make_plan(model):
     """Analyse ``model`` and return ``{"layers": [LayerPlan...], "input": {...}, "output": {...}}``.
 
@@ -144,10 +240,7 @@ def make_plan(model):
     if "layers" not in cfg:
         raise ExportError("only functional qpelican models (built by qpelican.build_model) can be exported.")
     inbound = _inbound(cfg)
-    known = {cls.__name__ for cls in LAYERS}
-    layers = []
-    by_name = {}
-    input_plan = None
+    layers, by_name, input_plan = [], {}, None
     state = {}  # tensor name -> dict(range=Fx, fmt=FixedFormat|None, n=int, kind=...)
 
     def resolve(name):  # follow skipped layers (Dropout) back to their producer
@@ -159,87 +252,16 @@ def make_plan(model):
         cls = type(layer).__name__
         ins = [resolve(i) for i in inbound.get(layer.name, [])]
         if cls == "InputLayer":
-            shape = tuple(layer.output_shape[0][1:] if isinstance(layer.output_shape, list) else layer.output_shape[1:])
-            if len(shape) != 2 or shape[1] != 4:
-                raise ExportError(f"model input {layer.name!r} has shape {shape}; expected (N, 4) momenta. {NANO_FIX}")
-            input_plan = {"name": layer.name, "n": int(shape[0]), "shape": shape}
-            state[layer.name] = {"kind": "raw", "n": int(shape[0])}
+            input_plan = _input_plan(layer)
+            state[layer.name] = {"kind": "raw", "n": input_plan["n"]}
             continue
         # identity at inference: the exporter hands PairDropout to hls4ml as Dropout, the cost model
         # plans the model as trained
         if cls in ("Dropout", "PairDropout"):
             state[layer.name] = {"alias": ins[0]}
             continue
-        if cls == "MaskedBatchNorm":
-            raise ExportError(
-                f"layer {layer.name!r} (MaskedBatchNorm) cannot be exported: masked batch normalisation has no "
-                f"bit-exact fixed-point form here. {NANO_FIX}")
-        if cls == "EdgeDense" or cls in ("QDense", "Dense"):
-            raise ExportError(
-                f"layer {layer.name!r} ({cls}) belongs to full PELICAN, which the firmware exporter does not "
-                f"support (only nanoPELICAN). {NANO_FIX}")
-        if cls not in IR_NAMES:
-            extra = "" if cls in known else " (not a qpelican layer)"
-            raise ExportError(f"layer {layer.name!r} ({cls}){extra} is not supported by the firmware exporter. {NANO_FIX}")
-
-        if cls == "MomentumInput":
-            src = state[ins[0]]
-            fmt = _fmt(layer, "input", "input")
-            rng = from_format(fmt)
-            n_in = src["n"]
-            n = n_in + 2 * int(layer.beams)
-            out_type = fmt.ap_type()
-            params = {"n_in": n_in, "n_out": n, "beams": bool(layer.beams), "beam_energy": float(layer.beam_energy),
-                      "scale": float(layer.scale)}
-            if layer.beams:
-                e = const(layer.beam_energy)
-                if not (rng.lo <= e.lo <= rng.hi and e.frac <= rng.frac):
-                    rng = rng.union(e).union(-e)
-                    out_type = rng.ap_type()
-            p = LayerPlan(layer.name, cls, IR_NAMES[cls], ins, n, (n, 4), out_type, params=params,
-                          types={"input": fmt.ap_type()})
-            state[layer.name] = {"kind": "momenta", "n": n, "range": rng, "fmt": fmt, "type": out_type}
-        elif cls == "ParticleMask":
-            src = state[ins[0]]
-            if src.get("kind") != "momenta":
-                raise ExportError(f"layer {layer.name!r}: the particle mask must be computed from MomentumInput. {NANO_FIX}")
-            n = src["n"]
-            p = LayerPlan(layer.name, cls, IR_NAMES[cls], ins, n, (n,), "ap_uint<1>", params={"n": n})
-            state[layer.name] = {"kind": "mask", "n": n}
-        elif cls == "LorentzInvariants":
-            src = state[ins[0]]
-            if src.get("kind") != "momenta":
-                raise ExportError(f"layer {layer.name!r}: Lorentz invariants must be computed from MomentumInput. {NANO_FIX}")
-            n = src["n"]
-            fmt = _fmt(layer, "invariant", "invariants")
-            pr = src["range"]
-            sq = pr * pr
-            dot = sq - sq - sq - sq  # E_i E_j - px px - py py - pz pz, exact
-            p = LayerPlan(layer.name, cls, IR_NAMES[cls], ins, n, (n, n, 1), fmt.ap_type(),
-                          types={"p": src["type"], "dot_t": dot}, params={"n": n, "zero_diagonal": bool(layer.zero_diagonal)})
-            _check_float64(p, dot.width, "the Minkowski product")
-            state[layer.name] = {"kind": "pairs", "n": n, "range": from_format(fmt), "fmt": fmt, "c": 1,
-                                 "symmetric": True, "zero_diagonal": bool(layer.zero_diagonal)}
-        elif cls == "LinEq2to2":
-            if layer.basis != "nano":
-                raise ExportError(
-                    f"layer {layer.name!r} (LinEq2to2, basis {layer.basis!r}): only the 6-op nano basis is exported; "
-                    f"the 15-op full basis (full PELICAN) is not supported. {NANO_FIX}")
-            x, m = state[ins[0]], state[ins[1]]
-            if x.get("kind") != "pairs" or not x.get("symmetric") or not x.get("zero_diagonal") or m.get("kind") != "mask":
-                raise ExportError(
-                    f"layer {layer.name!r}: the nano basis needs the symmetric, zero-diagonal invariants d_ij and the "
-                    f"particle mask as inputs. {NANO_FIX}")
-            p = _plan_2to2(layer, ins, x)
-            state[layer.name] = {"kind": "pairs", "n": x["n"], "range": from_format(layer.output_format),
-                                 "fmt": layer.output_format, "c": layer.channels, "symmetric": False,
-                                 "zero_diagonal": False}
-        elif cls == "LinEq2to0":
-            x, m = state[ins[0]], state[ins[1]]
-            if x.get("kind") != "pairs" or m.get("kind") != "mask":
-                raise ExportError(f"layer {layer.name!r}: LinEq2to0 needs a pair array and the particle mask. {NANO_FIX}")
-            p = _plan_2to0(layer, ins, x)
-            state[layer.name] = {"kind": "vector", "n": x["n"], "c": layer.channels}
+        _refuse(layer, cls)
+        p, state[layer.name] = PLANNERS[cls](layer, ins, state)
         layers.append(p)
         by_name[p.name] = p
 
