@@ -1,7 +1,7 @@
 """Hardware cost model: bit operations (BOPs) and rough DSP/LUT estimates, from the operator inventory.
 
-:func:`model_cost` is used by ``qpelican fit`` (results.json), ``qpelican tune`` (the cost axis of
-the Pareto front) and ``qpelican explain``; :func:`summarize` turns any
+:func:`model_cost` is used by ``qpelican fit`` (results.json) and ``qpelican tune`` (the cost axis of
+the Pareto front); :func:`summarize` turns any
 :class:`~qpelican.hw.inventory.Inventory` into the same figures (the export report uses it on the
 firmware's exact inventory). Operators are never counted here: :mod:`qpelican.hw.inventory` does.
 
