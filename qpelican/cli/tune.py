@@ -8,6 +8,8 @@ from typing import Optional
 
 import typer
 
+from qpelican.config.search import DEFAULT_COST_WEIGHT, DEFAULT_ORACLE, DEFAULT_TRIALS, ORACLES
+
 
 def register(app: typer.Typer):
     app.command("tune")(tune)
@@ -22,12 +24,12 @@ def tune(
                                          "the recipe's epochs)"),
     jets: Optional[int] = typer.Option(None, "--jets", min=30,
                                        help="simulated sample size (or cap on training jets with a dataset)"),
-    trials: int = typer.Option(20, "--trials", min=1, help="number of trials (Keras Tuner max_trials)"),
-    oracle: str = typer.Option("random", "--oracle", help="random | bayesian | hyperband"),
+    trials: int = typer.Option(DEFAULT_TRIALS, "--trials", min=1, help="number of trials (Keras Tuner max_trials)"),
+    oracle: str = typer.Option(DEFAULT_ORACLE, "--oracle", help=" | ".join(ORACLES)),
     max_cost: Optional[int] = typer.Option(None, "--max-cost", min=1,
                                            help="BOPs budget: trials above it are not trained and get a "
                                                 "penalised score"),
-    cost_weight: float = typer.Option(0.002, "--cost-weight", min=0.0,
+    cost_weight: float = typer.Option(DEFAULT_COST_WEIGHT, "--cost-weight", min=0.0,
                                       help="objective = val AUC - W * log2(BOPs / recipe BOPs)"),
     resume: bool = typer.Option(False, "--resume", help="continue an interrupted search in --out"),
     seed: int = typer.Option(0, "--seed", help="oracle seed (training uses the recipe's seed)"),
@@ -43,12 +45,8 @@ def tune(
     """
     from rich.console import Console
 
-    from qpelican.core.errors import QpelicanError
     from qpelican.config.recipe import load_recipe
-    from qpelican.tune.search import ORACLES
 
-    if oracle not in ORACLES:
-        raise QpelicanError(f"--oracle {oracle!r} is not supported; use one of {', '.join(ORACLES)}.")
     con = Console(highlight=False, soft_wrap=True)
     r = load_recipe(recipe)
     out = out or Path("tunes") / recipe.stem

@@ -32,6 +32,11 @@ DEFAULT_BOUNDS = {
     "output": (lambda b: max(4, b // 2), lambda i: i - 2, lambda i: i),
 }
 SEARCH_KEYS = TENSORS + ("channels", "n_constituents")
+# `qpelican tune` settings, shared by the command line and the library
+ORACLES = ("random", "bayesian", "hyperband")
+DEFAULT_ORACLE = "random"
+DEFAULT_TRIALS = 20
+DEFAULT_COST_WEIGHT = 0.002  # halving the BOPs is worth 0.002 validation AUC
 
 
 # ------------------------------------------------------------------------------ search space

@@ -68,6 +68,7 @@ import warnings
 import keras_tuner as kt
 
 from qpelican.config.recipe import Recipe, load_recipe
+from qpelican.config.search import DEFAULT_COST_WEIGHT, DEFAULT_ORACLE, DEFAULT_TRIALS, ORACLES
 from qpelican.core.errors import QpelicanError
 from qpelican.core.io import write_json
 from qpelican.training.splits import load_splits
@@ -75,8 +76,6 @@ from qpelican.tune.front import write_outputs
 from qpelican.tune.space import hyperparameters, recipe_cost, search_space
 from qpelican.tune.trials import QTuner, TuneContext
 
-ORACLES = ("random", "bayesian", "hyperband")
-DEFAULT_COST_WEIGHT = 0.002
 
 
 def make_oracle(kind, trials, epochs, seed, hp):
@@ -107,7 +106,7 @@ def distributed_role():
     return "chief" if "chief" in os.environ["KERASTUNER_TUNER_ID"] else "worker"
 
 
-def tune(recipe, out_dir, data=None, epochs=None, jets=None, trials=20, oracle="random", max_cost=None,
+def tune(recipe, out_dir, data=None, epochs=None, jets=None, trials=DEFAULT_TRIALS, oracle=DEFAULT_ORACLE, max_cost=None,
          cost_weight=DEFAULT_COST_WEIGHT, resume=False, seed=0, log=print, splits=None, pretrain_epochs=None,
          on_trial_end=None):
     """Run (or continue, or serve/work in distributed mode) a bit-width search; return the summary dict
