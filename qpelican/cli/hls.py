@@ -6,6 +6,8 @@ from typing import Optional
 
 import typer
 
+from qpelican.hw.parts import DEFAULT_CLOCK_NS, DEFAULT_PART
+
 
 def register(app: typer.Typer):
     app.command("export-hls")(export_hls)
@@ -15,8 +17,8 @@ def export_hls(
     run: Path = typer.Argument(..., help="run directory written by `qpelican fit` (RUN/model.keras) or a .keras file"),
     out: Path = typer.Option(..., "--out", "-o", help="project folder to write (an hls4ml project there is replaced only once the new one is complete; files you added to it are kept)"),
     backend: str = typer.Option("Vitis", "--backend", help="Vitis or Vivado"),
-    part: Optional[str] = typer.Option(None, "--part", help="FPGA part (default xcvu13p-flga2577-2-e)"),
-    clock: Optional[float] = typer.Option(None, "--clock", help="clock period in ns (default 5)"),
+    part: Optional[str] = typer.Option(None, "--part", help=f"FPGA part (default {DEFAULT_PART})"),
+    clock: Optional[float] = typer.Option(None, "--clock", help=f"clock period in ns (default {DEFAULT_CLOCK_NS:g})"),
     reuse: int = typer.Option(1, "--reuse", min=1, help="hls4ml reuse factor: multipliers limited to ceil(count/R)"),
     verify: Optional[Path] = typer.Option(None, "--verify", help="HDF5 jets (file or dir): compile the C simulation "
                                                                   "and compare it with the QKeras model"),

@@ -16,13 +16,12 @@ from qpelican.core.io import LOCK_NAME, check_out_dir, run_model_path, swap_dir,
 from qpelican.hls import extension
 from qpelican.hls import report as rp
 from qpelican.hls.verify import compare, read_jets
+from qpelican.hw.parts import DEFAULT_CLOCK_NS, DEFAULT_PART
 from qpelican.hw.plan import make_plan
 from qpelican.nn.models import model_constituents
 from qpelican.nn.serialize import load_model
 
 BACKENDS = {"vitis": "Vitis", "vivado": "Vivado"}
-DEFAULT_PART = "xcvu13p-flga2577-2-e"
-DEFAULT_CLOCK = 5.0
 MANIFEST = ".qpelican-export.json"  # top-level names an export wrote (the rest of the folder is the user's)
 HLS4ML_NAMES = {"build_lib.sh", "build_opt.tcl", "build_prj.tcl", "firmware", "hls4ml_config.yml", "project.tcl",
                 "vivado_synth.tcl", "tb_data", "report.json", "verify.json"}
@@ -75,7 +74,7 @@ def check_settings(backend="Vitis", clock=None, reuse=1, project_name="qpelican"
     bname = _backend_name(backend)
     if clock is not None and not (isinstance(clock, (int, float)) and math.isfinite(clock) and clock > 0):
         raise ExportError(f"--clock {clock}: the clock period must be a positive number of nanoseconds "
-                          f"(e.g. --clock 5 for 200 MHz; default {DEFAULT_CLOCK:g}).")
+                          f"(e.g. --clock 5 for 200 MHz; default {DEFAULT_CLOCK_NS:g}).")
     if int(reuse) < 1:
         raise ExportError(f"--reuse must be a positive integer, got {reuse}.")
     if not isinstance(project_name, str) or not C_IDENTIFIER.fullmatch(project_name) \
@@ -165,7 +164,7 @@ def build_project(model, build, backend="Vitis", part=None, clock=None, reuse=1,
     plan = make_plan(model)
     extension.register()
     cfg = create_config(output_dir=build, project_name=project_name, backend=bname,
-                        part=part or DEFAULT_PART, clock_period=clock or DEFAULT_CLOCK, io_type="io_parallel")
+                        part=part or DEFAULT_PART, clock_period=clock or DEFAULT_CLOCK_NS, io_type="io_parallel")
     cfg["KerasModel"] = model
     first = plan["layers"][0]
     cfg["HLSConfig"] = {
@@ -279,7 +278,7 @@ def export_run(run_or_model, out_dir, backend="Vitis", part=None, clock=None, re
                                         project_name=project_name)
         t_export = time.perf_counter() - t0
         settings = {"model": os.fspath(src), "out": out_dir, "backend": bname,
-                    "part": part or DEFAULT_PART, "clock": clock or DEFAULT_CLOCK, "reuse": int(reuse),
+                    "part": part or DEFAULT_PART, "clock": clock or DEFAULT_CLOCK_NS, "reuse": int(reuse),
                     "io_type": "io_parallel", "strategy": "Latency", "project_name": project_name,
                     "export_seconds": round(t_export, 3)}
         rep = rp.build_report(model, plan, hls_model, settings)
