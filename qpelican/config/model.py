@@ -5,6 +5,8 @@ over them. :mod:`qpelican.nn.models` builds a Keras model from the result. The k
 
     architecture    "nano" | "pelican"
     n_constituents  N, constituents per jet the model takes (paper: 80)
+    format          input format: "p4" (E, px, py, pz) | "l1" (Level-1 candidates: pT, eta_rel,
+                    phi_rel on the trigger grid; quantization.input is then the pT format; docs/l1.md)
     beams           prepend the two beam particles
     scale           input scale in GeV: momenta enter as p / scale
     channels        nano: hidden channels C
@@ -26,11 +28,13 @@ from qpelican.core.formats import parse_format
 QUANTIZED_TENSORS = ("input", "invariants", "coefficients", "biases", "activation", "aggregates", "output")
 MAX_CONSTITUENTS = 200  # the largest N a model, a recipe or a search may ask for
 ARCHITECTURES = ("nano", "pelican")
+INPUT_FORMATS = ("p4", "l1")
 
 
 DEFAULTS = {
     "architecture": "nano",
     "n_constituents": 80,
+    "format": "p4",
     "beams": False,
     "scale": 8.0,
     "channels": 2,
@@ -63,6 +67,11 @@ def model_config(cfg=None):
             out[key] = value
     if out["architecture"] not in ARCHITECTURES:
         raise QpelicanError(f"architecture {out['architecture']!r} is not supported; use one of {', '.join(ARCHITECTURES)}.")
+    if out["format"] not in INPUT_FORMATS:
+        raise QpelicanError(f"input format {out['format']!r} is not supported; use one of {', '.join(INPUT_FORMATS)}.")
+    if out["format"] == "l1" and out["beams"]:
+        raise QpelicanError("format 'l1' takes no beam particles (they have no Level-1 candidate form and break the "
+                            "boost invariance the l1 invariants keep exactly); set data.beams: false.")
     for v in out["quantization"].values():
         parse_format(v)  # fail early with a clear message
     return out

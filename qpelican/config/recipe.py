@@ -11,6 +11,8 @@ A recipe has five sections and two top-level keys; every key is optional except 
       val_jets: null               # cap on validation jets (null = all of the split)
       test_jets: null              # cap on test jets (null = all of the split)
       n_constituents: 80           # N, highest-pT constituents per jet
+      format: p4                   # p4: (E, px, py, pz) | l1: Level-1 candidates (pT, eta_rel, phi_rel)
+                                   # on the trigger grid, converted by the readers (docs/l1.md)
       beams: false                 # prepend the two beam particles
       seed: 0                      # seed of the simulated sample
       detector: none               # simulated sample: none (truth particles) | simple (Delphes-like
@@ -70,7 +72,7 @@ from typing import List, Literal, Optional, Union
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from qpelican.config.model import MAX_CONSTITUENTS, QUANTIZED_TENSORS, model_config
+from qpelican.config.model import INPUT_FORMATS, MAX_CONSTITUENTS, QUANTIZED_TENSORS, model_config
 from qpelican.config.search import parse_search
 from qpelican.core.errors import QpelicanError, RecipeError
 from qpelican.core.formats import is_float, parse_format
@@ -89,6 +91,7 @@ class DataSection(_Section):
     val_jets: Optional[int] = Field(default=None, ge=1)
     test_jets: Optional[int] = Field(default=None, ge=1)
     n_constituents: int = Field(default=80, ge=2, le=MAX_CONSTITUENTS)
+    format: Literal[INPUT_FORMATS] = "p4"  # p4 | l1 (Level-1 candidates, docs/l1.md)
     beams: bool = False
     seed: int = 0
     detector: Literal[DETECTORS] = "none"  # simulated sample only (ignored with a path)
@@ -167,10 +170,11 @@ class Recipe(_Section):
 
     def to_model_config(self, quantized: bool = True) -> dict:
         """The ``qpelican.nn.models.build_model`` dict: only keys the recipe sets (the rest come
-        from ``qpelican.config.model.DEFAULTS``), plus ``n_constituents``/``beams`` from the data section.
+        from ``qpelican.config.model.DEFAULTS``), plus ``n_constituents``/``format``/``beams`` from the data section.
         ``quantized=False`` drops the quantizers (float pre-training of a finetune recipe)."""
         cfg = {k: v for k, v in self.model.model_dump().items() if v is not None}
         cfg["n_constituents"] = self.data.n_constituents
+        cfg["format"] = self.data.format
         cfg["beams"] = self.data.beams
         cfg["quantization"] = {k: (getattr(self.quantization, k) if quantized else None) for k in QUANTIZED_TENSORS}
         return cfg
@@ -201,6 +205,8 @@ class Recipe(_Section):
         d["quantization"] = {k: (v if v is not None else "float") for k, v in d["quantization"].items()}
         if d.get("search") is None:
             d.pop("search", None)
+        if d["data"].get("format") == "p4":  # the default: run directories written before the key resume
+            d["data"].pop("format")
         return d
 
     def to_yaml(self) -> str:

@@ -9,14 +9,20 @@ import tf_keras
 from qkeras import QDense
 
 from qpelican.core.errors import DataError
-from qpelican.core.inputs import check_momenta
-from qpelican.nn.layers import (EdgeDense, LinEq2to0, LinEq2to2, LorentzInvariants, MaskedBatchNorm, MomentumInput,
-                             PairDropout, ParticleMask)
+from qpelican.core.inputs import check_candidates, check_momenta
+from qpelican.nn.layers import (CandidateMask, EdgeDense, L1CandidateInput, L1Invariants, LinEq2to0, LinEq2to2,
+                             LorentzInvariants, MaskedBatchNorm, MomentumInput, PairDropout, ParticleMask)
 from qpelican.config.model import model_config
 
 
 def _front(cfg, q):
     """Input -> (momenta input, particle mask, invariants) shared by both families."""
+    if cfg["format"] == "l1":  # Level-1 candidates (pT, eta_rel, phi_rel); quantization.input is the pT format
+        x = tf_keras.Input(shape=(cfg["n_constituents"], 3), name="candidates")
+        c = L1CandidateInput(input_quantizer=q["input"], name="candidate_input")(x)
+        m = CandidateMask(name="mask")(c)
+        d = L1Invariants(invariant_quantizer=q["invariants"], input_quantizer=q["input"], name="invariants")(c)
+        return x, m, d
     p4 = tf_keras.Input(shape=(cfg["n_constituents"], 4), name="momenta")
     p = MomentumInput(scale=cfg["scale"], beams=cfg["beams"], input_quantizer=q["input"], name="momentum_input")(p4)
     m = ParticleMask(name="mask")(p)
@@ -103,9 +109,17 @@ def model_constituents(model):
     return int(model.inputs[0].shape[1])
 
 
+def model_format(model):
+    """The model's input format: "l1" (Level-1 candidates, (B, N, 3)) or "p4" (momenta, (B, N, 4))."""
+    return "l1" if any(isinstance(layer, L1CandidateInput) for layer in model.layers) else "p4"
+
+
 def prepare_momenta(model, p4, source="input array"):
     """Validate momenta and zero-pad them to the model's N; more constituents than N is an error."""
-    p4 = check_momenta(p4, source)
+    if model_format(model) == "l1":
+        p4 = check_candidates(p4, source)
+    else:
+        p4 = check_momenta(p4, source)
     n = model_constituents(model)
     if p4.shape[1] > n:
         raise DataError(
@@ -113,7 +127,7 @@ def prepare_momenta(model, p4, source="input array"):
             f"highest-pT ones with qpelican.core.inputs.fit_constituents(p4, {n}) (or set n_constituents in the recipe)."
         )
     if p4.shape[1] < n:
-        p4 = np.concatenate([p4, np.zeros((p4.shape[0], n - p4.shape[1], 4), np.float32)], axis=1)
+        p4 = np.concatenate([p4, np.zeros((p4.shape[0], n - p4.shape[1], p4.shape[2]), np.float32)], axis=1)
     return p4
 
 
