@@ -132,6 +132,13 @@ def test_alpha_recipe_bound_has_no_aliases():
     kinds = {m.what for m in recipe.stage("lineq_2to2").multipliers if "table" in m.what}
     assert len(kinds) == 5 and len([m for m in exact.stage("lineq_2to2").multipliers if "table" in m.what]) == 2
     assert any(d["count"][0] != d["count"][1] for d in differences(exact, recipe))
+    # trained exponents and coefficients change the firmware, not the recipe's cost
+    before = model_cost(model)["bops"]
+    rng = np.random.default_rng(0)
+    for w in model.weights:
+        w.assign(rng.uniform(-0.9, 0.9, w.shape))
+    assert model_cost(model)["bops"] == before
+    assert len([m for m in from_plan(make_plan(model), EXACT).stage("lineq_2to2").multipliers if "table" in m.what]) == 5
 
 
 def test_models_without_firmware_are_estimated():
