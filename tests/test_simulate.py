@@ -307,7 +307,9 @@ def test_detector_deterministic_and_cached_apart(tiny, tmp_path):
         assert f.attrs["detector"] == "none"
     d1 = tmp_path / "det"
     shutil.copytree(tiny, d1)  # a complete truth-level sample there must not be taken as the answer
-    sim.simulate(20, str(d1), seed=7, workers=1, progress=False, detector="simple")
+    with pytest.raises(DataError, match="--force"):  # another dataset is never overwritten silently
+        sim.simulate(20, str(d1), seed=7, workers=1, progress=False, detector="simple")
+    sim.simulate(20, str(d1), seed=7, workers=1, progress=False, detector="simple", force=True)
     with h5py.File(d1 / "train.h5", "r") as f:
         assert f.attrs["detector"] == "simple" and json.loads(f.attrs["config"])["detector"] == "simple"
     a = _arrays(str(d1))
