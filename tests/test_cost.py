@@ -150,6 +150,11 @@ def test_models_without_firmware_are_estimated():
     assert full.source == "estimate" and {"dense", "2to2_full", "2to0"} <= {s.kind for s in full.stages}
     # a nano model the plan accepts and its estimate count the same operators
     nano = build_model({"n_constituents": 8, "quantization": Q8})
+    # another front end (Level-1 candidates): estimated, its layers named as not counted
+    l1 = model_cost(build_model({"n_constituents": 8, "format": "l1", "quantization": Q8}))
+    assert l1["source"] == "estimate" and "invariants" in l1["uncounted"]
+    assert {a["width"] for a in l1["adders"] if a["what"] == "column sums S_j (= row sums)"} == {8 + 3}
+
     def counts(inv):
         return [(s.layer, [o.count for o in s.multipliers + s.adders]) for s in inv.stages]
 

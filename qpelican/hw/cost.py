@@ -57,7 +57,7 @@ def summarize(inv, reuse=1):
     Returns a dict: ``bops``, ``bops_multipliers``, ``bops_adders``, ``n_multipliers``, ``n_adders``,
     ``n_lookups``, ``dsp_estimate``, ``lut_estimate``, ``reuse``, ``per_layer`` (BOPs),
     ``multipliers`` / ``adders`` (what, layer, count, widths | width), ``widths``, ``source``
-    and, for estimates, ``reason``.
+    and, for estimates, ``reason`` and ``uncounted`` (layers without a count).
     """
     mults = [{"what": m.what, "layer": layer, "count": m.count, "widths": list(m.widths)} for layer, m in inv.multipliers]
     adds = [{"what": a.what, "layer": layer, "count": a.count, "width": a.width} for layer, a in inv.adders]
@@ -80,8 +80,8 @@ def summarize(inv, reuse=1):
         "widths": inv.widths,
         "source": inv.source,
     }
-    if inv.reason:
-        out["reason"] = inv.reason
+    if inv.source == "estimate":
+        out.update(reason=inv.reason, uncounted=list(inv.uncounted))
     return out
 
 
@@ -138,4 +138,6 @@ def format_cost(cost):
                  f"estimates: {cost['dsp_estimate']} DSP, {cost['lut_estimate']:,} LUT at reuse {cost['reuse']})")
     if cost.get("source") == "estimate":
         lines.append(f"nominal widths (no firmware plan: {cost.get('reason', '')})")
+        if cost.get("uncounted"):
+            lines.append(f"not counted: {', '.join(cost['uncounted'])}")
     return "\n".join(lines)

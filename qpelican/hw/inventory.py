@@ -114,13 +114,14 @@ class Inventory:
     """Stages of a model, with how their widths were obtained.
 
     ``widths``: EXACT, RECIPE or NOMINAL; ``source``: "plan" or "estimate"; ``reason``: why the
-    plan rejected the model (estimates only).
+    plan rejected the model and ``uncounted``: the layers an estimate has no count for (estimates only).
     """
 
     stages: list
     widths: str
     source: str = "plan"
     reason: str = ""
+    uncounted: list = field(default_factory=list)  # estimates: layers whose arithmetic is not modelled
 
     def stage(self, layer):
         """The stage of a Keras layer name (KeyError if it has no operators)."""
@@ -375,7 +376,13 @@ def _nominal_stage(layer, n, fmt):
         q = getattr(layer, "kernel_quantizer_internal", None)
         wk = _bits(fixed_format(q)) if q is not None else None
         return _dense(layer, 1, int(layer.kernel.shape[0]), layer.units, wk, _bits(fmt)), None
-    return None, fmt  # no arithmetic (mask, dropout) or outside the family
+    # no arithmetic (mask, dropout) or not modelled (see NO_ARITHMETIC); invariants of another front end
+    # (Level-1 candidates) still set the width the equivariant layers see
+    return None, getattr(layer, "invariant_format", fmt)
+
+
+# layers without arithmetic to count; any other layer an estimate does not model is listed as uncounted
+NO_ARITHMETIC = ("InputLayer", "MomentumInput", "ParticleMask", "Dropout", "PairDropout")
 
 
 def estimate(model, reason=""):
@@ -385,7 +392,8 @@ def estimate(model, reason=""):
       model: a qpelican tf-keras model (float or quantized, nano or full PELICAN).
       reason: why it has no firmware plan (kept in ``Inventory.reason``).
     """
-    stages, fmt, n = [], None, None
+    stages, uncounted, fmt = [], [], None
+    n = int(model.inputs[0].shape[1])  # particles; MomentumInput adds the beams
     for layer in model.layers:
         if isinstance(layer, MomentumInput):
             fmt, n = layer.input_format, int(layer.output_shape[1])
@@ -393,7 +401,9 @@ def estimate(model, reason=""):
         stage, fmt = _nominal_stage(layer, n, fmt)
         if stage is not None:
             stages.append(stage)
-    return Inventory(stages, NOMINAL, "estimate", reason)
+        elif type(layer).__name__ not in NO_ARITHMETIC:
+            uncounted.append(layer.name)
+    return Inventory(stages, NOMINAL, "estimate", reason, uncounted)
 
 
 def model_inventory(model, widths=RECIPE):
