@@ -28,9 +28,10 @@ from sklearn.metrics import roc_auc_score
 from qpelican.core.errors import DataError
 from qpelican.core.io import atomic_path, run_model_path, write_json
 from qpelican.core.metrics import logit_metrics, roc_curve, roc_metrics
-from qpelican.data.baseline import MassWindow, jet_mass
-from qpelican.data.readers import evaluation_file, open_dataset
-from qpelican.nn.models import model_constituents, predict
+from qpelican.data.baseline import MassWindow
+from qpelican.data.l1 import input_mass, open_input_dataset
+from qpelican.data.readers import evaluation_file
+from qpelican.nn.models import model_constituents, model_format, predict
 from qpelican.nn.serialize import load_model
 from qpelican.training.checkpoint import save_model
 
@@ -50,7 +51,8 @@ def mass_baselines(splits):
     """Jet-mass baselines fitted on the training jets and scored on the test jets, each fitted once:
     {results key: (roc_metrics + method, test scores)} in MASS_BASELINES order."""
 
-    m_train, m_test = jet_mass(splits.train[0]), jet_mass(splits.test[0])
+    # the mass of the same N constituents the model sees (on the L1 grid with data.format: l1)
+    m_train, m_test = input_mass(splits.train[0]), input_mass(splits.test[0])
     out = {}
     for key, method, _ in MASS_BASELINES:
         mw = MassWindow(method).fit(labels=splits.train[1], masses=m_train)
@@ -151,7 +153,8 @@ def evaluate_run(run, data, out=None, jets=None):
     src = evaluation_file(data)
     model = load_model(model_path)
     n = model_constituents(model)
-    ds = open_dataset(src, n)
+    fmt = model_format(model)
+    ds = open_input_dataset(src, n, fmt)
     stop = ds.n_jets if jets is None else min(int(jets), ds.n_jets)
     p4, y = ds.read(0, stop)
     if len(y) < 2 or len(np.unique(y)) < 2:
@@ -167,7 +170,9 @@ def evaluate_run(run, data, out=None, jets=None):
     for k in ("rej30", "rej50"):
         res[k] = _finite(res[k])
     res.update(jets=int(len(y)), signal_fraction=float(np.mean(y)), model=model_path,
-               data={"file": src, "n_constituents": n}, inference_jets_per_second=round(len(y) / dt, 1))
+               data={"file": src, "n_constituents": n, "format": fmt}, inference_jets_per_second=round(len(y) / dt, 1))
+    if fmt == "l1":
+        res["l1_grid"] = ds.counts.as_dict()
     if out is None:
         base = os.path.splitext(os.path.basename(src))[0]
         parent = os.path.basename(os.path.dirname(os.path.abspath(src)))

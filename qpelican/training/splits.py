@@ -5,7 +5,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from qpelican.core.errors import DataError, QpelicanError
-from qpelican.data.readers import open_dataset, resolve_splits
+from qpelican.data.l1 import GridCounts, open_input_dataset
+from qpelican.data.readers import resolve_splits
 from qpelican.data.simulate import default_sample
 
 
@@ -14,7 +15,8 @@ MIN_JETS = {"train": 20, "val": 2, "test": 2}  # below this a run's numbers mean
 
 @dataclass
 class Splits:
-    """In-memory train/val/test arrays: each a tuple (p4 float32 (B, N, 4) GeV, labels float32 (B,))."""
+    """In-memory train/val/test arrays: each a tuple (p4 float32 (B, N, 4) GeV, labels float32 (B,));
+    with ``data.format: l1`` the inputs are Level-1 candidates (B, N, 3) (qpelican.data.l1)."""
 
     train: tuple
     val: tuple
@@ -26,8 +28,9 @@ class Splits:
             p4, y = getattr(self, name)
             p4 = np.ascontiguousarray(p4, dtype=np.float32)
             y = np.asarray(y, dtype=np.float32).reshape(-1)
-            if p4.ndim != 3 or p4.shape[-1] != 4 or len(p4) != len(y):
-                raise QpelicanError(f"{name} split: expected (p4 (B, N, 4), labels (B,)), got {p4.shape}, {y.shape}")
+            if p4.ndim != 3 or p4.shape[-1] not in (3, 4) or len(p4) != len(y):
+                raise QpelicanError(f"{name} split: expected (p4 (B, N, 4) or L1 candidates (B, N, 3), labels (B,)), "
+                                    f"got {p4.shape}, {y.shape}")
             setattr(self, name, (p4, y))
 
 
@@ -43,11 +46,14 @@ def check_split(name, path, labels):
                         "dataset, or raise data.jets / data.val_jets / data.test_jets.")
 
 
-def read_split(path, n_constituents, cap):
-    """(p4, labels float32) of the first ``cap`` jets (None: all) of one split file."""
-    ds = open_dataset(path, n_constituents)
+def read_split(path, n_constituents, cap, fmt="p4", counts=None):
+    """(inputs, labels float32) of the first ``cap`` jets (None: all) of one split file, in input
+    format ``fmt``; an L1 read adds its out-of-range candidates to ``counts`` (a GridCounts)."""
+    ds = open_input_dataset(path, n_constituents, fmt)
     stop = ds.n_jets if cap is None else min(ds.n_jets, int(cap))
     p4, y = ds.read(0, stop)
+    if counts is not None and fmt == "l1":
+        counts.add(ds.counts)
     return p4, y.astype(np.float32)
 
 
@@ -72,12 +78,16 @@ def load_splits(recipe, data=None, progress=True) -> Splits:
         raise QpelicanError(f"data {path}: no {', '.join(missing)} split found; training needs train, val and test "
                             "files (a directory with train.h5, val.h5 and test.h5).")
     caps = {"train": None if simulated else d.jets, "val": d.val_jets, "test": d.test_jets}
-    arrays = {k: read_split(files[k], d.n_constituents, caps[k]) for k in ("train", "val", "test")}
+    grid = {k: GridCounts() for k in ("train", "val", "test")}
+    arrays = {k: read_split(files[k], d.n_constituents, caps[k], d.format, grid[k]) for k in ("train", "val", "test")}
     for k, (_, y) in arrays.items():
         check_split(k, files[k], y)
     desc = {"source": "simulated" if simulated else "files", "path": os.fspath(path),
             "files": {k: os.fspath(v) for k, v in files.items()}, "n_constituents": d.n_constituents,
-            "beams": d.beams}
+            "beams": d.beams, "format": d.format}
+    if d.format == "l1":  # out-of-range candidates, saturated as the firmware does (reported by fit)
+        desc["l1_grid"] = {k: c.as_dict() for k, c in grid.items()}
+        desc["l1_grid_summary"] = GridCounts().add(grid["train"]).add(grid["val"]).add(grid["test"]).describe()
     for k, (p4, y) in arrays.items():
         desc[f"{k}_jets"] = int(len(y))
         desc[f"{k}_signal_fraction"] = round(float(np.mean(y)), 4) if len(y) else None

@@ -267,6 +267,8 @@ def fit_recipe(recipe, out_dir, data=None, resume=False, progress=True, log=None
         dd = splits.description
         log(f"data: {dd.get('train_jets')} train / {dd.get('val_jets')} val / {dd.get('test_jets')} test jets "
             f"from {dd.get('path')}")
+        if dd.get("l1_grid_summary"):
+            log(dd["l1_grid_summary"])
     baselines = mass_baselines(splits)
     baseline = baselines["baseline"][0]
     per_seed, best = [], None
