@@ -37,7 +37,7 @@ import yaml
 
 from qpelican.config.recipe import Recipe, load_recipe, recipe_from_dict
 from qpelican.core.errors import QpelicanError
-from qpelican.core.io import write_json, write_text
+from qpelican.core.io import atomic_path, write_json, write_text
 from qpelican.core.metrics import logit_metrics, monitor_metrics
 from qpelican.hw.cost import model_cost
 from qpelican.nn.models import count_parameters, predict
@@ -154,7 +154,8 @@ class _Run:
         if baseline is not None:
             metrics["baseline"] = baseline
         write_json(os.path.join(self.out_dir, "history.json"), history)
-        np.save(os.path.join(self.out_dir, "test_logits.npy"), logits.astype(np.float32))
+        with atomic_path(os.path.join(self.out_dir, "test_logits.npy")) as tmp:
+            np.save(tmp, logits.astype(np.float32))
         write_json(os.path.join(self.out_dir, "results.json"), metrics)
         return model, metrics
 

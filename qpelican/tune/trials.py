@@ -18,7 +18,7 @@ import tf_keras
 from qpelican.config.recipe import recipe_from_dict
 from qpelican.config.search import TENSORS
 from qpelican.core.errors import QpelicanError
-from qpelican.core.io import write_json
+from qpelican.core.io import write_json, write_text
 from qpelican.core.metrics import roc_metrics
 from qpelican.training.splits import Splits
 from qpelican.training.train import predict, train_one
@@ -116,8 +116,7 @@ def run_trial(tuner, trial):
     key = hashlib.sha256(json.dumps(rec.to_dict(), sort_keys=True).encode()).hexdigest()[:16]
     key_path = os.path.join(trial_dir, "variant.key")
     resume = os.path.exists(key_path) and open(key_path).read().strip() == key
-    with open(key_path, "w") as f:
-        f.write(key)
+    write_text(key_path, key)
     splits = ctx.splits_for(rec.data.n_constituents)
     model, test = train_one(rec, splits, seed=rec.seed, out_dir=run_dir, resume=resume, progress=False,
                             log=ctx.log)
