@@ -7,6 +7,8 @@ over them. :mod:`qpelican.nn.models` builds a Keras model from the result. The k
     n_constituents  N, constituents per jet the model takes (paper: 80)
     format          input format: "p4" (E, px, py, pz) | "l1" (Level-1 candidates: pT, eta_rel,
                     phi_rel on the trigger grid; quantization.input is then the pT format; docs/l1.md)
+    l1_form         l1 format: "collider" (pT_i pT_j dR^2/2 from exact integer squares; exported) |
+                    "massless" (pT_i pT_j (cosh deta - cos dphi) in float, the reference; not exported)
     beams           prepend the two beam particles
     scale           input scale in GeV: momenta enter as p / scale
     channels        nano: hidden channels C
@@ -29,12 +31,14 @@ QUANTIZED_TENSORS = ("input", "invariants", "coefficients", "biases", "activatio
 MAX_CONSTITUENTS = 200  # the largest N a model, a recipe or a search may ask for
 ARCHITECTURES = ("nano", "pelican")
 INPUT_FORMATS = ("p4", "l1")
+L1_FORMS = ("collider", "massless")
 
 
 DEFAULTS = {
     "architecture": "nano",
     "n_constituents": 80,
     "format": "p4",
+    "l1_form": "collider",
     "beams": False,
     "scale": 8.0,
     "channels": 2,
@@ -69,6 +73,8 @@ def model_config(cfg=None):
         raise QpelicanError(f"architecture {out['architecture']!r} is not supported; use one of {', '.join(ARCHITECTURES)}.")
     if out["format"] not in INPUT_FORMATS:
         raise QpelicanError(f"input format {out['format']!r} is not supported; use one of {', '.join(INPUT_FORMATS)}.")
+    if out["l1_form"] not in L1_FORMS:
+        raise QpelicanError(f"l1_form {out['l1_form']!r} is not supported; use one of {', '.join(L1_FORMS)}.")
     if out["format"] == "l1" and out["beams"]:
         raise QpelicanError("format 'l1' takes no beam particles (they have no Level-1 candidate form and break the "
                             "boost invariance the l1 invariants keep exactly); set data.beams: false.")

@@ -27,6 +27,7 @@ A recipe has five sections and two top-level keys; every key is optional except 
       batchnorm: false             # float recipes only (see below)
       dropout: 0.0
       table_bits: 18
+      l1_form: collider            # data.format l1: collider (exported) | massless (float reference)
       embedding: 8                 # full PELICAN widths
       blocks: [8, 8]
       eq2to0_channels: 8
@@ -107,6 +108,7 @@ class ModelSection(_Section):
     batchnorm: Optional[bool] = None
     dropout: Optional[float] = Field(default=None, ge=0, lt=1)
     table_bits: Optional[int] = Field(default=None, ge=2, le=32)
+    l1_form: Optional[Literal["collider", "massless"]] = None
     embedding: Optional[int] = Field(default=None, ge=1)
     blocks: Optional[List[int]] = None
     eq2to0_channels: Optional[int] = Field(default=None, ge=1)
@@ -207,6 +209,8 @@ class Recipe(_Section):
             d.pop("search", None)
         if d["data"].get("format") == "p4":  # the default: run directories written before the key resume
             d["data"].pop("format")
+            if d["model"].get("l1_form") in (None, "collider"):  # l1 only
+                d["model"].pop("l1_form")
         return d
 
     def to_yaml(self) -> str:

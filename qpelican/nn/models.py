@@ -21,7 +21,8 @@ def _front(cfg, q):
         x = tf_keras.Input(shape=(cfg["n_constituents"], 3), name="candidates")
         c = L1CandidateInput(input_quantizer=q["input"], name="candidate_input")(x)
         m = CandidateMask(name="mask")(c)
-        d = L1Invariants(invariant_quantizer=q["invariants"], input_quantizer=q["input"], name="invariants")(c)
+        d = L1Invariants(form=cfg["l1_form"], invariant_quantizer=q["invariants"], input_quantizer=q["input"],
+                         name="invariants")(c)
         return x, m, d
     p4 = tf_keras.Input(shape=(cfg["n_constituents"], 4), name="momenta")
     p = MomentumInput(scale=cfg["scale"], beams=cfg["beams"], input_quantizer=q["input"], name="momentum_input")(p4)

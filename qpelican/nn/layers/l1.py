@@ -12,6 +12,8 @@ bit-identical. For massless candidates d_ij = pT_i pT_j (cosh deta - cos dphi) ~
 with the step pi/720 and the default shift 17 the layer's unit is 2^-16 / (pi/720)^2 = 0.80 of that
 (one constant factor, absorbed by the learned coefficients).
 """
+import math
+
 import tensorflow as tf
 
 from qpelican.core.errors import QpelicanError
@@ -20,6 +22,8 @@ from qpelican.nn.layers.base import QuantizedLayer, edge_mask, particle_mask
 
 ANGLE_BITS = 10  # eta_rel, phi_rel: signed integers within a jet (Level-1 format)
 SHIFT = 17       # d_ij unit: 2^-17 GeV^2 per (step^2): 0.80 x pT_i pT_j dR^2 / 2
+ANGLE_STEP = math.pi / 720.0
+FORMS = ("collider", "massless")
 
 
 def _check_candidate_shape(input_shape, layer):
@@ -105,14 +109,23 @@ class L1Invariants(QuantizedLayer):
     ``input_quantizer`` names the pT format of the incoming candidates (for the exactness check
     and the firmware's widths); ``angle_bits`` their signed angle width.
 
+    ``form="massless"`` computes the exact massless product instead,
+    ``pT_i pT_j (cosh(deta step) - cos(dphi step)) 2 / step^2 * 2^-shift`` (same unit), in float:
+    it is the reference that docs/l1.md compares the collider form with, and the exporter
+    refuses it (its firmware would need cosh/cos tables, see docs/l1.md).
+
     Input shape: (B, N, 3) gridded candidates (output of :class:`L1CandidateInput`).
     Output shape: (B, N, N, 1).
     """
 
     QUANTIZERS = ("invariant", "input")
 
-    def __init__(self, shift=SHIFT, angle_bits=ANGLE_BITS, invariant_quantizer=None, input_quantizer=None, **kwargs):
+    def __init__(self, shift=SHIFT, angle_bits=ANGLE_BITS, form="collider", invariant_quantizer=None,
+                 input_quantizer=None, **kwargs):
         super().__init__(**kwargs)
+        if form not in FORMS:
+            raise QpelicanError(f"{self.name}: form {form!r} is not known; allowed: {', '.join(FORMS)}.")
+        self.form = form
         self.shift = int(shift)
         self.angle_bits = int(angle_bits)
         self._init_quantizers(invariant_quantizer=invariant_quantizer, input_quantizer=input_quantizer)
@@ -145,7 +158,10 @@ class L1Invariants(QuantizedLayer):
         pt, eta, phi = x[..., 0], x[..., 1], x[..., 2]
         deta = eta[:, :, None] - eta[:, None, :]
         dphi = phi[:, :, None] - phi[:, None, :]
-        r = deta * deta + dphi * dphi
+        if self.form == "collider":
+            r = deta * deta + dphi * dphi
+        else:
+            r = (tf.cosh(deta * ANGLE_STEP) - tf.cos(dphi * ANGLE_STEP)) * (2.0 / ANGLE_STEP**2)
         d = ((pt[:, :, None] * pt[:, None, :]) * r * (2.0 ** -self.shift))[..., None]
         d = d * edge_mask(particle_mask(x))
         n = tf.shape(x)[1]
@@ -157,5 +173,5 @@ class L1Invariants(QuantizedLayer):
 
     def get_config(self):
         cfg = super().get_config()
-        cfg.update(shift=self.shift, angle_bits=self.angle_bits, **self._quantizer_config())
+        cfg.update(shift=self.shift, angle_bits=self.angle_bits, form=self.form, **self._quantizer_config())
         return cfg
