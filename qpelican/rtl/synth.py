@@ -36,6 +36,12 @@ def yosys_script(verilog_files, top, dsp=True, stat_file="yosys_stat.txt"):
     """
     return "\n".join([
         "read_verilog -defer " + " ".join(verilog_files),
+        # the normaliser tables are small ROMs ($readmemh): turn them into logic first, as synth_xilinx
+        # finds no memory mapping for them
+        f"hierarchy -top {top}",
+        "proc",
+        "memory -nomap",
+        "memory_map",
         f"synth_xilinx -family xcup -top {top} -flatten {'' if dsp else '-nodsp '}-run :map_luts",
         "abc -lut 6",
         "clean",

@@ -134,6 +134,7 @@ def const_mul(x, w):
 def _cmul(x, w, counter, what):
     """x * constant w, counted as one constant multiplication."""
     if w == 0:
+        counter.add("zero coefficients (no product)")
         return _zero(x.hwconf)
     counter.add(what)
     return const_mul(x, w)
@@ -246,8 +247,7 @@ def _trace_2to2(p, d, mask, n_var, counter):
     def aggregate(k, src, c):
         k = alias[k]
         t = tabs[k][c]
-        if t.low != t.high:
-            counter.add("aggregate x normaliser products")
+        counter.add("aggregate x normaliser products" if t.low != t.high else "aggregate x constant normaliser")
         return quantize_conv(const_mul(src, t.low) if t.low == t.high else src * t, *agg)
 
     vec = {}  # op -> [particle][channel] aggregates; ops sharing a table share the aggregate
@@ -305,8 +305,7 @@ def _trace_2to0(p, y, n_var, counter):
         counter.add("total sum over pairs", _adders(every))
         counter.add("trace", _adders(diag))
         for t, src, dst in ((t0, _sum_or_zero(every, hw), u1), (t1, _sum_or_zero(diag, hw), u2)):
-            if t.low != t.high:
-                counter.add("aggregate x normaliser products")
+            counter.add("aggregate x normaliser products" if t.low != t.high else "aggregate x constant normaliser")
             dst.append(quantize_conv(const_mul(src, t.low) if t.low == t.high else src * t, *agg))
     out = []
     for h in range(co):
