@@ -150,10 +150,12 @@ def test_models_without_firmware_are_estimated():
     assert full.source == "estimate" and {"dense", "2to2_full", "2to0"} <= {s.kind for s in full.stages}
     # a nano model the plan accepts and its estimate count the same operators
     nano = build_model({"n_constituents": 8, "quantization": Q8})
-    # another front end (Level-1 candidates): estimated, its layers named as not counted
+    # the Level-1 front end: planned like the momentum front end; a float one is estimated, every layer counted
     l1 = model_cost(build_model({"n_constituents": 8, "format": "l1", "quantization": Q8}))
-    assert l1["source"] == "estimate" and "invariants" in l1["uncounted"]
+    assert l1["source"] == "plan" and any(m["what"].startswith("pT_i * R_ij") for m in l1["multipliers"])
     assert {a["width"] for a in l1["adders"] if a["what"] == "column sums S_j (= row sums)"} == {8 + 3}
+    l1_float = model_cost(build_model({"n_constituents": 8, "format": "l1"}))
+    assert l1_float["source"] == "estimate" and not l1_float["uncounted"]
 
     def counts(inv):
         return [(s.layer, [o.count for o in s.multipliers + s.adders]) for s in inv.stages]

@@ -18,7 +18,7 @@ from qpelican.hls import report as rp
 from qpelican.hls.verify import compare, read_jets
 from qpelican.hw.parts import DEFAULT_CLOCK_NS, DEFAULT_PART
 from qpelican.hw.plan import make_plan
-from qpelican.nn.models import model_constituents
+from qpelican.nn.models import model_constituents, model_format
 from qpelican.nn.serialize import load_model
 
 BACKENDS = {"vitis": "Vitis", "vivado": "Vivado"}
@@ -266,7 +266,7 @@ def export_run(run_or_model, out_dir, backend="Vitis", part=None, clock=None, re
         model, src = run_or_model, "<in-memory model>"
     p4 = labels = None
     if verify is not None:
-        p4, labels, verify_file = read_jets(verify, model_constituents(model), jets, log=log)
+        p4, labels, verify_file = read_jets(verify, model_constituents(model), jets, log=log, fmt=model_format(model))
         if len(p4) < int(jets):
             log(f"note: {verify_file} holds {len(p4)} jets with constituents, fewer than --jets {jets}; "
                 f"verifying all {len(p4)}")

@@ -30,7 +30,7 @@ from qpelican.hw.inventory import stage_of
 from qpelican.hw.plan import IR_NAMES, make_plan, type_str
 
 BACKENDS = ("Vivado", "Vitis")
-HEADERS = ("nnet_qp_lorentz.h", "nnet_qp_lineq.h")
+HEADERS = ("nnet_qp_lorentz.h", "nnet_qp_lineq.h", "nnet_qp_l1.h")
 
 _registered = False
 
@@ -115,6 +115,18 @@ def _cfg_lines(lp, node):
                   f"static const unsigned multiplier_limit = {_multiplier_limit(node, reuse)};",
                   f"typedef {type_str(t['dot_t'])} dot_t;"]
         base = "qp_invariants_config"
+    elif lp.keras_class == "L1CandidateInput":
+        lines += [f"static const unsigned n = {n};", f"typedef {t['pt_t']} pt_t;", f"typedef {t['angle_t']} angle_t;"]
+        base = "qp_l1_input_config"
+    elif lp.keras_class == "CandidateMask":
+        lines += [f"static const unsigned n = {n};"]
+        base = "qp_candidate_mask_config"
+    elif lp.keras_class == "L1Invariants":
+        lines += [f"static const unsigned n = {n};", f"static const unsigned reuse_factor = {reuse};",
+                  f"static const unsigned multiplier_limit = {_multiplier_limit(node, reuse)};"]
+        for k in ("pt_t", "angle_t", "diff_t", "adiff_t", "r_t", "ptr_t", "prod_t", "dot_t"):
+            lines.append(f"typedef {type_str(t[k])} {k};")
+        base = "qp_l1_invariants_config"
     elif lp.keras_class == "LinEq2to2":
         ci, co, al = p["n_in"], p["n_out"], p["alias"]
         lines += [f"static const unsigned n = {n};", f"static const unsigned n_in = {ci};",
@@ -158,6 +170,11 @@ def _function_call(lp, node):
         return f"nnet::qp_particle_mask<{var(0).type.name}, {out.type.name}, {cfg}>({var(0).name}, {out.name});"
     if lp.keras_class == "LorentzInvariants":
         return f"nnet::qp_lorentz_invariants<{var(0).type.name}, {out.type.name}, {cfg}>({var(0).name}, {out.name});"
+    l1_functions = {"L1CandidateInput": "qp_l1_candidate_input", "CandidateMask": "qp_candidate_mask",
+                    "L1Invariants": "qp_l1_invariants"}
+    if lp.keras_class in l1_functions:
+        fn = l1_functions[lp.keras_class]
+        return f"nnet::{fn}<{var(0).type.name}, {out.type.name}, {cfg}>({var(0).name}, {out.name});"
     w = {k: node.get_weights(k).name for k in lp.weights}
     if lp.keras_class == "LinEq2to2":
         args = ", ".join([var(0).name, var(1).name, out.name, w["w"], w["b"], w["bd"]] + [w[f"t{k}"] for k in range(5)])

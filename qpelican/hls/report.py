@@ -7,6 +7,7 @@ same way. ``cost_model`` is :func:`qpelican.hw.cost.model_cost`'s figure (what f
 widths that hold for any weights on the recipe's grids); ``cost_model.differences`` names each
 operator whose width or count differs from the firmware's, with its BOPs.
 """
+import math
 import os
 import shutil
 
@@ -25,7 +26,15 @@ PRAGMAS = {
                   "UNROLL (all loops)"],
     "LinEq2to0": ["PIPELINE II=reuse_factor", "ALLOCATION mul limit=multiplier_limit", "function_instantiate (w, b)",
                   "ARRAY_PARTITION complete (weights, aggregates)", "UNROLL (all loops)"],
+    "L1CandidateInput": ["INLINE", "UNROLL (casts to the pT and angle types)"],
+    "CandidateMask": ["INLINE", "UNROLL (one comparison pT_i != 0 per candidate)"],
+    "L1Invariants": ["PIPELINE II=reuse_factor", "ALLOCATION mul limit=multiplier_limit",
+                     "ARRAY_PARTITION complete (pT, eta, phi, mask)", "UNROLL (pairs i<j)"],
 }
+HLS_FUNCTIONS = {"MomentumInput": "qp_momentum_input", "ParticleMask": "qp_particle_mask",
+                 "LorentzInvariants": "qp_lorentz_invariants", "LinEq2to2": "qp_lineq2to2_nano",
+                 "LinEq2to0": "qp_lineq2to0", "L1CandidateInput": "qp_l1_candidate_input",
+                 "CandidateMask": "qp_candidate_mask", "L1Invariants": "qp_l1_invariants"}
 TOP_PRAGMAS = ["PIPELINE (top function, io_parallel)", "ARRAY_RESHAPE complete (inputs/outputs)",
                "ARRAY_PARTITION complete (layer outputs)", "INTERFACE ap_vld"]
 COST_KEYS = ("bops", "bops_multipliers", "bops_adders", "n_multipliers", "n_adders", "dsp_estimate", "lut_estimate",
@@ -51,9 +60,7 @@ def _layer_entry(lp, hls_layer=None):
     entry = {
         "name": lp.name,
         "keras_class": lp.keras_class,
-        "hls_function": {"MomentumInput": "qp_momentum_input", "ParticleMask": "qp_particle_mask",
-                         "LorentzInvariants": "qp_lorentz_invariants", "LinEq2to2": "qp_lineq2to2_nano",
-                         "LinEq2to0": "qp_lineq2to0"}[lp.keras_class],
+        "hls_function": HLS_FUNCTIONS[lp.keras_class],
         "output": {"shape": list(lp.out_shape), "elements": size, "type": lp.out_type, "bits": size * width_of(lp.out_type)},
         "types": {k: (v.describe() if isinstance(v, Fx) else {"type": str(v)}) for k, v in lp.types.items()},
         "weights": {k: {"elements": int(len(v[0])), "type": v[1]} for k, v in lp.weights.items()},
@@ -89,6 +96,18 @@ def _cost_model(plan, reuse, exact):
 def _input_entry(model, plan):
     mi = plan["layers"][0].params
     fmt = model.get_layer(plan["layers"][0].name).input_format
+    if plan["layers"][0].keras_class == "L1CandidateInput":
+        a = mi["angle_bits"]
+        return {
+            "tensor": plan["input"]["name"], "constituents": mi["n"], "beams": False, "format": "l1",
+            "type": plan["layers"][0].types["input"], "pt_type": plan["layers"][0].types["pt_t"],
+            "scale_gev": 1.0, "declared_range_gev": [fmt.min, fmt.max], "lsb_gev": fmt.lsb,
+            "angle_bits": a, "angle_range_steps": [-(2 ** (a - 1)), 2 ** (a - 1) - 1], "angle_step_rad": math.pi / 720,
+            "what_the_firmware_expects": "Level-1 candidates (pT, eta_rel, phi_rel) per constituent, zero-padded: pT "
+                                         "in GeV on the pT format, eta and phi relative to the jet axis as signed "
+                                         "integers in steps of pi/720; the widths below hold for every input "
+                                         "(no overflow)",
+        }
     return {
         "tensor": plan["input"]["name"],
         "constituents": mi["n_in"],
@@ -149,9 +168,14 @@ def format_report(rep):
     i = rep["input"]
     lines.append(f"project {s.get('out', '')}  backend {s.get('backend')}  part {s.get('part')}  clock {s.get('clock')} ns  "
                  f"reuse {s.get('reuse')}  io_parallel / Latency")
-    lines.append(f"input: {i['constituents']} x 4 {i['type']} (p / {i['scale_gev']:g} GeV; range "
-                 f"[{i['declared_range_gev'][0]:g}, {i['declared_range_gev'][1]:g}] GeV, LSB {i['lsb_gev']:g} GeV)"
-                 + ("  + 2 beams" if i["beams"] else ""))
+    if i.get("format") == "l1":
+        lines.append(f"input: {i['constituents']} x 3 Level-1 candidates {i['type']} (pT {i['pt_type']}: "
+                     f"[{i['declared_range_gev'][0]:g}, {i['declared_range_gev'][1]:g}] GeV, LSB {i['lsb_gev']:g} GeV; "
+                     f"eta_rel, phi_rel {i['angle_bits']}-bit integers, steps of pi/720)")
+    else:
+        lines.append(f"input: {i['constituents']} x 4 {i['type']} (p / {i['scale_gev']:g} GeV; range "
+                     f"[{i['declared_range_gev'][0]:g}, {i['declared_range_gev'][1]:g}] GeV, LSB {i['lsb_gev']:g} GeV)"
+                     + ("  + 2 beams" if i["beams"] else ""))
     lines.append("")
     lines.append(f"{'layer':14s} {'function':22s} {'output':>12s} {'type':34s} intermediates")
     for ly in rep["layers"]:

@@ -2,8 +2,9 @@
 
 The firmware input is the quantized scaled momenta ``p_hat = Q_input(p / scale)``, computed by the
 model's own ``MomentumInput`` layer (the same TF ops as in training, beams stripped: the firmware
-adds them as constants). Both outputs are compared exactly; differences are reported in LSBs of
-the output format.
+adds them as constants); for a Level-1 model (``data.format: l1``) it is the candidates on the
+grid, computed by its ``L1CandidateInput``. Both outputs are compared exactly; differences are
+reported in LSBs of the output format.
 """
 import time
 
@@ -13,19 +14,39 @@ from qpelican.core.errors import ExportError
 
 
 def momentum_layer(model):
-    from qpelican.nn.layers import MomentumInput
+    """The model's input layer: MomentumInput, or L1CandidateInput for a Level-1 model."""
+    from qpelican.nn.layers import L1CandidateInput, MomentumInput
 
     for layer in model.layers:
-        if isinstance(layer, MomentumInput):
+        if isinstance(layer, (MomentumInput, L1CandidateInput)):
             return layer
-    raise ExportError("the model has no MomentumInput layer; only qpelican nanoPELICAN models can be verified.")
+    raise ExportError("the model has no MomentumInput (or L1CandidateInput) layer; only qpelican nanoPELICAN "
+                      "models can be verified.")
+
+
+def _l1_inputs(layer, x):
+    """Level-1 candidates on the grid, as the model's L1CandidateInput computes them."""
+    from qpelican.nn.quant import quantize
+
+    x_hat = layer(np.asarray(x, np.float32)).numpy()
+    lo, hi = layer.angle_range
+    pt = x_hat[..., 0].astype(np.float64)
+    ang = x_hat[..., 1:]
+    on_grid = np.array_equal(quantize(pt, layer.input_format).numpy(), pt) and np.array_equal(np.round(ang), ang) \
+        and ang.min(initial=0) >= lo and ang.max(initial=0) <= hi
+    if not on_grid:
+        raise ExportError("L1CandidateInput produced values off the Level-1 grid; cannot feed the firmware.")
+    return np.ascontiguousarray(x_hat, dtype=np.float32)
 
 
 def firmware_inputs(model, p4):
-    """p_hat (B, N, 4) float32 exactly as the model's MomentumInput computes it (without beams)."""
+    """p_hat (B, N, 4) float32 exactly as the model's MomentumInput computes it (without beams);
+    for a Level-1 model the candidates (B, N, 3) on the grid (L1CandidateInput)."""
     from qpelican.nn.quant import quantize
 
     layer = momentum_layer(model)
+    if type(layer).__name__ == "L1CandidateInput":
+        return _l1_inputs(layer, p4)
     p_hat = layer(np.asarray(p4, np.float32)).numpy()
     if layer.beams:
         p_hat = p_hat[:, 2:]
@@ -74,9 +95,7 @@ def compare(model, hls_model, plan, p4, labels=None, batch=2000):
         t2 = time.perf_counter()
         t_keras += t1 - t0
         t_hls += t2 - t1
-    layer = momentum_layer(model)
-    scaled = np.abs(p4.astype(np.float64) / layer.scale)
-    saturated = np.any(scaled > layer.input_format.max, axis=-1)  # constituents clipped by the input quantizer
+    saturation = input_saturation(momentum_layer(model), p4)
     k = np.concatenate(keras_out).astype(np.float64)
     h = np.concatenate(hls_out).astype(np.float64)
     diff = np.abs(h - k)
@@ -93,10 +112,7 @@ def compare(model, hls_model, plan, p4, labels=None, batch=2000):
         "csim_seconds": t_hls,
         "csim_jets_per_s": float(len(p4) / t_hls) if t_hls > 0 else None,
         "keras_seconds": t_keras,
-        "input_saturation": {"constituents": int(saturated.sum()), "jets": int(np.any(saturated, axis=1).sum()),
-                             "note": "constituents with a momentum component beyond the input range "
-                                     f"(|p| > {layer.input_format.max * layer.scale:g} GeV); both models clip them "
-                                     "identically, no internal sum can overflow"},
+        "input_saturation": saturation,
         "multiplicity": {"min": int((p4[..., 0] != 0).sum(1).min()), "max": int((p4[..., 0] != 0).sum(1).max())},
         "reference": "QKeras/tf-keras model (quantized sums in float64, exact for the widths in report.json)",
     }
@@ -112,14 +128,36 @@ def compare(model, hls_model, plan, p4, labels=None, batch=2000):
     return out, k, h
 
 
-def read_jets(data, n_constituents, jets, log=None):
+def input_saturation(layer, x):
+    """Constituents the input layer clips (counted per constituent and per jet): momenta beyond the
+    input range, or Level-1 candidates with pT above the pT format or an angle beyond angle_bits."""
+    x = np.asarray(x, np.float64)
+    if type(layer).__name__ == "L1CandidateInput":
+        lo, hi = layer.angle_range
+        sat = (x[..., 0] > layer.input_format.max) | np.any((x[..., 1:] < lo) | (x[..., 1:] > hi), axis=-1)
+        sat &= x[..., 0] != 0
+        note = (f"candidates with pT above {layer.input_format.max:g} GeV or eta_rel/phi_rel beyond "
+                f"[{lo}, {hi}]; both models saturate them identically, no internal sum can overflow")
+    else:
+        sat = np.any(np.abs(x / layer.scale) > layer.input_format.max, axis=-1)
+        note = ("constituents with a momentum component beyond the input range "
+                f"(|p| > {layer.input_format.max * layer.scale:g} GeV); both models clip them "
+                "identically, no internal sum can overflow")
+    return {"constituents": int(sat.sum()), "jets": int(np.any(sat, axis=1).sum()), "note": note}
+
+
+def read_jets(data, n_constituents, jets, log=None, fmt="p4"):
     """First ``jets`` jets with constituents of an HDF5 file, or of a directory's test split (else its
-    validation split, never its training split): (momenta, labels, file). A DataError when none."""
-    from qpelican.data.readers import evaluation_file, open_dataset
+    validation split, never its training split): (inputs, labels, file) in input format ``fmt``
+    (``l1``: Level-1 candidates, qpelican.data.l1). A DataError when none."""
+    from qpelican.data.l1 import open_input_dataset
+    from qpelican.data.readers import evaluation_file
 
     path = evaluation_file(data, warn=(lambda m: log(f"note: {m}")) if log else None)
-    ds = open_dataset(path, n_constituents)
+    ds = open_input_dataset(path, n_constituents, fmt)
     p4, labels = ds.read(0, min(int(jets), int(ds.n_jets)))
+    if fmt == "l1" and log is not None:
+        log(ds.counts.describe())
     if len(p4) == 0:
         raise ExportError(f"--verify {path}: no jets to verify (" + (
             f"the first {min(int(jets), ds.n_jets)} rows are all empty jets without constituents"
@@ -140,6 +178,8 @@ def stress_jets(rng, model, jets=400):
 
     layer = momentum_layer(model)
     n = model_constituents(model)
+    if type(layer).__name__ == "L1CandidateInput":
+        return stress_candidates(rng, layer, n, jets)
     top = layer.input_format.max * layer.scale  # GeV at the top of the input range
     q = max(jets // 4, 1)
     groups = []
@@ -173,3 +213,26 @@ def stress_jets(rng, model, jets=400):
     out = np.concatenate(groups).astype(np.float32)
     out[..., 0] = np.abs(out[..., 0])
     return out
+
+
+def stress_candidates(rng, layer, n, jets=400):
+    """Level-1 candidates (jets, n, 3) on the grid that exercise the firmware's corners: realistic
+    jets padded to every multiplicity, full jets, candidates at and beyond the top of the pT format
+    and the angle range (saturating), equal-pT and single-candidate jets."""
+    lo, hi = layer.angle_range
+    top = layer.input_format.max
+    lsb = layer.input_format.lsb
+    q = max(jets // 4, 1)
+    x = np.zeros((jets, n, 3))
+    pt = rng.exponential(top / 200, (jets, n)) * rng.uniform(0.3, 1.5, (jets, 1))
+    x[..., 0] = -np.sort(-np.round(pt / lsb) * lsb, axis=1)
+    x[..., 1:] = np.round(rng.normal(0, 0.3, (jets, n, 2)) * 720 / np.pi)
+    mult = rng.integers(0, n + 1, jets)
+    mult[:2] = [0, 1]
+    mult[q:2 * q] = n  # full jets
+    # at and beyond the top of the ranges
+    x[2 * q:3 * q, :2, 0] = top * rng.uniform(0.9, 1.3, (q, 1))
+    x[2 * q:3 * q, 2:4, 1:] = rng.choice([lo - 40, lo, hi, hi + 40], (q, min(2, max(n - 2, 0)), 2))
+    x[3 * q:, :, 0] = x[3 * q:, :1, 0]  # equal pT: ties everywhere
+    x[np.arange(n)[None, :] >= mult[:, None]] = 0
+    return np.maximum(x, [0.0, -np.inf, -np.inf]).astype(np.float32)

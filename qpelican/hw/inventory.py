@@ -10,9 +10,10 @@ API (all plain dataclasses):
   (the result width) and :class:`Lookup` ``(what, count, entries, width)``: one kind of operator,
   ``count`` instances per jet, fully unrolled (reuse factor 1);
 * :class:`Stage` ``(layer, kind, multipliers, adders, lookups)``: the operators of one Keras layer.
-  ``kind`` is ``"invariants"`` (LorentzInvariants), ``"2to2"`` (LinEq2to2, nano basis) or ``"2to0"``
+  ``kind`` is ``"invariants"`` (LorentzInvariants, L1Invariants), ``"2to2"`` (LinEq2to2, nano basis) or ``"2to0"``
   (LinEq2to0); estimates of models without firmware add ``"2to2_full"``, ``"dense"`` and
-  ``"batchnorm"``. MomentumInput and ParticleMask have no arithmetic and no stage;
+  ``"batchnorm"``. MomentumInput, ParticleMask, L1CandidateInput and CandidateMask have no
+  arithmetic and no stage;
 * :class:`Inventory` ``(stages, widths, source, reason)``: ``inv.stage(layer)``, ``inv.of_kind(kind)``,
   ``inv.multipliers`` / ``inv.adders`` / ``inv.lookups`` (``(layer, operator)`` pairs).
 
@@ -41,7 +42,8 @@ from dataclasses import dataclass, field
 from qpelican.core.errors import ExportError
 from qpelican.hw.fixed import Fx
 from qpelican.hw.plan import make_plan
-from qpelican.nn.layers import EdgeDense, LinEq2to0, LinEq2to2, LorentzInvariants, MaskedBatchNorm, MomentumInput
+from qpelican.nn.layers import (EdgeDense, L1Invariants, LinEq2to0, LinEq2to2, LorentzInvariants, MaskedBatchNorm,
+                                MomentumInput)
 from qpelican.nn.quant import fixed_format
 
 EXACT = "exact"  # the firmware's types for these weights
@@ -184,6 +186,24 @@ def invariants_stage(name, n, zero_diagonal, w):
     return s
 
 
+def l1_invariants_stage(name, n, w):
+    """qp_l1_invariants: d_ij = (pT_i R_ij) pT_j 2^-shift, R_ij = |deta|^2 + |dphi|^2, for pairs i < j
+    (the shift is wiring).
+
+    Args:
+      w: widths {"pt": pT, "diff": angle difference, "adiff": its magnitude, "r": R_ij, "ptr": pT_i R_ij}.
+    """
+    s = Stage(name, "invariants")
+    pairs = n * (n - 1) // 2
+    s.add("eta_i - eta_j, phi_i - phi_j (pairs i<j)", 2 * pairs, w["diff"])
+    s.add("|deta|, |dphi| (conditional negation)", 2 * pairs, w["adiff"])
+    s.mult("|deta|^2, |dphi|^2 (pairs i<j)", 2 * pairs, w["adiff"], w["adiff"])
+    s.add("R_ij = deta^2 + dphi^2", pairs, w["r"])
+    s.mult("pT_i * R_ij (pairs i<j)", pairs, w["pt"], w["r"])
+    s.mult("(pT_i R_ij) * pT_j (pairs i<j)", pairs, w["ptr"], w["pt"])
+    return s
+
+
 def nano_2to2_stage(name, n, ci, co, alias, w):
     """qp_lineq2to2_nano on the symmetric, zero-diagonal x_ij.
 
@@ -253,6 +273,8 @@ def stage_of(lp, widths=EXACT):
     t, p, n = _types(lp, widths), lp.params, lp.n
     if lp.keras_class == "LorentzInvariants":
         return invariants_stage(lp.name, n, p["zero_diagonal"], {"p": width_of(t["p"]), "dot": width_of(t["dot_t"])})
+    if lp.keras_class == "L1Invariants":
+        return l1_invariants_stage(lp.name, n, {k: width_of(t[f"{k}_t"]) for k in ("pt", "diff", "adiff", "r", "ptr")})
     if lp.keras_class == "LinEq2to2":
         w = {"n": width_of(t["n_t"]), "x": width_of(t["x"]), "sum": width_of(t["sum_t"]),
              "total": width_of(t["total_t"]), "tables": [width_of(t[f"table{k}_t"]) for k in range(5)],
@@ -359,6 +381,10 @@ def _nominal_stage(layer, n, fmt):
         w = _bits(fmt)
         return invariants_stage(layer.name, n, layer.zero_diagonal, {"p": _nom(w), "dot": _grow(_prod(w, w), 2)}), \
             layer.invariant_format
+    if isinstance(layer, L1Invariants):
+        wp, a = _bits(layer.input_format), layer.angle_bits
+        w = {"pt": _nom(wp), "diff": a + 1, "adiff": a, "r": 2 * a + 1, "ptr": _nom(_prod(wp, 2 * a + 1))}
+        return l1_invariants_stage(layer.name, n, w), layer.invariant_format
     if isinstance(layer, LinEq2to2):
         return _nominal_2to2(layer, n, _bits(fmt)), layer.output_format
     if isinstance(layer, LinEq2to0):
@@ -376,13 +402,14 @@ def _nominal_stage(layer, n, fmt):
         q = getattr(layer, "kernel_quantizer_internal", None)
         wk = _bits(fixed_format(q)) if q is not None else None
         return _dense(layer, 1, int(layer.kernel.shape[0]), layer.units, wk, _bits(fmt)), None
-    # no arithmetic (mask, dropout) or not modelled (see NO_ARITHMETIC); invariants of another front end
-    # (Level-1 candidates) still set the width the equivariant layers see
+    # no arithmetic (mask, dropout) or not modelled (see NO_ARITHMETIC); a layer with invariants still
+    # sets the width the equivariant layers see
     return None, getattr(layer, "invariant_format", fmt)
 
 
 # layers without arithmetic to count; any other layer an estimate does not model is listed as uncounted
-NO_ARITHMETIC = ("InputLayer", "MomentumInput", "ParticleMask", "Dropout", "PairDropout")
+NO_ARITHMETIC = ("InputLayer", "MomentumInput", "ParticleMask", "Dropout", "PairDropout", "L1CandidateInput",
+                 "CandidateMask")
 
 
 def estimate(model, reason=""):

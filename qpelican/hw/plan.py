@@ -14,6 +14,7 @@ uses them) and the C++ types:
 The plan is pure Python/numpy (no hls4ml): the exporter, the report and the tests share it.
 """
 from dataclasses import dataclass, field
+from fractions import Fraction
 
 import numpy as np
 import tf_keras
@@ -30,11 +31,15 @@ IR_NAMES = {
     "LorentzInvariants": "QPLorentzInvariants",
     "LinEq2to2": "QPLinEq2to2Nano",
     "LinEq2to0": "QPLinEq2to0",
+    "L1CandidateInput": "QPL1CandidateInput",
+    "CandidateMask": "QPCandidateMask",
+    "L1Invariants": "QPL1Invariants",
 }
 FLOAT64_BITS = 53
 
 NANO_FIX = ("Export supports the nanoPELICAN graph (MomentumInput -> ParticleMask, LorentzInvariants "
-            "-> [Dropout] -> LinEq2to2 nano -> [Dropout] -> LinEq2to0) with every tensor quantized; "
+            "-> [Dropout] -> LinEq2to2 nano -> [Dropout] -> LinEq2to0; with data.format l1: L1CandidateInput "
+            "-> CandidateMask, L1Invariants -> ...) with every tensor quantized; "
             "use a nano recipe with batchnorm: false (architecture: nano).")
 
 
@@ -152,14 +157,16 @@ def _refuse(layer, cls):
 
 def _input_plan(layer):
     shape = tuple(layer.output_shape[0][1:] if isinstance(layer.output_shape, list) else layer.output_shape[1:])
-    if len(shape) != 2 or shape[1] != 4:
-        raise ExportError(f"model input {layer.name!r} has shape {shape}; expected (N, 4) momenta. {NANO_FIX}")
+    if len(shape) != 2 or shape[1] not in (3, 4):
+        raise ExportError(f"model input {layer.name!r} has shape {shape}; expected (N, 4) momenta or (N, 3) "
+                          f"Level-1 candidates. {NANO_FIX}")
     return {"name": layer.name, "n": int(shape[0]), "shape": shape}
 
 
 def _needs(layer, src, kind, what):
     if src.get("kind") != kind:
-        raise ExportError(f"layer {layer.name!r}: {what} must be computed from MomentumInput. {NANO_FIX}")
+        origin = "L1CandidateInput" if kind == "candidates" else "MomentumInput"
+        raise ExportError(f"layer {layer.name!r}: {what} must be computed from {origin}. {NANO_FIX}")
 
 
 def _plan_momentum(layer, ins, state):
@@ -226,9 +233,64 @@ def _plan_lineq2to0(layer, ins, state):
     return _plan_2to0(layer, ins, x), {"kind": "vector", "n": x["n"], "c": layer.channels}
 
 
+def _plan_l1_input(layer, ins, state):
+    """L1CandidateInput: pT cast to the pT format, angles to saturating angle_bits-bit integers; one
+    array of the type that holds both exactly (the firmware's input type)."""
+    fmt = _fmt(layer, "input", "input")
+    lo, hi = layer.angle_range
+    pt, ang = from_format(fmt), Fx(lo, hi, 0)
+    rng = pt.union(ang)
+    n = state[ins[0]]["n"]
+    out_type = f"{rng.ap_type()[:-1]},AP_RND_CONV,AP_SAT>"
+    a = layer.angle_bits
+    p = LayerPlan(layer.name, "L1CandidateInput", IR_NAMES["L1CandidateInput"], ins, n, (n, 3), out_type,
+                  types={"input": out_type, "pt_t": fmt.ap_type(), "angle_t": f"ap_fixed<{a},{a},AP_RND_CONV,AP_SAT>"},
+                  params={"n": n, "angle_bits": a})
+    return p, {"kind": "candidates", "n": n, "pt": pt, "pt_fmt": fmt, "angle_bits": a, "type": out_type}
+
+
+def _plan_candidate_mask(layer, ins, state):
+    src = state[ins[0]]
+    _needs(layer, src, "candidates", "the candidate mask")
+    n = src["n"]
+    p = LayerPlan(layer.name, "CandidateMask", IR_NAMES["CandidateMask"], ins, n, (n,), "ap_uint<1>", params={"n": n})
+    return p, {"kind": "mask", "n": n}
+
+
+def _plan_l1_invariants(layer, ins, state):
+    """L1Invariants: pT_i pT_j (deta^2 + dphi^2) 2^-shift, exact, rounded once (docs/l1.md)."""
+    src = state[ins[0]]
+    _needs(layer, src, "candidates", "Level-1 invariants")
+    if layer.form != "collider":
+        raise ExportError(f"layer {layer.name!r} (L1Invariants, form {layer.form!r}): only the collider form "
+                          "pT_i pT_j (deta^2 + dphi^2) has firmware (the massless form is the float reference of "
+                          "docs/l1.md); set model.l1_form: collider and retrain.")
+    if layer.angle_bits != src["angle_bits"]:
+        raise ExportError(f"layer {layer.name!r}: angle_bits {layer.angle_bits} differs from the input's "
+                          f"{src['angle_bits']}; build the model with qpelican.build_model.")
+    n = src["n"]
+    fmt = _fmt(layer, "invariant", "invariants")
+    amax = 2 ** src["angle_bits"] - 1  # largest |eta_i - eta_j| of two saturated angles
+    diff = Fx(-amax, amax, 0)
+    adiff = Fx(0, amax, 0)  # |eta_i - eta_j|: the squares are unsigned (angle_bits x angle_bits)
+    r = Fx(0, 2 * amax * amax, 0)  # deta^2 + dphi^2, exact integer
+    ptr = src["pt"] * r  # pT_i R_ij: one DSP48 (14 x 21 bits for the Level-1 pT)
+    prod = ptr * src["pt"]  # (pT_i R_ij) pT_j, exact: the same number for ij and ji
+    scale = Fraction(1, 2 ** layer.shift)
+    dot = Fx(prod.lo * scale, prod.hi * scale, prod.frac + layer.shift)  # the same bits, 2^-shift
+    p = LayerPlan(layer.name, "L1Invariants", IR_NAMES["L1Invariants"], ins, n, (n, n, 1), fmt.ap_type(),
+                  types={"x": src["type"], "pt_t": src["pt_fmt"].ap_type(), "angle_t": f"ap_int<{src['angle_bits']}>",
+                         "diff_t": diff, "adiff_t": adiff, "r_t": r, "ptr_t": ptr, "prod_t": prod, "dot_t": dot},
+                  params={"n": n, "shift": layer.shift, "angle_bits": src["angle_bits"]})
+    _check_float64(p, prod.width, "the product pT_i pT_j R_ij")
+    return p, {"kind": "pairs", "n": n, "range": from_format(fmt), "fmt": fmt, "c": 1, "symmetric": True,
+               "zero_diagonal": True}
+
+
 # Keras class -> planner(layer, input tensor names, state) -> (LayerPlan, state of its output)
 PLANNERS = {"MomentumInput": _plan_momentum, "ParticleMask": _plan_mask, "LorentzInvariants": _plan_invariants,
-            "LinEq2to2": _plan_lineq2to2, "LinEq2to0": _plan_lineq2to0}
+            "LinEq2to2": _plan_lineq2to2, "LinEq2to0": _plan_lineq2to0, "L1CandidateInput": _plan_l1_input,
+            "CandidateMask": _plan_candidate_mask, "L1Invariants": _plan_l1_invariants}
 
 
 def make_plan(model):
