@@ -246,3 +246,38 @@ def test_fit_and_evaluate_in_the_l1_format(sim_dir, tmp_path):
     ev, path = evaluate_run(tmp_path / "run", sim_dir / "test.h5")
     assert ev["data"]["format"] == "l1" and ev["l1_grid"]["jets"] == ev["jets"]
     assert json.load(open(path))["auc"] == ev["auc"]
+
+
+# ---------------------------------------------------------------------------------------------- firmware
+def test_hls_c_simulation_is_bit_exact(tmp_path, sim_dir):
+    """export-hls of an alpha-scaled 8-bit l1 model with random weights: the C simulation equals the
+    QKeras model on stress candidates (saturating pT and angles, every multiplicity, ties) and on
+    simulated jets; the report names the Level-1 front end and sizes its product exactly."""
+    from qpelican.hls import compile_model, export_model, predict_phat
+    from qpelican.hls.verify import compare, firmware_inputs, read_jets, stress_jets
+
+    model = random_quantized_model(16, seed=11, alpha=True)
+    hls_model, plan = export_model(model, tmp_path / "prj")
+    assert (tmp_path / "prj" / "firmware" / "nnet_utils" / "nnet_qp_l1.h").exists()
+    inv = plan["by_name"]["invariants"]
+    assert inv.types["prod_t"].width == 49 and plan["keras_exact"]
+    compile_model(hls_model)
+    x = stress_jets(np.random.default_rng(12), model, 400)
+    assert (x[..., 0] == PT_MAX).any() or (x[..., 0] > PT_MAX).any()
+    assert (np.abs(x[..., 1:]) > ANGLE_MAX).any()
+    ref = predict(model, x).astype(np.float64)
+    out = predict_phat(hls_model, firmware_inputs(model, x))[:, 0]
+    assert np.unique(ref).size > 50
+    assert np.array_equal(out, ref), f"{int((out != ref).sum())} of {len(x)} jets differ"
+    sim, labels, _ = read_jets(sim_dir, 16, 200, fmt="l1")
+    ver, _, _ = compare(model, hls_model, plan, sim, labels)
+    assert ver["jets"] == len(sim) and ver["differing_jets"] == 0
+
+
+def test_exporter_refuses_the_massless_form():
+    from qpelican.core.errors import ExportError
+    from qpelican.hw.plan import make_plan
+
+    model = build_model({"format": "l1", "n_constituents": 4, "quantization": Q8, "l1_form": "massless"})
+    with pytest.raises(ExportError, match="l1_form: collider"):
+        make_plan(model)
