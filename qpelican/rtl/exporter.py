@@ -221,7 +221,7 @@ def verify(model, traced, vm, p4, labels, log=print):
     compile_model(vm)
     t_compile = time.perf_counter() - t0
     log(f"running {len(p4)} jets through QKeras and Verilator ...")
-    ver, keras_out, rtl_out = compare(model, _Emulator(vm), traced.plan, p4, labels)
+    ver, keras_out, _ = compare(model, _Emulator(vm), traced.plan, p4, labels)
     renames = {"csim_seconds": "verilator_seconds", "csim_jets_per_s": "verilator_jets_per_s",
                "auc_hls": "auc_rtl", "hls_metrics": "rtl_metrics"}
     ver = {renames.get(k, k): v for k, v in ver.items()}

@@ -29,8 +29,6 @@ from qpelican.core.errors import ExportError
 from qpelican.hw.plan import make_plan
 from qpelican.rtl.rounding import kif, quantize_conv
 
-# the three firmware stages, in data-flow order, with the plan's Keras class of each
-STAGES = (("invariants", "LorentzInvariants"), ("lineq2to2", "LinEq2to2"), ("lineq2to0", "LinEq2to0"))
 STAGE_TITLES = {"invariants": "invariants d_ij", "lineq2to2": "LinEq 2->2", "lineq2to0": "LinEq 2->0"}
 
 
@@ -370,7 +368,6 @@ def trace_model(model, plan=None):
         "lineq2to0": _cut(y_vals + [n_var], out),
     }
     mi = by_class["MomentumInput"]
-    last = by_class["LinEq2to0"]
     out_kif = tuple(int(v) for v in np.max(np.asarray(comb.out_kifs), axis=1))
     return TracedModel(comb=comb, stages=stages, plan=plan, n_in=mi.params["n_in"], n=mi.n,
                        input_kif=kif(mi.params["input_format"]), output_kif=out_kif,

@@ -106,3 +106,22 @@ def compile_model(rtl_model, jobs=None, verbose=False):
     except (RuntimeError, subprocess.CalledProcessError) as exc:
         raise ExportError(f"the Verilator build of the RTL project failed ({exc}); rerun with verbose output, "
                           f"or {INSTALL_HINT}.") from None
+
+
+def load_emulator(project_dir, project_name="qpelican"):
+    """The compiled Verilator emulator of an exported RTL project (``export-rtl --verify`` built it).
+
+    Args:
+      project_dir: the ``--out`` folder of ``qpelican export-rtl``.
+      project_name: its top module (``--project``).
+    Returns a da4ml VerilogModel whose ``predict(p_hat_flat)`` runs the Verilog.
+    """
+    from da4ml.codegen import VerilogModel
+    from da4ml.types import Pipeline
+
+    pipe_file = Path(project_dir) / "model" / "pipeline.json"
+    if not pipe_file.is_file() or not list((Path(project_dir) / "sim").glob(f"lib{project_name}_wrapper_*.so")):
+        raise ExportError(f"{project_dir} holds no compiled RTL emulator; run `qpelican export-rtl ... --verify` first.")
+    vm = VerilogModel(Pipeline.load(str(pipe_file)), project_name, project_dir)
+    vm._load_lib()
+    return vm

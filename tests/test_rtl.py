@@ -1,0 +1,215 @@
+"""RTL back end (da4ml -> Verilog): bit-exact against QKeras, convergent rounding, Yosys counts, refusals, CLI.
+
+One Verilator build (about 20-40 s) serves the CLI test and the stress test; two small Yosys runs.
+"""
+import json
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from da4ml.trace import FixedVariableArrayInput, HWConfig, comb_trace
+
+import qpelican  # noqa: F401  (selects tf-keras)
+from qpelican.core.errors import ExportError
+from qpelican.hls.verify import firmware_inputs, stress_jets
+from qpelican.nn.models import build_model
+from qpelican.nn.quant import FixedFormat, quantize
+from qpelican.rtl.exporter import export_rtl, inventory_check, lut_estimate, restart
+from qpelican.rtl.rounding import quantize_conv
+from qpelican.rtl.synth import synthesize
+from qpelican.rtl.trace import trace_model
+
+Q8 = {"input": "quantized_bits(8,3,alpha=1)", "invariants": "quantized_bits(8,4,alpha=1)",
+      "coefficients": "quantized_bits(8,0,alpha=1)", "biases": "quantized_bits(8,0,alpha=1)",
+      "activation": "quantized_relu(8,3)", "aggregates": "quantized_bits(8,3,alpha=1)",
+      "output": "quantized_bits(12,4,alpha=1)"}
+Q6 = {"input": "quantized_bits(6,0,alpha=1)", "invariants": "quantized_bits(6,3,alpha=1)",
+      "coefficients": "quantized_bits(6,0,alpha=1)", "biases": "quantized_bits(6,1,alpha=1)",
+      "activation": "quantized_relu(6,2)", "aggregates": "quantized_bits(6,2,alpha=1)",
+      "output": "float"}
+
+
+def nano(n, q, seed, **kw):
+    """A nano model with random weights on the quantizer grids (and random alphas), so tests can fail."""
+    model = build_model({"n_constituents": n, "channels": 2, "quantization": q, "nbar": 0.6 * n, **kw})
+    rng = np.random.default_rng(seed)
+    for layer in model.layers:
+        for w in layer.weights:
+            if "alpha" in w.name:
+                w.assign(rng.uniform(-1.0, 1.0, w.shape))
+            elif hasattr(layer, "coefficient_format"):
+                fmt = layer.coefficient_format if "kernel" in w.name else layer.bias_format
+                steps = rng.integers(round(fmt.min / fmt.lsb), round(fmt.max / fmt.lsb) + 1, w.shape)
+                w.assign((steps * fmt.lsb * (0.5 if "bias" in w.name else 1.0)).astype(np.float32))
+    return model
+
+
+def grid_jets(rng, model, jets):
+    """Momenta on the input grid: half small values (rounding ties downstream), half over the whole
+    range (saturating invariants and aggregates), random multiplicities, E >= 0."""
+    from qpelican.hls.verify import momentum_layer
+
+    layer = momentum_layer(model)
+    fmt, n = layer.input_format, int(model.inputs[0].shape[1])
+    lo, hi = round(fmt.min / fmt.lsb), round(fmt.max / fmt.lsb)
+    small = rng.integers(-6, 7, (jets // 2, n, 4))
+    full = rng.integers(lo, hi + 1, (jets - jets // 2, n, 4))
+    steps = np.concatenate([small, full]).astype(np.float64)
+    steps[..., 0] = np.abs(steps[..., 0])
+    mult = rng.integers(0, n + 1, jets)
+    steps[np.arange(n)[None, :] >= mult[:, None]] = 0
+    return (steps * fmt.lsb * layer.scale).astype(np.float32)
+
+
+def assert_bit_exact(model, predict, p4):
+    ref = model.predict(p4, verbose=0).reshape(len(p4), -1).astype(np.float64)
+    out = predict(firmware_inputs(model, p4))
+    assert len(np.unique(ref)) > 10, "degenerate test model: outputs do not vary"
+    bad = np.nonzero(np.any(out != ref, axis=1))[0]
+    assert bad.size == 0, f"{bad.size} of {len(p4)} jets differ; first {bad[:5]}: keras {ref[bad[:5]].ravel()} " \
+                          f"rtl {out[bad[:5]].ravel()}"
+
+
+@pytest.mark.parametrize("k, i, f", [(1, 3, 2), (0, 2, 1), (1, 2, -1), (1, 4, 5), (0, 7, 0)])
+@pytest.mark.parametrize("signed_in", [True, False])
+def test_convergent_rounding_matches_tf_round(k, i, f, signed_in):
+    """Every value of a 12-bit grid (every tie included) rounds as tf.round / QKeras: half to even, saturate."""
+    inp = FixedVariableArrayInput(1, hwconf=HWConfig(1, -1, -1))
+    x = inp.quantize(int(signed_in), 5, 6)
+    comb = comb_trace(inp, [quantize_conv(x._vars[0], k, i, f)])
+    vals = np.arange(-(2 ** 11) if signed_in else 0, 2 ** 11) / 64.0
+    out = comb.predict(vals.reshape(-1, 1))[:, 0]
+    sc = 2.0 ** f
+    ties = vals[(vals * sc) % 1 == 0.5]
+    assert ties.size > 10
+    ref = np.clip(tf.round(vals * sc).numpy() / sc, -k * 2.0 ** i, 2.0 ** i - 1 / sc)
+    np.testing.assert_array_equal(out, ref)
+    # and as the model's own quantizer (QKeras semantics) wherever the format is one QKeras has
+    if f >= 0 and i >= 0:
+        fmt = FixedFormat(k + i + f, i, bool(k))
+        np.testing.assert_array_equal(out, quantize(tf.constant(vals), fmt).numpy())
+    half_up = np.clip(np.floor(vals * sc + 0.5) / sc, -k * 2.0 ** i, 2.0 ** i - 1 / sc)
+    assert np.any(half_up != out), "no tie where half-up and half-to-even differ: the test cannot fail"
+
+
+@pytest.mark.parametrize("n, q, kw", [
+    (8, Q8, {}),  # sum aggregation: constant normalisers (shift-and-add)
+    (7, Q8, {"alpha": True}),  # normaliser lookup tables, variable products
+    (6, Q6, {"alpha": True, "beams": True, "scale": 16.0, "aggregation": "mean"}),  # beams, float output
+])
+def test_trace_bit_exact_ties_and_saturation(n, q, kw):
+    """da4ml's graph (its int64 interpreter) equals QKeras on grid jets (ties, saturation) and stress jets."""
+    model = nano(n, q, seed=n, **kw)
+    traced = trace_model(model)
+    rng = np.random.default_rng(n)
+    p4 = np.concatenate([grid_jets(rng, model, 1500), stress_jets(rng, model, 500)])
+    assert_bit_exact(model, traced.predict, p4)
+    assert set(traced.stages) == {"invariants", "lineq2to2", "lineq2to0"}
+
+
+def test_inventory_hand_count_and_cross_check():
+    """N = 4, C = 2: 4 x 6 momentum products; the trace's products equal qpelican.hw.inventory's."""
+    model = nano(4, Q8, seed=3, alpha=True)
+    chk = inventory_check(trace_model(model))
+    inv = chk["stages"]
+    assert inv["invariants"]["rtl_variable_products"] == 4 * 6 == inv["invariants"]["inventory_multipliers"]
+    for name in ("lineq2to2", "lineq2to0"):
+        c = inv[name]
+        assert c["rtl_variable_products"] + c["rtl_constant_products"] + c["rtl_zero_coefficients"] == \
+            c["inventory_multipliers"], (name, c)
+    # 2->2 with alpha: 3 vector aggregates x 4 particles + 2 scalar ones are table products
+    assert inv["lineq2to2"]["rtl_variable_products"] == 3 * 4 + 2
+    assert not any(d.startswith("lineq2to2: ") and "products traced" in d for d in chk["differences"])
+
+
+@pytest.mark.parametrize("cfg, match", [
+    ({"quantization": {**Q8, "aggregates": "float"}}, "aggregates is float"),
+    ({"quantization": {k: "float" for k in Q8}}, "float"),
+    ({"quantization": Q8, "batchnorm": True}, "MaskedBatchNorm"),
+])
+def test_unsupported_models_refused(tmp_path, cfg, match):
+    model = build_model({"n_constituents": 6, **cfg})
+    with pytest.raises(ExportError, match=match):
+        export_rtl(model, tmp_path / "x", yosys=False, yosys_nodsp=False)
+    with pytest.raises(ExportError, match=match):
+        lut_estimate(model)
+    assert not (tmp_path / "x").exists()
+
+
+def test_lut_estimate_grows_with_width():
+    narrow = {**Q8, "input": "quantized_bits(6,3,alpha=1)"}
+    wide = {**Q8, "input": "quantized_bits(12,3,alpha=1)"}
+    a, b = lut_estimate(nano(5, narrow, seed=1)), lut_estimate(nano(5, wide, seed=1))
+    assert 0 < a < b
+
+
+def test_yosys_counts_grow_with_width(tmp_path):
+    """Yosys (LUTs only) on the invariants stage of a 3-particle model: non-zero LUTs, more when wider."""
+    from qpelican.rtl.exporter import _write
+
+    luts = []
+    for bits in (4, 8):
+        model = nano(3, {**Q8, "input": f"quantized_bits({bits},3,alpha=1)"}, seed=1)
+        comb = restart(trace_model(model).stages["invariants"])
+        path = tmp_path / f"inv{bits}"
+        _write(comb, "inv", path, 5.0, "xcvu13p-flga2577-2-e")
+        res = synthesize(path, "inv", dsp=False)
+        assert res["dsp"] == 0 and res["lut"] > 0
+        luts.append(res["lut"])
+    assert luts[1] > luts[0], luts
+
+
+@pytest.fixture(scope="module")
+def cli_project(sim_dir, tmp_path_factory):
+    """`qpelican export-rtl RUN --verify test.h5` on a saved 6-particle model (one Verilator build)."""
+    from qpelican.cli.main import main
+
+    tmp = tmp_path_factory.mktemp("rtl")
+    model = nano(6, Q8, seed=5, alpha=True)
+    run = tmp / "run"
+    run.mkdir()
+    model.save(run / "model.keras")
+    out = tmp / "prj"
+    rc = main(["export-rtl", str(run), "--out", str(out), "--verify", str(sim_dir), "--jets", "80",
+               "--no-yosys", "--no-yosys-nodsp", "--clock", "4", "--latency-cutoff", "3"])
+    return model, out, rc
+
+
+def test_cli_verify_real_jets(cli_project, capsys):
+    """Real simulated jets through Verilator: 0 differ, report.json has lut/ff/dsp/latency per stage and total."""
+    model, out, rc = cli_project
+    assert rc == 0
+    ver = json.loads((out / "verify.json").read_text())
+    rep = json.loads((out / "report.json").read_text())
+    assert ver["jets"] == 80 and ver["differing_jets"] == 0 and ver["max_diff_lsb"] == 0
+    assert ver["interpreter_differing_jets"] == 0 and ver["verilator_jets_per_s"] > 0
+    assert "auc_rtl" in ver and ver["auc_rtl"] == ver["auc_keras"]
+    for entry in [*rep["stages"].values(), rep["total"]]:
+        assert entry["lut"] > 0 and entry["ff"] > 0 and entry["dsp"] == 0 and entry["latency_ns"] > 0
+        assert entry["source"] == "da4ml"
+    assert set(rep["stages"]) == {"invariants", "lineq2to2", "lineq2to0"}
+    assert rep["total"]["latency_ns"] == 4 * rep["total"]["cycles"]
+    assert (out / "src" / "qpelican.v").is_file() and (out / "build_vivado_prj.tcl").is_file()
+
+
+def test_verilator_bit_exact_ties_and_saturation(cli_project):
+    """The compiled Verilog equals QKeras on grid jets (rounding ties, saturation) and stress jets."""
+    from qpelican.rtl.verilator import load_emulator
+
+    model, out, _ = cli_project
+    vm = load_emulator(out)
+    rng = np.random.default_rng(11)
+    p4 = np.concatenate([grid_jets(rng, model, 3000), stress_jets(rng, model, 1000)])
+    assert_bit_exact(model, lambda x: vm.predict(x.reshape(len(x), -1).astype(np.float64), n_threads=1), p4)
+
+
+def test_cli_refuses_batchnorm_exit_2(tmp_path, capsys):
+    from qpelican.cli.main import main
+
+    model = build_model({"n_constituents": 6, "quantization": Q8, "batchnorm": True})
+    model.save(tmp_path / "bn.keras")
+    with pytest.raises(SystemExit) as exc:
+        main(["export-rtl", str(tmp_path / "bn.keras"), "--out", str(tmp_path / "x")])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert "MaskedBatchNorm" in err and "Traceback" not in err
