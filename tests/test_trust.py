@@ -169,6 +169,16 @@ def test_loader_accepts_qpelican_models_and_refuses_damaged_ones(run_dir, tmp_pa
     user_error(["explain", bad], capsys, "not a .keras model")
     (bad / "model.keras").write_bytes(b"")
     user_error(["export-hls", bad, "--out", tmp_path / "fw"], capsys, "empty")
+    # a string QKeras would turn into a call of another function of its module
+    with zipfile.ZipFile(run_dir / "model.keras") as z:
+        parts = {n: z.read(n) for n in z.namelist()}
+    cfg = json.loads(parts["config.json"])
+    cfg["config"]["layers"][-1]["config"]["output_quantizer"] = "safe_eval('x', {})"
+    parts["config.json"] = json.dumps(cfg).encode()
+    with zipfile.ZipFile(bad / "model.keras", "w") as z:
+        for n, data in parts.items():
+            z.writestr(n, data)
+    user_error(["evaluate", bad, sim_dir], capsys, "not a QKeras quantizer")
 
 
 # ------------------------------------------------------------------ 2. nothing a user made is destroyed

@@ -13,6 +13,7 @@ guards only the zip ``.keras`` format. :func:`load_model` therefore accepts only
 and then loads it with tf-keras's safe mode on. Everything else raises
 :class:`qpelican.core.errors.QpelicanError` (exit status 2 on the command line).
 """
+import ast
 import json
 import os
 import zipfile
@@ -41,6 +42,8 @@ KERAS_CLASSES = frozenset({
     "__tuple__", "__numpy__", "__keras_tensor__",
 })
 TRUSTED_MODULES = ("keras", "tf_keras", "qkeras", "qpelican")
+QUANTIZER_CLASSES = frozenset(name for name, obj in qkeras_objects().items()
+                              if isinstance(obj, type) and obj.__module__.startswith("qkeras.quantizers"))
 
 
 def custom_objects():
@@ -117,7 +120,39 @@ def read_config(path):
         names = ", ".join(sorted(set(map(str, bad))))
         _refuse(path, f"it contains {names}, which is not a qpelican or QKeras layer"
                       + (" (a Lambda layer holds Python code)" if any("lambda" in b.lower() for b in bad) else ""))
+    # QKeras turns strings such as "quantized_bits(8,0)" into calls of names in its module: allow only
+    # calls of its quantizer classes with literal arguments
+    calls = [t for t in _strings(model_part, []) if "(" in t and not _quantizer_call(t)]
+    if calls:
+        _refuse(path, f"its config holds {calls[0][:80]!r}, which is not a QKeras quantizer with literal arguments")
     return config
+
+
+def _strings(obj, found):
+    """Every string value in a config tree."""
+    if isinstance(obj, dict):
+        for v in obj.values():
+            _strings(v, found)
+    elif isinstance(obj, list):
+        for v in obj:
+            _strings(v, found)
+    elif isinstance(obj, str):
+        found.append(obj)
+    return found
+
+
+def _quantizer_call(text):
+    """True for ``name(literal, ..., key=literal)`` with ``name`` a QKeras quantizer class."""
+    try:
+        call = ast.parse(text.strip(), mode="eval").body
+        if not (isinstance(call, ast.Call) and isinstance(call.func, ast.Name)
+                and call.func.id in QUANTIZER_CLASSES and all(k.arg for k in call.keywords)):
+            return False
+        for node in list(call.args) + [k.value for k in call.keywords]:
+            ast.literal_eval(node)
+    except (SyntaxError, ValueError, TypeError, MemoryError, RecursionError):
+        return False
+    return True
 
 
 def load_model(path):
