@@ -47,7 +47,6 @@ ANGLE_BITS = 10                                   # relative eta, phi within a j
 ANGLE_MIN = -(2 ** (ANGLE_BITS - 1))              # -512
 ANGLE_MAX = 2 ** (ANGLE_BITS - 1) - 1             # 511
 PHI_TURN = 1440                                   # steps once around in phi
-FEATURES = ("pt", "eta_rel", "phi_rel")
 
 
 @dataclass
@@ -85,7 +84,7 @@ class GridCounts:
         """One line for the terminal."""
         if not self.out_of_range:
             return (f"L1 grid: {self.candidates} candidates of {self.jets} jets, none out of range "
-                    f"(pT <= {PT_MAX} GeV, |eta_rel|, |phi_rel| within {ANGLE_BITS} bits)")
+                    f"(pT <= {PT_MAX} GeV in {PT_BITS} bits, |eta_rel|, |phi_rel| within {ANGLE_BITS} bits)")
         return (f"L1 grid: {self.out_of_range} of {self.candidates} candidates out of range in "
                 f"{self.jets_affected} of {self.jets} jets, saturated as the firmware does: "
                 f"{self.pt_saturated} pT > {PT_MAX} GeV, {self.eta_saturated} |eta_rel| and "
