@@ -17,6 +17,9 @@ A recipe has five sections and two top-level keys; every key is optional except 
       seed: 0                      # seed of the simulated sample
       detector: none               # simulated sample: none (truth particles) | simple (Delphes-like
                                    # E-flow); ignored with a path
+      matching: contained          # simulated top jets: contained (top, b and W quarks within dR < 0.8
+                                   # of the jet) | top (the top alone); ignored with a path
+      mpi: false                   # simulated sample: multi-parton interactions; ignored with a path
     model:                         # keys and defaults of qpelican.config.model.DEFAULTS (null/absent = default)
       architecture: nano           # nano | pelican
       channels: 2
@@ -80,6 +83,7 @@ from qpelican.core.formats import is_float, parse_format
 
 DEFAULT_SIMULATED_JETS = 40000
 DETECTORS = ("none", "simple")  # simulated samples: truth particles | Delphes-like E-flow
+MATCHINGS = ("contained", "top")  # simulated top jets: top + decay quarks in the jet | the top alone
 
 
 class _Section(BaseModel):
@@ -96,6 +100,8 @@ class DataSection(_Section):
     beams: bool = False
     seed: int = 0
     detector: Literal[DETECTORS] = "none"  # simulated sample only (ignored with a path)
+    matching: Literal[MATCHINGS] = "contained"  # simulated sample only (ignored with a path)
+    mpi: bool = False  # simulated sample only (ignored with a path)
 
 
 class ModelSection(_Section):
