@@ -281,3 +281,28 @@ def test_exporter_refuses_the_massless_form():
     model = build_model({"format": "l1", "n_constituents": 4, "quantization": Q8, "l1_form": "massless"})
     with pytest.raises(ExportError, match="l1_form: collider"):
         make_plan(model)
+
+
+def test_data_inspect_reports_out_of_range_candidates(tmp_path):
+    import h5py
+    from typer.testing import CliRunner
+
+    from qpelican.cli.main import app
+    from qpelican.data.inspect import summarize
+
+    step = ANGLE_STEP
+    jet = massless([5000.0, 40.0, 30.0, 20.0, 0.1], [0.0, 600 * step, 0.0, 0.0, 0.0],
+                   [0.0, 0.0, 0.0, -650 * step, 0.0])
+    pmu = np.zeros((4, 8, 4))
+    pmu[0, :5] = jet
+    pmu[1:, :3] = massless([100.0, 50.0, 20.0], [0.1, 0.2, 0.0], [0.0, 0.1, -0.1])
+    path = tmp_path / "odd.h5"
+    with h5py.File(path, "w") as f:
+        f["Pmu"] = pmu
+        f["is_signal"] = np.array([1, 0, 1, 0])
+    s = summarize(str(path), l1_n=16)["l1"]
+    assert (s["pt_saturated"], s["eta_saturated"], s["phi_saturated"], s["below_lsb"]) == (1, 1, 1, 1)
+    assert s["jets_affected"] == 1 and s["jets"] == 4
+    res = CliRunner().invoke(app, ["data", "inspect", str(path)])
+    assert res.exit_code == 0, res.output
+    assert "4 of 13 candidates out of range in 1 of 4 jets" in " ".join(res.output.split())

@@ -35,6 +35,10 @@ def simulate(
     detector: str = typer.Option("none", "--detector",
                                  help="none | simple. none: truth particles; simple: Delphes-like E-flow "
                                       "(smeared tracks + calorimeter towers)."),
+    matching: str = typer.Option("contained", "--matching",
+                                 help="contained | top. Which top jets count as signal: contained (default) = the "
+                                      "top and its b and W decay quarks within dR < 0.8 of the jet; top = the top "
+                                      "alone within dR < 0.8."),
     force: bool = typer.Option(False, "--force",
                                help="Replace a different dataset already in --out (its files stay until the new "
                                     "ones are complete). Without it such a directory is refused."),
@@ -45,6 +49,7 @@ def simulate(
     A directory holding another dataset is never overwritten unless --force is given.
     MPI on is about 2-3x slower per jet and adds underlying-event particles.
     --detector simple clusters tracks and calorimeter towers instead of the particles.
+    --matching top keeps top jets whose decay products spill out of the jet (broader mass peak).
     """
     import time
 
@@ -58,7 +63,7 @@ def simulate(
     t0 = time.perf_counter()
     with dir_lock(out, "dataset directory"):
         paths = run(jets, str(out), seed=seed, workers=workers, split=fractions, mpi=mpi, progress=True,
-                    resume=resume, detector=detector, force=force)
+                    resume=resume, detector=detector, force=force, matching=matching)
     dt = time.perf_counter() - t0
     con = Console()
     for name, p in paths.items():
@@ -71,17 +76,23 @@ def inspect(
     file: Path = typer.Argument(..., help="HDF5 jet file (pandas or converted layout)."),
     png: Optional[Path] = typer.Option(None, "--png", help="Write multiplicity and jet-mass histograms here."),
     max_jets: Optional[int] = typer.Option(None, "--max-jets", help="Only the first N rows."),
+    l1_n: int = typer.Option(16, "--l1-n", min=1, max=200,
+                             help="N of the Level-1 grid check: candidates out of range among the N highest-pT."),
 ):
-    """Jets, signal fraction, multiplicity and jet-mass summaries (and a PNG of the distributions)."""
+    """Jets, signal fraction, multiplicity and jet-mass summaries (and a PNG of the distributions).
+
+    Also counts the candidates that would saturate or drop on the Level-1 grid (data.format: l1)."""
     from rich.console import Console
 
     from qpelican.data.inspect import render_table, summarize, write_png
 
-    s = summarize(str(file), max_jets=max_jets)
+    s = summarize(str(file), max_jets=max_jets, l1_n=l1_n)
     if s["jets"] == 0:
         raise DataError(f"{file}: no jets to inspect (the file is empty or every jet has no constituents)")
     con = Console()
     con.print(render_table(s))
+    con.print(f"as Level-1 candidates (data.format: l1), {s['l1']['n_constituents']} highest-pT per jet: "
+              f"{s['l1']['summary']}", soft_wrap=True)
     if png is not None:
         png.parent.mkdir(parents=True, exist_ok=True)
         con.print(f"wrote {write_png(s, str(png))}")

@@ -2,7 +2,9 @@
 
 Summary: jets, layout, signal fraction, skipped empty jets, and per class the multiplicity
 (constituents with E > 0 among the kept N) and jet-mass quantiles; optional PNG with both
-distributions for signal and background.
+distributions for signal and background. It also converts every jet to the Level-1 grid
+(``data.format: l1``, :mod:`qpelican.data.l1`) and counts the candidates among the ``l1_n``
+highest-pT ones that would saturate or drop there.
 """
 from __future__ import annotations
 
@@ -12,19 +14,23 @@ import numpy as np
 
 from qpelican.core.io import atomic_path
 from qpelican.data.baseline import jet_mass
+from qpelican.data.l1 import GridCounts, to_l1
 from qpelican.data.readers import open_dataset
 
 QUANTILES = (0.1, 0.5, 0.9)
 
 
-def summarize(path, n_constituents=200, max_jets=None, chunk_size=32768):
+def summarize(path, n_constituents=200, max_jets=None, chunk_size=32768, l1_n=16):
     """Stream the file; returns a dict with counts, per-class arrays and quantile summaries.
 
     Multiplicity is counted among the first `n_constituents` (200 = everything the layouts hold).
+    ``l1``: the :class:`~qpelican.data.l1.GridCounts` of the jets on the Level-1 grid, N = ``l1_n``.
     """
     ds = open_dataset(path, n_constituents=n_constituents)
     mult, mass, lab = [], [], []
+    grid = GridCounts()
     for p4, y in ds.iter_chunks(chunk_size=chunk_size, stop=max_jets):
+        grid.add(to_l1(p4, l1_n)[1])
         mult.append((p4[..., 0] > 0).sum(axis=1).astype(np.int32))
         mass.append(jet_mass(p4).astype(np.float32))
         lab.append(y)
@@ -46,6 +52,7 @@ def summarize(path, n_constituents=200, max_jets=None, chunk_size=32768):
         "skipped_empty": ds.skipped_empty, "max_constituents": ds.max_constituents,
         "signal_fraction": float(lab.mean()) if len(lab) else float("nan"),
         "classes": classes, "multiplicity": mult, "mass": mass, "labels": lab,
+        "l1": dict(grid.as_dict(), n_constituents=int(l1_n), summary=grid.describe()),
     }
 
 
