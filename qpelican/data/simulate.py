@@ -5,8 +5,10 @@ MPI off by default, ISR/FSR and hadronisation on. Final-state visible particles 
 removed) are clustered with anti-kT R = 0.8; jets with 550 < pT < 650 GeV and |eta| < 2 are kept.
 detector="none" (default) clusters the particles themselves (truth level); detector="simple"
 clusters a Delphes-like E-flow instead: smeared tracks plus smeared calorimeter towers
-(see `eflow`). A signal jet must contain the hadronically decaying top, its b and both W
-decay quarks within dR < 0.8 (quarks taken at the top/W decay vertices, before showering).
+(see `eflow`). matching="contained" (default): a signal jet must contain the hadronically
+decaying top, its b and both W decay quarks within dR < 0.8 (quarks taken at the top/W decay
+vertices, before showering); matching="top": only the top itself must lie within dR < 0.8, its
+decay products need not (more signal jets miss part of the top's mass).
 Constituents are made massless (E = |p|), sorted by pT, at most 200 per jet, zero-padded.
 
 Output per split (train.h5 / val.h5 / test.h5):
@@ -33,7 +35,7 @@ from dataclasses import asdict, dataclass
 import h5py
 import numpy as np
 
-from qpelican.config.recipe import DETECTORS
+from qpelican.config.recipe import DETECTORS, MATCHINGS
 from qpelican.core.errors import DataError
 from qpelican.core.io import atomic_path, check_out_dir
 
@@ -57,10 +59,14 @@ class GenConfig:
     match_dr: float = 0.8
     events_per_batch: int = 50
     detector: str = "none"     # "none" (truth particles) | "simple" (E-flow, see `eflow`)
+    matching: str = "contained"  # "contained" (top + b, q, q' within match_dr) | "top" (the top alone)
 
     def __post_init__(self):
         if self.detector not in DETECTORS:
             raise DataError(f"detector {self.detector!r}: expected one of {', '.join(DETECTORS)}")
+        if self.matching not in MATCHINGS:
+            raise DataError(f"matching {self.matching!r}: expected one of {', '.join(MATCHINGS)} (contained: the "
+                            "top and its decay quarks within dR < 0.8 of the jet; top: the top alone)")
 
 
 def _require_sim():
@@ -178,6 +184,21 @@ def _hadronic_tops(pid, d1, d2, mom):
             continue
         out.append((mom[t], mom[[b[0]] + qs]))
     return out
+
+
+def _matched_top(tops, jet_eta, jet_phi, cfg):
+    """The 4-momentum of the first top in ``tops`` that matches the jet, or None.
+
+    matching "contained": the top, its b and both W quarks lie within cfg.match_dr of the jet axis;
+    "top": the top alone does."""
+    for tp4, partons in tops:
+        if cfg.matching == "top":
+            partons = partons[:0]
+        eta_p, phi_p = _eta_phi(np.r_[tp4[1], partons[:, 1]], np.r_[tp4[2], partons[:, 2]],
+                                np.r_[tp4[3], partons[:, 3]])
+        if np.all(_dr(jet_eta, jet_phi, eta_p, phi_p) < cfg.match_dr):
+            return tp4
+    return None
 
 
 # ------------------------------------------------------------ simple detector (Delphes-like E-flow)
@@ -343,13 +364,7 @@ def generate_jets(signal: bool, n_jets: int, seed: int, cfg: GenConfig = GenConf
                 if ev not in tops_cache:
                     a, b = e_off[ev], e_off[ev + 1]
                     tops_cache[ev] = _hadronic_tops(r_id[a:b], r_d1[a:b], r_d2[a:b], r_mom[a:b])
-                matched = None
-                for tp4, partons in tops_cache[ev]:
-                    eta_p, phi_p = _eta_phi(np.r_[tp4[1], partons[:, 1]], np.r_[tp4[2], partons[:, 2]],
-                                            np.r_[tp4[3], partons[:, 3]])
-                    if np.all(_dr(jeta[j], jphi[j], eta_p, phi_p) < cfg.match_dr):
-                        matched = tp4
-                        break
+                matched = _matched_top(tops_cache[ev], jeta[j], jphi[j], cfg)
                 if matched is None:
                     continue
                 top_p4 = matched
@@ -412,6 +427,8 @@ def _tag(n_jets, seed, cfg):
     cfg_dict = asdict(cfg)
     if cfg_dict["detector"] == "none":  # truth-level tags as before the option: caches stay valid
         del cfg_dict["detector"]
+    if cfg_dict["matching"] == "contained":  # likewise for the default matching
+        del cfg_dict["matching"]
     blob = json.dumps({"n": n_jets, "seed": seed, "cfg": cfg_dict, "v": FORMAT_VERSION}, sort_keys=True)
     return hashlib.sha1(blob.encode()).hexdigest()[:12]
 
@@ -447,12 +464,14 @@ def _progress(total, done, enabled):
 
 
 def simulate(n_jets, out_dir, seed=0, workers=None, split=(0.8, 0.1, 0.1), mpi=False, progress=True,
-             config: GenConfig | None = None, resume=True, detector: str | None = None, force=False):
+             config: GenConfig | None = None, resume=True, detector: str | None = None, force=False,
+             matching: str | None = None):
     """Simulate `n_jets` jets (half signal) into out_dir/{train,val,test}.h5; returns {split: path}.
 
     Splits with zero jets are not written. Re-running with the same arguments reuses finished
     chunks and returns at once when the final files are complete; resume=False regenerates.
-    `detector` ("none" | "simple") overrides the config's (default "none": truth particles).
+    `detector` ("none" | "simple") overrides the config's (default "none": truth particles);
+    `matching` ("contained" | "top") likewise (default "contained").
 
     A directory that already holds a different dataset (any train/val/test file that is not this
     very simulation: the reference dataset, another seed, size or split) is refused with a
@@ -470,6 +489,8 @@ def simulate(n_jets, out_dir, seed=0, workers=None, split=(0.8, 0.1, 0.1), mpi=F
         cfg = GenConfig(**{**asdict(cfg), "mpi": bool(mpi)})
     if detector is not None and detector != cfg.detector:
         cfg = GenConfig(**{**asdict(cfg), "detector": detector})
+    if matching is not None and matching != cfg.matching:
+        cfg = GenConfig(**{**asdict(cfg), "matching": matching})
     tag = _tag(n_jets, seed, cfg)
     paths = {s: os.path.join(out_dir, f"{s}.h5") for s, n in sizes.items() if n > 0}
     final_tag = f"{tag}-{_split_sizes_tag(sizes)}"
@@ -615,6 +636,8 @@ def _merge_into(plan, chunk_dir, tmp, sizes, seed, final_tag, cfg, rng, split_of
             f.attrs["generator"] = "qpelican Pythia8+FastJet"
             f.attrs["config"] = json.dumps(asdict(cfg))
             f.attrs["detector"] = cfg.detector
+            f.attrs["matching"] = cfg.matching
+            f.attrs["mpi"] = bool(cfg.mpi)
             f.attrs["seed"] = int(seed)
             f.attrs["sim_tag"] = final_tag  # written last: marks the file complete
     finally:
@@ -623,12 +646,18 @@ def _merge_into(plan, chunk_dir, tmp, sizes, seed, final_tag, cfg, rng, split_of
     return pos
 
 
-def default_sample(n_jets, seed=0, cache_dir=None, workers=None, progress=True, detector="none"):
-    """Simulate once and cache: $QPELICAN_CACHE (or ~/.cache/qpelican)/sim-<n>-<seed>[-<detector>]
-    (no suffix for detector "none"); returns the dir."""
+def default_sample(n_jets, seed=0, cache_dir=None, workers=None, progress=True, detector="none",
+                   matching="contained", mpi=False):
+    """Simulate once and cache: $QPELICAN_CACHE (or ~/.cache/qpelican)/
+    sim-<n>-<seed>[-<detector>][-top][-mpi] (no suffix for detector "none", matching "contained"
+    and MPI off, so existing caches stay valid); returns the dir."""
     root = cache_dir or os.environ.get("QPELICAN_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "qpelican")
     suffix = "" if detector == "none" else f"-{detector}"  # own dir: truth and detector samples coexist
+    if matching != "contained":
+        suffix += f"-{matching}"
+    if mpi:
+        suffix += "-mpi"
     out = os.path.join(root, f"sim-{int(n_jets)}-{int(seed)}{suffix}")
-    simulate(n_jets, out, seed=seed, workers=workers, progress=progress, detector=detector,
-             force=True)  # the cache directory is qpelican's own
+    simulate(n_jets, out, seed=seed, workers=workers, progress=progress, detector=detector, matching=matching,
+             mpi=mpi, force=True)  # the cache directory is qpelican's own
     return out

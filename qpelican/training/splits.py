@@ -71,7 +71,8 @@ def load_splits(recipe, data=None, progress=True) -> Splits:
     path = data if data is not None else d.path
     simulated = path is None
     if simulated:
-        path = default_sample(recipe.simulated_jets(), seed=d.seed, progress=progress, detector=d.detector)
+        path = default_sample(recipe.simulated_jets(), seed=d.seed, progress=progress, detector=d.detector,
+                              matching=d.matching, mpi=d.mpi)
     files = resolve_splits(path)
     missing = [k for k in ("train", "val", "test") if not files.get(k)]
     if missing:
@@ -95,4 +96,6 @@ def load_splits(recipe, data=None, progress=True) -> Splits:
         desc["simulated_jets"] = recipe.simulated_jets()
         desc["simulation_seed"] = d.seed
         desc["detector"] = d.detector
+        desc["matching"] = d.matching
+        desc["mpi"] = d.mpi
     return Splits(arrays["train"], arrays["val"], arrays["test"], desc)
