@@ -25,6 +25,9 @@ def export_rtl(
     yosys: bool = typer.Option(True, "--yosys/--no-yosys", help="Yosys counts with DSP mapping, per stage"),
     yosys_nodsp: bool = typer.Option(True, "--yosys-nodsp/--no-yosys-nodsp",
                                      help="Yosys counts with every product in LUTs (-nodsp), per stage"),
+    yosys_max_luts: int = typer.Option(60_000, "--yosys-max-luts", min=1,
+                                       help="skip Yosys on a stage whose da4ml estimate is larger (minutes per "
+                                            "10^5 LUTs on 2 cores)"),
     project: str = typer.Option("qpelican", "--project", help="Verilog top module / project name"),
 ):
     """Write pipelined Verilog (da4ml) of a quantized nanoPELICAN, with LUT/FF/DSP and latency per stage.
@@ -44,7 +47,8 @@ def export_rtl(
     con = Console(highlight=False, soft_wrap=True)
     t0 = time.perf_counter()
     res = export_run(run, out, clock=clock, part=part, latency_cutoff=latency_cutoff, verify=verify, jets=jets,
-                     yosys=yosys, yosys_nodsp=yosys_nodsp, project_name=project, log=con.print)
+                     yosys=yosys, yosys_nodsp=yosys_nodsp, yosys_max_luts=yosys_max_luts, project_name=project,
+                     log=con.print)
     con.print(format_report(res["report"]), markup=False)
     ver = res["verify"]
     if ver is not None:

@@ -27,6 +27,9 @@ from qpelican.rtl.trace import STAGE_TITLES, trace_model
 from qpelican.rtl.verilator import compile_model
 
 DEFAULT_CUTOFF = 5.0  # da4ml delay units (about one adder) per pipeline stage
+# Yosys (WebAssembly, one core) takes minutes per 10^5 LUTs on the 2-core development machine:
+# stages whose da4ml estimate is larger are skipped unless --yosys-max-luts is raised
+DEFAULT_YOSYS_MAX_LUTS = 60_000
 PROJECT_MARK = "metadata.json"  # written by da4ml in every RTL project
 
 
@@ -63,9 +66,12 @@ def _write(pipe_or_comb, name, path, clock, part):
     return vm
 
 
-def _yosys(entry, path, name, dsp, nodsp, log):
+def _yosys(entry, path, name, dsp, nodsp, max_luts, log):
     for tag, on in (("yosys_dsp", dsp), ("yosys_nodsp", nodsp)):
-        if on:
+        if on and entry["da4ml"]["lut"] > max_luts:
+            entry[tag] = {"skipped": f"da4ml estimate {entry['da4ml']['lut']:,} LUTs > --yosys-max-luts {max_luts:,}"}
+            log(f"  Yosys skipped on {name}: {entry[tag]['skipped']}")
+        elif on:
             log(f"  Yosys ({'DSP mapping' if tag == 'yosys_dsp' else 'LUTs only'}) on {name} ...")
             entry[tag] = synthesize(path, name, dsp=(tag == "yosys_dsp"))
 
@@ -136,7 +142,7 @@ def inventory_check(traced):
 
 
 def export_rtl(model, out_dir, clock=None, part=None, latency_cutoff=DEFAULT_CUTOFF, yosys=True, yosys_nodsp=True,
-               p4=None, labels=None, project_name="qpelican", source=None, verify_file=None, log=print):
+               yosys_max_luts=DEFAULT_YOSYS_MAX_LUTS, p4=None, labels=None, project_name="qpelican", source=None, verify_file=None, log=print):
     """Trace, write and measure the RTL of ``model`` into ``out_dir`` (built beside it, then moved in).
 
     Args:
@@ -144,6 +150,7 @@ def export_rtl(model, out_dir, clock=None, part=None, latency_cutoff=DEFAULT_CUT
       out_dir: project folder (replaced if it holds an earlier RTL project).
       clock: clock period in ns; part: FPGA part; latency_cutoff: da4ml delay per pipeline stage.
       yosys, yosys_nodsp: run Yosys with DSP mapping / with every product in LUTs, per stage.
+      yosys_max_luts: skip Yosys on a stage whose da4ml estimate is larger (its run time grows with it).
       p4, labels: jets (B, N, 4) GeV and labels for the Verilator check (None: no check).
       project_name: Verilog top module.
       source, verify_file: where the model and the jets came from (recorded in the JSON files).
@@ -173,11 +180,11 @@ def export_rtl(model, out_dir, clock=None, part=None, latency_cutoff=DEFAULT_CUT
             path = os.path.join(build, "stages", name)
             _write(spipe or fresh, name, path, clock, part)
             if yosys or yosys_nodsp:
-                _yosys(entry, path, name, yosys, yosys_nodsp, log)
+                _yosys(entry, path, name, yosys, yosys_nodsp, yosys_max_luts, log)
             stages[name] = rp.fill_primary(entry, part)
         total = {"title": "total", **_estimate(traced.comb, pipe, clock)}
         for tag in ("yosys_dsp", "yosys_nodsp"):
-            if all(tag in e for e in stages.values()):
+            if all("lut" in e.get(tag, {}) for e in stages.values()):
                 total[tag] = _sum(stages.values(), tag)
         rp.fill_primary(total, part)
         settings = {"model": os.fspath(source or getattr(model, "name", "")), "out": out_dir, "n": traced.n, "n_in": traced.n_in,
@@ -189,8 +196,11 @@ def export_rtl(model, out_dir, clock=None, part=None, latency_cutoff=DEFAULT_CUT
                "guide": rp.GUIDE, "inventory_check": inventory_check(traced),
                "verilog_bytes": sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(os.path.join(build, "src"))
                                     for f in fs if f.endswith(".v"))}
-        if not yosys:
-            rep["yosys_note"] = "Yosys not run (--no-yosys): lut/ff are da4ml's estimate with every product in LUTs."
+        skipped = [n for n, e in stages.items() if "skipped" in e.get("yosys_dsp", {})]
+        if not yosys or skipped:
+            rep["yosys_note"] = ("Yosys not run (--no-yosys)" if not yosys else
+                                 f"Yosys skipped on {', '.join(skipped)} (above --yosys-max-luts {yosys_max_luts:,})") + \
+                "; where it did not run, lut/ff are da4ml's estimate with every product in LUTs and dsp is 0."
         rep["settings"]["total_seconds"] = round(time.perf_counter() - t0, 1)
         ver = None
         if p4 is not None:
@@ -240,7 +250,7 @@ def load_for_export(run):
 
 
 def export_run(run, out_dir, clock=None, part=None, latency_cutoff=DEFAULT_CUTOFF, verify=None, jets=10000,
-               yosys=True, yosys_nodsp=True, project_name="qpelican", log=print):
+               yosys=True, yosys_nodsp=True, yosys_max_luts=DEFAULT_YOSYS_MAX_LUTS, project_name="qpelican", log=print):
     """The ``qpelican export-rtl`` flow from a run directory or model file (see :func:`export_rtl`)."""
     from qpelican.nn.models import model_constituents
 
@@ -253,7 +263,7 @@ def export_run(run, out_dir, clock=None, part=None, latency_cutoff=DEFAULT_CUTOF
             log(f"note: {verify_file} holds {len(p4)} jets with constituents, fewer than --jets {jets}; "
                 f"verifying all {len(p4)}")
     res = export_rtl(model, out_dir, clock=clock, part=part, latency_cutoff=latency_cutoff, yosys=yosys,
-                     yosys_nodsp=yosys_nodsp, p4=p4, labels=labels, project_name=project_name, source=src,
+                     yosys_nodsp=yosys_nodsp, yosys_max_luts=yosys_max_luts, p4=p4, labels=labels, project_name=project_name, source=src,
                      verify_file=verify_file, log=log)
     return res
 

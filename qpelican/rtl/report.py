@@ -27,8 +27,8 @@ GUIDE = {
 
 def primary(stage):
     """(lut, ff, dsp, source) of a stage entry: Yosys with DSP mapping when it ran, else da4ml."""
-    y = stage.get("yosys_dsp")
-    if y and "lut" in y:
+    y = stage.get("yosys_dsp") or {}
+    if "lut" in y:
         return y["lut"], y["ff"], y["dsp"], "yosys_dsp"
     d = stage["da4ml"]
     return d["lut"], d["ff"], 0, "da4ml"
