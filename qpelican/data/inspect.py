@@ -4,12 +4,15 @@ Summary: jets, layout, signal fraction, skipped empty jets, and per class the mu
 (constituents with E > 0 among the kept N) and jet-mass quantiles; optional PNG with both
 distributions for signal and background. It also converts every jet to the Level-1 grid
 (``data.format: l1``, :mod:`qpelican.data.l1`) and counts the candidates among the ``l1_n``
-highest-pT ones that would saturate or drop there.
+highest-pT ones that would saturate or drop there. Files written by ``qpelican data simulate``
+also show how they were simulated: seed, detector, signal matching (contained | top) and MPI.
 """
 from __future__ import annotations
 
+import json
 import os
 
+import h5py
 import numpy as np
 
 from qpelican.core.io import atomic_path
@@ -18,6 +21,27 @@ from qpelican.data.l1 import GridCounts, to_l1
 from qpelican.data.readers import open_dataset
 
 QUANTILES = (0.1, 0.5, 0.9)
+
+
+def simulation_settings(path):
+    """{seed, detector, matching, mpi} of a file written by ``qpelican data simulate``, else None.
+
+    Files simulated before ``--matching`` existed used the "contained" definition."""
+    try:
+        with h5py.File(path, "r") as f:
+            attrs = dict(f.attrs)
+    except OSError:
+        return None
+    if not str(attrs.get("generator", "")).startswith("qpelican"):
+        return None
+    try:
+        cfg = json.loads(attrs.get("config", "{}"))
+    except (TypeError, ValueError):
+        cfg = {}
+    return {"seed": int(attrs.get("seed", -1)),
+            "detector": str(attrs.get("detector", cfg.get("detector", "none"))),
+            "matching": str(attrs.get("matching", cfg.get("matching", "contained"))),
+            "mpi": bool(attrs.get("mpi", cfg.get("mpi", False)))}
 
 
 def summarize(path, n_constituents=200, max_jets=None, chunk_size=32768, l1_n=16):
@@ -53,6 +77,7 @@ def summarize(path, n_constituents=200, max_jets=None, chunk_size=32768, l1_n=16
         "signal_fraction": float(lab.mean()) if len(lab) else float("nan"),
         "classes": classes, "multiplicity": mult, "mass": mass, "labels": lab,
         "l1": dict(grid.as_dict(), n_constituents=int(l1_n), summary=grid.describe()),
+        "simulation": simulation_settings(ds.path),
     }
 
 
@@ -78,6 +103,10 @@ def render_table(summary):
     t.caption = (f"{summary['jets']} jets, signal fraction {summary['signal_fraction']:.3f}, "
                  f"up to {summary['max_constituents']} constituents per jet stored, "
                  f"{summary['skipped_empty']} empty jets skipped")
+    sim = summary.get("simulation")
+    if sim:
+        t.caption += (f"\nsimulated by qpelican: seed {sim['seed']}, detector {sim['detector']}, "
+                      f"matching {sim['matching']}, MPI {'on' if sim['mpi'] else 'off'}")
     return t
 
 
