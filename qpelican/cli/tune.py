@@ -37,11 +37,22 @@ def tune(
                                                   help="float pre-training epochs of a qat: finetune recipe, "
                                                        "shared by all trials (default: the recipe's, scaled "
                                                        "by --epochs)"),
+    retrain_seeds: Optional[int] = typer.Option(None, "--retrain-seeds", min=1,
+                                                help="after the search, retrain every Pareto point with K seeds "
+                                                     "(its recipe's epochs) and write mean ± std and best of its "
+                                                     "test AUC and 1/eps_B into pareto.json (with --resume: the "
+                                                     "front of a finished search)"),
+    retrain_epochs: Optional[int] = typer.Option(None, "--retrain-epochs", min=1,
+                                                 help="epochs of the --retrain-seeds runs (default: the recipe's)"),
 ):
     """Search fixed-point widths with Keras Tuner; write the AUC-vs-BOPs Pareto front and one recipe per point.
 
     Distributed: set KERASTUNER_TUNER_ID (chief / tuner0, tuner1, ...), KERASTUNER_ORACLE_IP and
     KERASTUNER_ORACLE_PORT and run the same command once per process (docs/tuning.md).
+
+    --retrain-seeds K retrains the front's points with K seeds each (into OUT/retrain/trial_<id>/),
+    so a chosen point's AUC is known with its spread; `--resume --retrain-seeds 5` does it for a
+    search that has already finished.
     """
     from rich.console import Console
 
@@ -63,6 +74,10 @@ def tune(
             tune_mod.tune(r, out, data=data, epochs=epochs, jets=jets, trials=trials, oracle=oracle,
                           max_cost=max_cost, cost_weight=cost_weight, resume=resume, seed=seed, log=con.print,
                           pretrain_epochs=pretrain_epochs)
+            if retrain_seeds and "chief" in os.environ.get("KERASTUNER_TUNER_ID", "chief"):
+                from qpelican.tune.retrain import retrain_front
+
+                retrain_front(out, seeds=retrain_seeds, epochs=retrain_epochs, log=con.print)
     except KeyboardInterrupt as exc:
         detail = f" ({exc})" if str(exc) else ""
         typer.echo(f"interrupted{detail}: finished trials are kept in {out}; rerun the same command with --resume "

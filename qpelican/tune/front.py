@@ -128,6 +128,9 @@ def write_outputs(out_dir, log=print):
             path2 = os.path.join(pdir, f"point_{k}_finetune.yaml")
             write_text(path2, yaml.safe_dump(d2, sort_keys=False))
             point["recipe_finetune"] = os.path.relpath(path2, out_dir)
+        retrained = retrained_figures(out_dir, r["trial_id"])
+        if retrained:
+            point["retrain"] = retrained
         points.append(point)
     counts = {}
     for r in rows:
@@ -142,12 +145,49 @@ def write_outputs(out_dir, log=print):
     _plot(os.path.join(out_dir, "pareto.png"), rows, front, settings, summary["float_reference"])
     log(format_front(summary))
     log(f"written {out_dir}/trials.csv, trials.json, pareto.json, pareto.png and {len(points)} recipe(s) in "
-        f"{pdir}/ (retrain one with: qpelican fit {pdir}/point_0.yaml --seeds 5)")
+        f"{pdir}/ (retrain the front with 5 seeds each: add --resume --retrain-seeds 5 to the tune command)")
     if not front:
         failed = [r for r in rows if r["status"] == "failed"]
         if failed and len(failed) == len(rows):
             raise QpelicanError(f"all {len(rows)} trials failed; last error: {failed[-1]['message']}")
     return summary
+
+
+RETRAIN_METRICS = ("auc", "rej30", "rej50", "accuracy")
+
+
+def retrain_dir(out_dir, trial_id):
+    """Run directory of a front point retrained with K seeds (qpelican.tune.retrain)."""
+    return os.path.join(os.fspath(out_dir), "retrain", f"trial_{trial_id}")
+
+
+def retrained_figures(out_dir, trial_id):
+    """{seeds, epochs, run, auc: {mean, std, best}, ...} of a retrained point, or None."""
+    run = retrain_dir(out_dir, trial_id)
+    path = os.path.join(run, "results.json")
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        res = json.load(f)
+    ss = res.get("seeds_summary")
+    out = {"seeds": len(res.get("seeds") or []) or 1, "epochs": (res.get("timing") or {}).get("epochs_per_seed"),
+           "best_seed": res.get("seed"), "selection": "best = lowest validation loss",
+           "run": os.path.relpath(run, out_dir)}
+    for k in RETRAIN_METRICS:
+        out[k] = (dict(ss[k]) if ss else {"mean": res.get(k), "std": 0.0, "best": res.get(k)})
+    return out
+
+
+def _retrain_label(rt):
+    if not rt:
+        return "-"
+
+    def num(x, fmt):
+        return "-" if x is None else format(x, fmt)
+
+    auc, rej = rt["auc"], rt["rej30"]
+    return (f"{num(auc['mean'], '.4f')} ± {num(auc['std'], '.4f')} ({num(auc['best'], '.4f')}); "
+            f"{num(rej['mean'], '.1f')} ± {num(rej['std'], '.1f')}  [{rt['seeds']} seeds]")
 
 
 def _float_references(out_dir):
@@ -166,13 +206,20 @@ def _float_references(out_dir):
 def format_front(summary):
     t = Table(title=f"Pareto front: validation AUC vs BOPs ({summary['recipe']}, recipe as written: "
                     f"{summary['recipe_bops']:,} BOPs)")
-    for c in ("k", "trial", "BOPs", "val AUC", "test AUC", "val 1/eps_B@0.3", "widths (bits,integer)"):
+    retrained = any(p.get("retrain") for p in summary["front"])
+    cols = ["k", "trial", "BOPs", "val AUC", "test AUC", "val 1/eps_B@0.3", "widths (bits,integer)"]
+    if retrained:
+        cols.append("retrained: test AUC mean ± std (best); 1/eps_B@0.3 mean ± std")
+    for c in cols:
         t.add_column(c)
     for p in summary["front"]:
-        t.add_row(str(p["point"]), str(p["trial_id"]), f"{p['bops']:,}", f"{p['val_auc']:.4f}",
-                  f"{p['test_auc']:.4f}", f"{p['val_rej30']:.1f}",
-                  widths_label(p["widths"]) + (f" C={p['channels']}" if p.get("channels") else "")
-                  + (f" N={p['n_constituents']}" if p.get("n_constituents") else ""))
+        cells = [str(p["point"]), str(p["trial_id"]), f"{p['bops']:,}", f"{p['val_auc']:.4f}",
+                 f"{p['test_auc']:.4f}", f"{p['val_rej30']:.1f}",
+                 widths_label(p["widths"]) + (f" C={p['channels']}" if p.get("channels") else "")
+                 + (f" N={p['n_constituents']}" if p.get("n_constituents") else "")]
+        if retrained:
+            cells.append(_retrain_label(p.get("retrain")))
+        t.add_row(*cells)
     buf = StringIO()
     Console(file=buf, width=160, highlight=False).print(t)
     for r in summary.get("float_reference") or []:
