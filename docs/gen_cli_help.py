@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-COMMANDS = ["", "data", "data simulate", "data inspect", "fit", "evaluate", "explain", "tune", "export-hls"]
+COMMANDS = ["", "data", "data simulate", "data inspect", "fit", "evaluate", "explain", "tune", "export-hls", "export-rtl"]
 
 
 def help_text(cmd):

@@ -22,7 +22,7 @@ REPO = Path(__file__).resolve().parents[1]
 README = REPO / "README.md"
 
 # every command a user can run, as typed after `qpelican`
-COMMANDS = ["fit", "evaluate", "explain", "tune", "export-hls", "data simulate", "data inspect"]
+COMMANDS = ["fit", "evaluate", "explain", "tune", "export-hls", "export-rtl", "data simulate", "data inspect"]
 
 
 def _section(title):
