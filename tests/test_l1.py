@@ -306,3 +306,13 @@ def test_data_inspect_reports_out_of_range_candidates(tmp_path):
     res = CliRunner().invoke(app, ["data", "inspect", str(path)])
     assert res.exit_code == 0, res.output
     assert "4 of 13 candidates out of range in 1 of 4 jets" in " ".join(res.output.split())
+
+
+def test_explain_reproduces_an_l1_model_bit_for_bit():
+    from qpelican.analysis.explain import explain_model
+
+    model = random_quantized_model(8, seed=13, alpha=True)
+    lines = []
+    check = explain_model(model, grid_jets(np.random.default_rng(14), 200, 8), log=lines.append)
+    assert check["ok"] and check["jets_differing"] == 0
+    assert any("Level-1 candidates" in line for line in lines)

@@ -44,7 +44,8 @@ def _q_np(x, fmt):
 
 def nano_parts(model):
     """Weights and fixed-point formats of a nanoPELICAN as plain numpy (quantized values)."""
-    from qpelican.nn.layers import LinEq2to0, LinEq2to2, LorentzInvariants, MaskedBatchNorm, MomentumInput
+    from qpelican.nn.layers import (L1CandidateInput, L1Invariants, LinEq2to0, LinEq2to2, LorentzInvariants,
+                                    MaskedBatchNorm, MomentumInput)
 
     by, bns = {}, {}
     for layer in model.layers:
@@ -54,7 +55,7 @@ def nano_parts(model):
                                     "bn_hidden are folded into the formula.")
             bns[layer.name] = _bn_affine(layer)
             continue
-        for cls in (LinEq2to0, LinEq2to2, LorentzInvariants, MomentumInput):
+        for cls in (LinEq2to0, LinEq2to2, LorentzInvariants, MomentumInput, L1Invariants, L1CandidateInput):
             if isinstance(layer, cls):
                 if cls in by:
                     raise QpelicanError("explain: only nanoPELICAN (one LinEq2->2 and one LinEq2->0 layer) has the "
@@ -62,7 +63,9 @@ def nano_parts(model):
                 by[cls] = layer
     if LinEq2to2 not in by or LinEq2to0 not in by:
         raise QpelicanError("explain: this model is not a nanoPELICAN (no LinEq2->2 / LinEq2->0 layers).")
-    l22, l20, inv, mom = by[LinEq2to2], by[LinEq2to0], by[LorentzInvariants], by[MomentumInput]
+    l1 = L1CandidateInput in by  # Level-1 candidates (data.format: l1)
+    l22, l20 = by[LinEq2to2], by[LinEq2to0]
+    inv, mom = (by[L1Invariants], by[L1CandidateInput]) if l1 else (by[LorentzInvariants], by[MomentumInput])
     if l22.basis != "nano" or l20.channels != 1:
         raise QpelicanError("explain: the analytic form needs the nano basis and one output channel.")
     if int(l22.kernel.shape[0]) != 1:
@@ -85,7 +88,9 @@ def nano_parts(model):
         "aggregation": l22.aggregation,
         "alpha22": None if l22.alphas is None else l22.alphas.numpy()[:, 0].astype(np.float64),
         "alpha20": None if l20.alphas is None else l20.alphas.numpy()[:, 0].astype(np.float64),
-        "scale": mom.scale, "beams": mom.beams, "beam_energy": mom.beam_energy,
+        "scale": 1.0 if l1 else mom.scale, "beams": False if l1 else mom.beams,
+        "beam_energy": None if l1 else mom.beam_energy,
+        "l1": {"shift": inv.shift, "form": inv.form, "angle_range": mom.angle_range} if l1 else None,
         "bn_in": bns.get("bn_in"), "bn_hidden": bns.get("bn_hidden"),
         "fmt": {"input": mom.input_format, "invariant": inv.invariant_format,
                 "aggregate": l22.aggregate_format, "activation": l22.output_format,
@@ -152,7 +157,26 @@ def formula_logits(p, p4, rounding=True, chunk=256):
     return np.concatenate(out) if out else np.zeros(0)
 
 
+def _l1_invariants(p, x, f):
+    """Level-1 candidates (B, N, 3) -> (mask, d_ij) as L1Invariants computes them (collider or massless form)."""
+    lo, hi = p["l1"]["angle_range"]
+    pt = _q_np(x[..., 0], f["input"])
+    eta, phi = (np.clip(np.round(x[..., k]), lo, hi) for k in (1, 2))
+    m = (pt != 0).astype(np.float64)
+    de, dp = eta[:, :, None] - eta[:, None, :], phi[:, :, None] - phi[:, None, :]
+    if p["l1"]["form"] == "collider":
+        r = de * de + dp * dp
+    else:
+        step = np.pi / 720
+        r = (np.cosh(de * step) - np.cos(dp * step)) * (2.0 / step**2)
+    d = pt[:, :, None] * pt[:, None, :] * r * 2.0 ** -p["l1"]["shift"] * (m[:, :, None] * m[:, None, :])
+    return m, _q_np(d * (1.0 - np.eye(x.shape[1]))[None], f["invariant"])
+
+
 def _formula_chunk(p, p4, f):
+    if p["l1"] is not None:
+        m, d = _l1_invariants(p, p4, f)
+        return _formula_rest(p, f, m, d)
     # MomentumInput scales in float32 (as the Keras layer does), then rounds onto the input grid
     x = _q_np((p4.astype(np.float32) * np.float32(1.0 / p["scale"])).astype(np.float64), f["input"])
     if p["beams"]:
@@ -165,6 +189,13 @@ def _formula_chunk(p, p4, f):
     d = np.einsum("bik,bjk->bij", x * np.array([1.0, -1.0, -1.0, -1.0]), x) * mm
     d = d * (1.0 - np.eye(n_part))[None]
     d = _q_np(d, f["invariant"])
+    return _formula_rest(p, f, m, d)
+
+
+def _formula_rest(p, f, m, d):
+    """The formula from the mask (B, N) and the rounded invariants d (B, N, N)."""
+    n_part = d.shape[1]
+    mm = m[:, :, None] * m[:, None, :]
     if p["bn_in"] is not None:  # x_ij = a d_ij + b on every real pair (the diagonal included)
         d = (p["bn_in"][0][0] * d + p["bn_in"][1][0]) * mm
     n = m.sum(1).astype(int)
@@ -260,9 +291,16 @@ def explain_model(model, p4, log=print):
     log("")
     log(formula_text(cp, lam, dead))
     log("")
-    log(f"where d_ij = p_i·p_j in units of {unit} (d_ii = 0), S_j = Σ_k d_kj = p_j·J (J = jet momentum), "
-        f"T = Σ_kl d_kl = m_J², sums over the n real constituents" + (" and the 2 beams" if p["beams"] else "")
-        + "; w > 0 tags a top.")
+    if p["l1"] is not None:
+        form = ("(Δη_ij² + Δφ_ij²)" if p["l1"]["form"] == "collider" else
+                "(cosh(Δη_ij π/720) - cos(Δφ_ij π/720))·2·(720/π)²")
+        log(f"where d_ij = pT_i pT_j {form} 2^-{p['l1']['shift']} from the Level-1 candidates (pT in GeV, "
+            "η, φ in integer steps of π/720; ≈ 0.80 pT_i pT_j ΔR²/2 in GeV², d_ii = 0), S_j = Σ_k d_kj, "
+            "T = Σ_kl d_kl ≈ 0.80 m_J², sums over the n real candidates; w > 0 tags a top.")
+    else:
+        log(f"where d_ij = p_i·p_j in units of {unit} (d_ii = 0), S_j = Σ_k d_kj = p_j·J (J = jet momentum), "
+            f"T = Σ_kl d_kl = m_J², sums over the n real constituents" + (" and the 2 beams" if p["beams"] else "")
+            + "; w > 0 tags a top.")
     log(f"Canonical form: one positive factor λ_h = |v_h1| per hidden channel absorbed into z_h "
         f"(λ = {', '.join(f'{x:.4g}' for x in lam)}), so the total-sum weights are ±1.")
     msg = (f"Parameters: {counts['raw']} trained (10C+1) -> {counts['effective']} effective "
@@ -310,9 +348,11 @@ def _run_model_path(run):
     return run_model_path(run)
 
 
-def _check_jets(run, data, jets, n_constituents):
-    """Jets for the numerical check: --data, else the run's test split, else synthetic jets."""
-    from qpelican.data.readers import evaluation_file, open_dataset
+def _check_jets(run, data, jets, n_constituents, fmt="p4"):
+    """Jets for the numerical check: --data, else the run's test split, else synthetic jets (in the
+    model's input format ``fmt``)."""
+    from qpelican.data.l1 import open_input_dataset, to_l1
+    from qpelican.data.readers import evaluation_file
 
     src = None
     if data is not None:
@@ -326,7 +366,7 @@ def _check_jets(run, data, jets, n_constituents):
         if cand and os.path.exists(cand):
             src = cand
     if src is not None:
-        ds = open_dataset(src, n_constituents)
+        ds = open_input_dataset(src, n_constituents, fmt)
         p4, _ = ds.read(0, min(int(jets), ds.n_jets))
         if len(p4) == 0:
             raise DataError(f"{src}: no jets to check the formula on (" + (
@@ -339,17 +379,19 @@ def _check_jets(run, data, jets, n_constituents):
     p4 = np.concatenate([np.linalg.norm(p, axis=-1, keepdims=True), p], -1).astype(np.float32)
     mult = rng.integers(5, n_constituents + 1, size=int(jets))
     p4[np.arange(n_constituents)[None, :] >= mult[:, None]] = 0
+    if fmt == "l1":
+        return to_l1(p4, n_constituents)[0], "synthetic jets"
     return p4, "synthetic jets"
 
 
 def explain_run(run, data=None, jets=1000, log=print):
     """`qpelican explain RUN`: print the formula of RUN/model.keras and check it; return the check."""
     import qpelican
-    from qpelican.nn.models import model_constituents
+    from qpelican.nn.models import model_constituents, model_format
 
     path = _run_model_path(run)
     model = qpelican.load_model(path)
-    p4, src = _check_jets(run, data, jets, model_constituents(model))
+    p4, src = _check_jets(run, data, jets, model_constituents(model), model_format(model))
     log(f"{path}  (check jets: {src})")
     check = explain_model(model, p4, log=log)
     if not check["ok"]:
