@@ -119,6 +119,8 @@ def evaluate(
     con = _console()
     res, path = evaluate_run(run, data, out=out, jets=jets)
     _print_metrics(con, res, title=f"{res['data']['file']} ({res['jets']} jets)")
+    if "l1_grid" in res:  # Level-1 candidates: what saturated on the grid
+        con.print(res["l1_grid"]["summary"], soft_wrap=True)
     con.print(f"written {path}")
 
 

@@ -172,7 +172,7 @@ def evaluate_run(run, data, out=None, jets=None):
     res.update(jets=int(len(y)), signal_fraction=float(np.mean(y)), model=model_path,
                data={"file": src, "n_constituents": n, "format": fmt}, inference_jets_per_second=round(len(y) / dt, 1))
     if fmt == "l1":
-        res["l1_grid"] = ds.counts.as_dict()
+        res["l1_grid"] = dict(ds.counts.as_dict(), summary=ds.counts.describe())
     if out is None:
         base = os.path.splitext(os.path.basename(src))[0]
         parent = os.path.basename(os.path.dirname(os.path.abspath(src)))
