@@ -1,6 +1,10 @@
 """The preliminary l1 vs p4 comparison of docs/l1.md: trained runs, scored on an independent sample.
 
     python bench/l1_study.py --runs DIR --train TRAIN.h5 --eval EVAL.h5 [--jets K] [--json OUT]
+    python bench/l1_study.py --costs
+
+``--costs`` prints the cost model's figures (qpelican.hw.cost.model_cost) of the l1 recipes and of
+the same models on 18-bit (E, px, py, pz) instead.
 
 For every run directory under ``--runs`` (``qpelican fit`` output): the model's input format and N,
 the metrics on its own test split (results.json), and AUC and 1/eps_B at eps_S = 0.3 on the first
@@ -28,14 +32,42 @@ def read(path, n, fmt, jets):
     return x, y.astype(np.float32)
 
 
+P4 = ["data.format=p4", "quantization.input=quantized_bits(18,12,alpha=1)",
+      "quantization.invariants=quantized_bits(20,14,alpha=1)"]
+COST_ROWS = [("l1_c2_16", "recipes/l1_c2_16.yaml", []), ("l1_c2_alpha_16", "recipes/l1_c2_alpha_16.yaml", []),
+             ("l1_c2_32", "recipes/l1_c2_32.yaml", []), ("p4 N=16 (18-bit)", "recipes/l1_c2_16.yaml", P4),
+             ("p4 N=32 (18-bit)", "recipes/l1_c2_32.yaml", P4), ("c2_8bit (p4 N=80)", "recipes/c2_8bit.yaml", [])] + [
+    (f"l1 N={n}", "recipes/l1_c2_16.yaml", [f"data.n_constituents={n}"]) for n in (8, 12, 24)]
+
+
+def costs():
+    from qpelican.config.recipe import load_recipe
+    from qpelican.hw.cost import model_cost
+    from qpelican.hw.parts import DEFAULT_PART, part_resources
+    from qpelican.nn.models import build_model
+
+    part = part_resources(DEFAULT_PART)
+    print(f"| recipe | multipliers | BOPs | DSP est. | LUT est. | % of a {DEFAULT_PART} (DSP / LUT) |")
+    print("|---|---|---|---|---|---|")
+    for name, path, sets in COST_ROWS:
+        c = model_cost(build_model(load_recipe(path).with_overrides(sets=sets).to_model_config()))
+        print(f"| {name} | {c['n_multipliers']:,} | {c['bops']:,} | {c['dsp_estimate']:,} | {c['lut_estimate']:,} | "
+              f"{100 * c['dsp_estimate'] / part['dsp']:.1f} / {100 * c['lut_estimate'] / part['lut']:.1f} |")
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--runs", required=True, help="folder of run directories")
-    ap.add_argument("--train", required=True, help="training file of the runs (fits the mass baselines)")
-    ap.add_argument("--eval", required=True, help="independent file to score on")
+    ap.add_argument("--costs", action="store_true", help="print the cost-model table of the l1 recipes and exit")
+    ap.add_argument("--runs", help="folder of run directories")
+    ap.add_argument("--train", help="training file of the runs (fits the mass baselines)")
+    ap.add_argument("--eval", help="independent file to score on")
     ap.add_argument("--jets", type=int, default=50000)
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
+    if args.costs:
+        return costs()
+    if not (args.runs and args.train and args.eval):
+        ap.error("--runs, --train and --eval are required (or --costs)")
     cache, rows = {}, []
     for name in sorted(os.listdir(args.runs)):
         run = os.path.join(args.runs, name)
