@@ -89,7 +89,8 @@ def format_report(rep):
         lines.append("operators (RTL trace vs qpelican.hw.inventory):")
         for name, c in inv["stages"].items():
             lines.append(f"  {name:12s} products: RTL {c['rtl_variable_products']:,} variable x variable + "
-                         f"{c['rtl_constant_products']:,} constant; inventory {c['inventory_multipliers']:,} multipliers")
+                         f"{c['rtl_constant_products']:,} constant + {c['rtl_zero_coefficients']:,} with a zero "
+                         f"coefficient (no logic); inventory {c['inventory_multipliers']:,} multipliers")
         for d in inv["differences"]:
             lines.append(f"  - {d}")
     return "\n".join(lines)
