@@ -37,7 +37,7 @@ def recipe_model(recipe, n, seed=0):
             elif hasattr(layer, "coefficient_format"):
                 fmt = layer.coefficient_format if "kernel" in w.name else layer.bias_format
                 w.assign((rng.integers(round(fmt.min / fmt.lsb), round(fmt.max / fmt.lsb) + 1, w.shape)
-                          * fmt.lsb * 0.25).astype(np.float32))
+                          * fmt.lsb).astype(np.float32))
     return model
 
 

@@ -136,6 +136,15 @@ def test_unsupported_models_refused(tmp_path, cfg, match):
     assert not (tmp_path / "x").exists()
 
 
+def test_level1_front_end_refused():
+    """The Level-1 candidate front end has HLS firmware but no RTL trace: a clear refusal naming the layer."""
+    q = {**Q8, "input": "quantized_bits(14,12,keep_negative=False,alpha=1)",
+         "invariants": "quantized_bits(20,14,alpha=1)"}
+    model = build_model({"format": "l1", "n_constituents": 6, "quantization": q})
+    with pytest.raises(ExportError, match="4-momentum front end"):
+        lut_estimate(model)
+
+
 def test_lut_estimate_grows_with_width():
     narrow = {**Q8, "input": "quantized_bits(6,3,alpha=1)"}
     wide = {**Q8, "input": "quantized_bits(12,3,alpha=1)"}

@@ -29,6 +29,8 @@ from qpelican.core.errors import ExportError
 from qpelican.hw.plan import make_plan
 from qpelican.rtl.rounding import kif, quantize_conv
 
+# plan classes the trace implements
+PLANNED = ("MomentumInput", "ParticleMask", "LorentzInvariants", "LinEq2to2", "LinEq2to0")
 STAGE_TITLES = {"invariants": "invariants d_ij", "lineq2to2": "LinEq 2->2", "lineq2to0": "LinEq 2->0"}
 
 
@@ -346,6 +348,12 @@ def trace_model(model, plan=None):
     t0 = time.perf_counter()
     plan = _formats(model, plan or make_plan(model))
     by_class = {p.keras_class: p for p in plan["layers"]}
+    for cls in ("MomentumInput", "LorentzInvariants"):
+        if cls not in by_class:
+            other = next((p for p in plan["layers"] if p.keras_class not in PLANNED), plan["layers"][0])
+            raise ExportError(f"layer {other.name!r} ({other.keras_class}): the RTL back end traces the 4-momentum "
+                              "front end (MomentumInput -> LorentzInvariants) only; export a model with "
+                              "data.format p4, or use export-hls for the Level-1 candidate front end.")
     for p in plan["layers"]:
         if p.keras_class == "LinEq2to2" and p.params["n_in"] != 1:
             raise ExportError(f"layer {p.name!r}: the RTL back end traces the nano graph with one invariant "
