@@ -1,7 +1,7 @@
 """RTL back end benchmark: trace + da4ml estimate seconds, Verilog size, Verilator build and jets/s.
 
-    python bench/bench_rtl.py [--n 16 32 80] [--recipe recipes/c2_8bit.yaml] [--jets 2000]
-                              [--no-verilator-above 32] [--yosys]
+    python bench/bench_rtl.py [--n 16 32 80] [--recipe recipes/c2_8bit.yaml] [--set SECTION.KEY=VALUE]
+                              [--jets 2000] [--no-verilator-above 32] [--yosys]
 
 The model is the recipe's (default ``recipes/c2_8bit.yaml``, c2 with 18-bit momenta) with
 ``data.n_constituents`` set to each N (as ``qpelican fit --set data.n_constituents=N``) and random
@@ -22,12 +22,12 @@ import qpelican  # noqa: E402,F401
 import numpy as np  # noqa: E402
 
 
-def recipe_model(recipe, n, seed=0):
-    """The recipe's quantized model at N constituents, with random weights on its grids."""
+def recipe_model(recipe, n, sets=(), seed=0):
+    """The recipe's quantized model at N constituents (plus ``--set`` overrides), random weights on its grids."""
     from qpelican.config.recipe import load_recipe
     from qpelican.nn.models import build_model
 
-    rec = load_recipe(recipe).with_overrides(sets=[f"data.n_constituents={n}"])
+    rec = load_recipe(recipe).with_overrides(sets=[*sets, f"data.n_constituents={n}"])
     model = build_model(rec.to_model_config())
     rng = np.random.default_rng(seed)
     for layer in model.layers:
@@ -41,7 +41,7 @@ def recipe_model(recipe, n, seed=0):
     return model
 
 
-def bench_n(recipe, n, jets, verilator, yosys, cutoff):
+def bench_n(recipe, n, jets, verilator, yosys, cutoff, sets=()):
     from da4ml.codegen import VerilogModel
     from da4ml.trace import to_pipeline
 
@@ -51,7 +51,7 @@ def bench_n(recipe, n, jets, verilator, yosys, cutoff):
     from qpelican.rtl.trace import trace_model
     from qpelican.rtl.verilator import compile_model
 
-    model = recipe_model(recipe, n)
+    model = recipe_model(recipe, n, sets)
     row = {"n": n}
     t0 = time.perf_counter()
     traced = trace_model(model)
@@ -95,9 +95,11 @@ def main():
     ap.add_argument("--no-verilator-above", type=int, default=32, help="skip the Verilator build above this N")
     ap.add_argument("--yosys", action="store_true", help="also Yosys (DSP mapping) per stage")
     ap.add_argument("--latency-cutoff", type=float, default=5.0)
+    ap.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                    help="recipe override, as `qpelican fit --set` (repeatable)")
     a = ap.parse_args()
     for n in a.n:
-        r = bench_n(a.recipe, n, a.jets, n <= a.no_verilator_above, a.yosys, a.latency_cutoff)
+        r = bench_n(a.recipe, n, a.jets, n <= a.no_verilator_above, a.yosys, a.latency_cutoff, a.set)
         line = (f"N={n:3d}  trace+estimate {r['trace_s']:6.1f} s  da4ml {r['lut_da4ml']:>10,} LUT {r['ff_da4ml']:>9,} FF "
                 f"{r['cycles']:3d} cycles  write {r['write_s']:5.1f} s  Verilog {r['verilog_mb']:6.1f} MB")
         if "compile_s" in r:
