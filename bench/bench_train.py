@@ -1,30 +1,39 @@
-"""Training throughput of nanoPELICAN: jets/s and seconds per epoch, float and 8-bit.
+"""Training and inference throughput of nanoPELICAN, with peak memory and the machine load.
 
-Uses exactly the training path of `qpelican fit` (same model build, optimizer, XLA choice and
-tf.data pipeline) on N constituents per jet (default 80, the paper's), batch 512.
+Uses exactly the paths of `qpelican fit` (same model build, optimizer, XLA choice and tf.data
+pipeline) and of fit's / tune's / evaluate's scoring (`qpelican.nn.models.predict`), on N
+constituents per jet (default 80, the paper's), the recipe's batch (512).
 
-    python bench/bench_train.py                       # c2_float and c2_8bit recipes, synthetic jets
-    python bench/bench_train.py --data /tmp/sim125k   # real jets (train split)
-    python bench/bench_train.py --recipes recipes/c10_float.yaml --steps 40
+    python bench/bench_train.py                 # c2, c10, alpha; float and 8-bit; synthetic jets
+    python bench/bench_train.py --data /tmp/sim125k      # real jets (train split)
+    python bench/bench_train.py --recipes recipes/c2_8bit.yaml --set model.dropout=0.05
+    python bench/bench_train.py --compare /tmp/old      # alternate with another checkout (before/after)
+
+Each recipe runs in its own process, so the peak RSS printed is that recipe's. The machines this
+is run on are shared: every row prints the 1-minute load average before it, and the CPU seconds
+the process used (jets per CPU-second is far steadier than jets per second when other jobs take
+the cores). With --compare the two checkouts alternate, recipe by recipe, --rounds times.
 
 Synthetic jets: 30-79 massless constituents with exponential momenta (throughput does not depend
-on the physics). Prints one line per recipe and writes JSON with --out.
+on the physics). Writes JSON with --out.
 """
 import argparse
 import json
 import math
 import os
+import resource
+import subprocess
 import sys
 import time
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
-
-import qpelican  # noqa: E402,F401
-
-import numpy as np  # noqa: E402
+HERE = os.path.dirname(os.path.abspath(__file__))
+RECIPES = [os.path.join(HERE, "..", "recipes", f"{r}.yaml")
+           for r in ("c2_float", "c2_8bit", "c10_float", "c10_8bit", "c2_alpha_float", "c2_alpha_8bit")]
 
 
 def synthetic(n_jets, n, seed=0):
+    import numpy as np
+
     rng = np.random.default_rng(seed)
     p = rng.exponential(10.0, size=(n_jets, n, 3)).astype(np.float32) * rng.choice([-1, 1], size=(n_jets, n, 3))
     e = np.linalg.norm(p, axis=-1, keepdims=True)
@@ -34,46 +43,24 @@ def synthetic(n_jets, n, seed=0):
     return p4, rng.integers(0, 2, n_jets).astype(np.float32)
 
 
-def bench(recipe_path, p4, y, steps, warmup):
+def _timed(fn):
+    t0, c0 = time.perf_counter(), time.process_time()
+    fn()
+    return time.perf_counter() - t0, time.process_time() - c0
+
+
+def bench_one(a):
+    """One recipe in this process: train and inference figures (a dict)."""
+    sys.path.insert(0, a.repo)
+    import qpelican  # noqa: F401
+    import numpy as np
     import tensorflow as tf
+    import yaml
 
     from qpelican.config.recipe import load_recipe
+    from qpelican.nn.models import build_model, predict
     from qpelican.training.session import build_training, epoch_dataset
 
-    r = load_recipe(recipe_path)
-    bs = r.training.batch_size
-    quantized = r.quantized
-    n_train = len(y)
-    spe = math.ceil(n_train / bs)
-    model, opt, _, jit = build_training(r, quantized, 0, spe, r.training.epochs, r.training.learning_rate)
-    p4_t, y_t = tf.constant(p4), tf.constant(y)
-    ds = epoch_dataset(p4_t, y_t, n_train, bs, 0, 0).repeat()
-    t0 = time.perf_counter()
-    model.fit(ds, steps_per_epoch=warmup, epochs=1, verbose=0)
-    t_compile = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    model.fit(ds, steps_per_epoch=steps, epochs=1, verbose=0)
-    dt = time.perf_counter() - t0
-    rate = steps * bs / dt
-    return {"recipe": os.path.basename(recipe_path), "quantized": quantized, "xla": jit, "batch": bs,
-            "n_constituents": int(p4.shape[1]), "jets_per_second": round(rate, 1),
-            "ms_per_batch": round(1000 * dt / steps, 2), "seconds_per_epoch_100k": round(100_000 / rate, 2),
-            "first_steps_seconds": round(t_compile, 2), "threads": os.cpu_count()}
-
-
-def main():
-    here = os.path.join(os.path.dirname(__file__), "..", "recipes")
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--recipes", nargs="+", default=[os.path.join(here, "c2_float.yaml"), os.path.join(here, "c2_8bit.yaml")])
-    ap.add_argument("--data", default=None, help="dataset dir/file (train split used); default synthetic jets")
-    ap.add_argument("--jets", type=int, default=20480)
-    ap.add_argument("--n", type=int, default=80, help="constituents per jet")
-    ap.add_argument("--steps", type=int, default=30)
-    ap.add_argument("--warmup", type=int, default=5)
-    ap.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
-                    help="recipe override for every recipe, e.g. model.batchnorm=false or training.jit_compile=false")
-    ap.add_argument("--out", default=None)
-    a = ap.parse_args()
     if a.data:
         from qpelican.data.readers import open_dataset, resolve_splits
 
@@ -82,26 +69,79 @@ def main():
         y = y.astype(np.float32)
     else:
         p4, y = synthetic(a.jets, a.n)
+    rec = load_recipe(a.one).with_overrides(sets=[*a.set, f"data.n_constituents={a.n}"])
+    path = f"/tmp/bench_{os.getpid()}_{os.path.basename(a.one)}"
+    with open(path, "w") as f:
+        yaml.safe_dump(rec.to_dict(), f)
+    r = load_recipe(path)
+    bs, quantized = r.training.batch_size, r.quantized
+    load = os.getloadavg()[0]
+    model, _, _, jit = build_training(r, quantized, 0, math.ceil(len(y) / bs), r.training.epochs,
+                                      r.training.learning_rate)
+    ds = epoch_dataset(tf.constant(p4), tf.constant(y), len(y), bs, 0, 0).repeat()
+    compile_s, _ = _timed(lambda: model.fit(ds, steps_per_epoch=a.warmup, epochs=1, verbose=0))
+    train_s, train_cpu = _timed(lambda: model.fit(ds, steps_per_epoch=a.steps, epochs=1, verbose=0))
+    rss_train = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    # inference: a fresh model of the recipe, the predict of fit / tune / evaluate
+    infer = build_model(r.to_model_config(quantized=quantized))
+    infer.set_weights(model.get_weights())
+    predict(infer, p4[:4096])
+    predict(infer, p4[:len(p4) % 4096 or 4096])  # compile the padded last batch's shape too
+    inf_s, inf_cpu = _timed(lambda: predict(infer, p4))
+    trained = a.steps * bs
+    return {"recipe": os.path.basename(a.one), "repo": os.path.abspath(a.repo), "quantized": quantized, "xla": jit,
+            "batch": bs, "n_constituents": a.n, "overrides": a.set, "load_before": load,
+            "train_jets_per_second": round(trained / train_s, 1),
+            "train_jets_per_cpu_second": round(trained / train_cpu, 1),
+            "ms_per_batch": round(1000 * train_s / a.steps, 2), "first_steps_seconds": round(compile_s, 2),
+            "infer_jets_per_second": round(len(p4) / inf_s, 1),
+            "infer_jets_per_cpu_second": round(len(p4) / inf_cpu, 1),
+            "peak_rss_mb_train": round(rss_train, 1),
+            "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+            "load_after": os.getloadavg()[0], "cpus": os.cpu_count()}
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--recipes", nargs="+", default=RECIPES)
+    ap.add_argument("--data", default=None, help="dataset dir/file (train split used); default synthetic jets")
+    ap.add_argument("--jets", type=int, default=20480, help="jets in the dataset (inference runs over all of them)")
+    ap.add_argument("--n", type=int, default=80, help="constituents per jet")
+    ap.add_argument("--steps", type=int, default=30)
+    ap.add_argument("--warmup", type=int, default=5)
+    ap.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                    help="recipe override for every recipe, e.g. model.dropout=0.05 or training.jit_compile=false")
+    ap.add_argument("--compare", default=None, metavar="REPO",
+                    help="another checkout of qpelican (e.g. `git worktree add /tmp/old HEAD~5`) run in alternation")
+    ap.add_argument("--rounds", type=int, default=1, help="alternations with --compare")
+    ap.add_argument("--repo", default=os.path.join(HERE, ".."), help=argparse.SUPPRESS)
+    ap.add_argument("--one", default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--out", default=None)
+    a = ap.parse_args()
+    if a.one:
+        print(json.dumps(bench_one(a)))
+        return
+    repos = [a.repo] + ([a.compare] if a.compare else [])
     rows = []
-    for r in a.recipes:
-        from qpelican.config.recipe import load_recipe
-
-        rec = load_recipe(r)
-        if rec.data.n_constituents != a.n or a.set:
-            # bench at the requested N whatever the recipe says, with the --set overrides
-            import yaml
-
-            d = rec.with_overrides(sets=[*a.set, f"data.n_constituents={a.n}"]).to_dict()
-            tmp = f"/tmp/bench_{os.getpid()}_{os.path.basename(r)}"
-            with open(tmp, "w") as f:
-                yaml.safe_dump(d, f)
-            r = tmp
-        row = bench(r, p4, y, a.steps, a.warmup)
-        row["overrides"] = a.set
-        rows.append(row)
-        print(f"{row['recipe'][:22]:<22} {' '.join(a.set)} {'8bit' if row['quantized'] else 'float'} XLA={row['xla']!s:<5} N={row['n_constituents']} "
-              f"batch {row['batch']}: {row['jets_per_second']:>8.0f} jets/s, {row['ms_per_batch']:.1f} ms/batch, "
-              f"{row['seconds_per_epoch_100k']:.1f} s per epoch of 100k jets", flush=True)
+    print(f"{'recipe':<22} {'code':<10} {'load':>5}  {'train jets/s':>12} {'(per CPU-s)':>11}  "
+          f"{'infer jets/s':>12} {'(per CPU-s)':>11}  {'peak RSS':>8}")
+    for _ in range(a.rounds if a.compare else 1):
+        for recipe in a.recipes:
+            for repo in repos:
+                cmd = [sys.executable, os.path.abspath(__file__), "--one", recipe, "--repo", repo, "--n", str(a.n),
+                       "--jets", str(a.jets), "--steps", str(a.steps), "--warmup", str(a.warmup)]
+                cmd += [f"--set={s}" for s in a.set] + (["--data", a.data] if a.data else [])
+                res = subprocess.run(cmd, capture_output=True, text=True)
+                if res.returncode != 0:
+                    print(f"{os.path.basename(recipe)} ({repo}) failed:\n{res.stderr[-2000:]}", flush=True)
+                    continue
+                row = json.loads(res.stdout.strip().splitlines()[-1])
+                rows.append(row)
+                code = "this" if repo == a.repo else os.path.basename(os.path.normpath(repo))
+                print(f"{row['recipe'][:22]:<22} {code[:10]:<10} {row['load_before']:>5.1f}  "
+                      f"{row['train_jets_per_second']:>12,.0f} {row['train_jets_per_cpu_second']:>11,.0f}  "
+                      f"{row['infer_jets_per_second']:>12,.0f} {row['infer_jets_per_cpu_second']:>11,.0f}  "
+                      f"{row['peak_rss_mb']:>6,.0f} MB {' '.join(a.set)}", flush=True)
     if a.out:
         with open(a.out, "w") as f:
             json.dump(rows, f, indent=2)
