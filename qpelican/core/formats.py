@@ -80,7 +80,7 @@ def _call_args(text):
                 raise ValueError(f"unexpected argument {kw.arg!r}")
             args[kw.arg] = ast.literal_eval(kw.value)
     except (SyntaxError, ValueError) as exc:
-        raise QpelicanError(f"cannot read quantizer {text!r} ({exc}); {USAGE}.") from None
+        raise QpelicanError(f"cannot parse quantizer {text!r} ({exc}); {USAGE}.") from None
     return call.func.id, args
 
 
