@@ -116,9 +116,12 @@ def test_c2_8bit_cost_and_report_agree():
     assert (t["bops"], t["multipliers"], t["adders"]) == (exact["bops"], exact["n_multipliers"], exact["n_adders"])
     assert sum(o["count"] for o in rep["operations"]) == exact["n_multipliers"] + exact["n_adders"]
     assert c["bops"] == cost["bops"] and c["dsp_estimate"] == cost["dsp_estimate"]
-    assert cost["n_multipliers"] == exact["n_multipliers"] and cost["n_adders"] == exact["n_adders"]
     assert t["bops"] + sum(d["bops"] for d in c["differences"]) == cost["bops"] == t["bops"] + c["bops_difference"]
-    assert all(d["count"][0] == d["count"][1] for d in c["differences"])  # no alpha: only accumulator widths
+    # every operator the cost model counts beyond the firmware is named: the flagship is alpha-scaled,
+    # and at initialisation its tables coincide in the firmware (one aggregate of each kind) while the
+    # cost model assumes all of them (test_alpha_recipe_bound_has_no_aliases)
+    extra = cost["n_multipliers"] + cost["n_adders"] - exact["n_multipliers"] - exact["n_adders"]
+    assert extra == sum(d["count"][1] - d["count"][0] for d in c["differences"]) >= 0
     text = format_report(rep)
     assert f"{cost['bops']:,} BOPs" in text and f"{t['bops']:,} BOPs" in text
     assert all(f"{d['layer']} {d['op']}:" in text for d in c["differences"])
