@@ -68,7 +68,7 @@ def test_default_space_and_variant(tmp_path):
 def test_pareto_front():
     from qpelican.tune.front import pareto_front
 
-    rows = [{"trial_id": str(i), "status": s, "val_auc": a, "bops": b} for i, (s, a, b) in enumerate([
+    rows = [{"trial_id": str(i), "status": s, "val_auc": a, "cost": b} for i, (s, a, b) in enumerate([
         ("completed", 0.90, 100), ("completed", 0.92, 200), ("completed", 0.91, 300), ("completed", 0.95, 400),
         ("over_budget", None, 50), ("failed", None, None), ("completed", 0.89, 150)])]
     assert [r["trial_id"] for r in pareto_front(rows)] == ["0", "1", "3"]
@@ -150,6 +150,35 @@ def test_budget_trials_are_not_trained(tmp_path, sim_dir, capsys):
     assert all(r["score"] < -1 and r["bops"] > 1000 and r["val_auc"] is None for r in rows)
     assert not any((out / "kt" / f"trial_{r['trial_id']}" / "run").exists() for r in rows)
     assert json.loads((out / "pareto.json").read_text())["front"] == []
+
+
+def test_lut_cost_axis(tmp_path, sim_dir):
+    """--cost luts: each trained trial costs the da4ml LUT estimate of its own trained model, and the
+    front, its table and pareto.json follow that axis."""
+    from qpelican.nn.serialize import load_model
+    from qpelican.rtl.exporter import lut_estimate
+
+    path = _recipe(tmp_path, sim_dir)
+    d = yaml.safe_load(path.read_text())
+    d["data"]["n_constituents"] = 8
+    path.write_text(yaml.safe_dump(d))
+    out = tmp_path / "luts"
+    assert _run(["tune", str(path), "--out", str(out), "--trials", "2", "--epochs", "1", "--cost", "luts"]) == 0
+    rows = [r for r in json.loads((out / "trials.json").read_text()) if r["status"] == "completed"]
+    assert rows and all(r["cost"] > 0 and r["cost"] != r["bops"] for r in rows)
+    for r in rows:
+        model = load_model(out / "kt" / f"trial_{r['trial_id']}" / "run" / "model.keras")
+        assert r["cost"] == lut_estimate(model)
+    pareto = json.loads((out / "pareto.json").read_text())
+    assert pareto["cost"] == "luts" and pareto["cost_unit"] == "LUTs"
+    assert [p["cost"] for p in pareto["front"]] == sorted(p["cost"] for p in pareto["front"])
+    # a search keeps its axis: resuming it on another axis is refused
+    assert _run(["tune", str(path), "--out", str(out), "--trials", "2", "--epochs", "1", "--resume"]) == 2
+
+
+def test_unknown_cost_axis_exit_2(tmp_path, sim_dir):
+    path = _recipe(tmp_path, sim_dir)
+    assert _run(["tune", str(path), "--out", str(tmp_path / "x"), "--cost", "watts"]) == 2
 
 
 @pytest.mark.parametrize("oracle", ["bayesian", "hyperband"])

@@ -8,7 +8,8 @@ from typing import Optional
 
 import typer
 
-from qpelican.config.search import DEFAULT_COST_WEIGHT, DEFAULT_ORACLE, DEFAULT_TRIALS, ORACLES
+from qpelican.config.search import (COST_AXES, DEFAULT_COST_AXIS, DEFAULT_COST_WEIGHT, DEFAULT_ORACLE,
+                                   DEFAULT_TRIALS, ORACLES)
 
 
 def register(app: typer.Typer):
@@ -26,11 +27,13 @@ def tune(
                                        help="simulated sample size (or cap on training jets with a dataset)"),
     trials: int = typer.Option(DEFAULT_TRIALS, "--trials", min=1, help="number of trials (Keras Tuner max_trials)"),
     oracle: str = typer.Option(DEFAULT_ORACLE, "--oracle", help=" | ".join(ORACLES)),
+    cost: str = typer.Option(DEFAULT_COST_AXIS, "--cost",
+                             help="hardware-cost axis: " + "; ".join(f"{k} = {u}, {src}" for k, (u, src) in COST_AXES.items())),
     max_cost: Optional[int] = typer.Option(None, "--max-cost", min=1,
-                                           help="BOPs budget: trials above it are not trained and get a "
+                                           help="budget on the cost axis: trials above it are not trained and get a "
                                                 "penalised score"),
     cost_weight: float = typer.Option(DEFAULT_COST_WEIGHT, "--cost-weight", min=0.0,
-                                      help="objective = val AUC - W * log2(BOPs / recipe BOPs)"),
+                                      help="objective = val AUC - W * log2(cost / recipe's cost)"),
     resume: bool = typer.Option(False, "--resume", help="continue an interrupted search in --out"),
     seed: int = typer.Option(0, "--seed", help="oracle seed (training uses the recipe's seed)"),
     pretrain_epochs: Optional[int] = typer.Option(None, "--pretrain-epochs", min=1,
@@ -63,7 +66,7 @@ def tune(
     out = out or Path("tunes") / recipe.stem
     con.print(f"[bold]qpelican tune[/] {recipe} -> {out}  ({oracle}, {trials} trials, "
               f"{epochs or r.training.epochs} epochs per trial"
-              + (f", budget {max_cost:,} BOPs" if max_cost else "") + ")")
+              + f", cost axis {cost}" + (f", budget {max_cost:,}" if max_cost else "") + ")")
     from qpelican.core.io import dir_lock
     from qpelican.tune import search as tune_mod
 
@@ -73,7 +76,7 @@ def tune(
         with lock:
             tune_mod.tune(r, out, data=data, epochs=epochs, jets=jets, trials=trials, oracle=oracle,
                           max_cost=max_cost, cost_weight=cost_weight, resume=resume, seed=seed, log=con.print,
-                          pretrain_epochs=pretrain_epochs)
+                          pretrain_epochs=pretrain_epochs, cost=cost)
             if retrain_seeds and "chief" in os.environ.get("KERASTUNER_TUNER_ID", "chief"):
                 from qpelican.tune.retrain import retrain_front
 

@@ -36,7 +36,11 @@ SEARCH_KEYS = TENSORS + ("channels", "n_constituents")
 ORACLES = ("random", "bayesian", "hyperband")
 DEFAULT_ORACLE = "random"
 DEFAULT_TRIALS = 20
-DEFAULT_COST_WEIGHT = 0.002  # halving the BOPs is worth 0.002 validation AUC
+DEFAULT_COST_WEIGHT = 0.002  # halving the cost is worth 0.002 validation AUC
+# the tuner's hardware-cost axis: name -> (unit, what measures it)
+COST_AXES = {"bops": ("BOPs", "bit operations per jet, qpelican.hw.cost"),
+             "luts": ("LUTs", "da4ml LUT estimate of the traced RTL, qpelican.rtl")}
+DEFAULT_COST_AXIS = "bops"
 
 
 # ------------------------------------------------------------------------------ search space

@@ -14,7 +14,7 @@ from rich.console import Console
 from rich.table import Table
 
 from qpelican.config.recipe import recipe_from_dict
-from qpelican.config.search import TENSORS
+from qpelican.config.search import COST_AXES, DEFAULT_COST_AXIS, TENSORS
 from qpelican.core.errors import QpelicanError
 from qpelican.core.formats import quantizer_string
 from qpelican.core.io import atomic_path, write_json, write_text
@@ -61,10 +61,13 @@ def collect_trials(out_dir):
         row = {"trial_id": tj["trial_id"], "status": status, "tuner_id": extra.get("tuner_id"),
                "score": tj.get("score"), "widths": widths, "hyperparameters": values}
         for k in ("val_auc", "val_accuracy", "val_rej30", "val_rej50", "test_auc", "test_accuracy", "test_rej30",
-                  "test_rej50", "bops", "n_params", "seconds"):
+                  "test_rej50", "bops", "cost", "n_params", "seconds"):
             row[k] = metrics.get(k)
-        if row["bops"] is not None:
-            row["bops"] = int(row["bops"])
+        if row["cost"] is None:  # trials of searches from before the cost axis: BOPs
+            row["cost"] = row["bops"]
+        for k in ("bops", "cost"):
+            if row[k] is not None:
+                row[k] = int(row[k])
         if row["n_params"] is not None:
             row["n_params"] = int(row["n_params"])
         row["channels"] = values.get("channels", extra.get("channels"))
@@ -79,10 +82,20 @@ def collect_trials(out_dir):
     return settings, base, space, rows
 
 
-def pareto_front(rows):
-    """Trained trials not dominated in (val AUC higher, BOPs lower), sorted by BOPs."""
-    ok = [r for r in rows if r["status"] == "completed" and r.get("val_auc") is not None and r.get("bops")]
-    ok.sort(key=lambda r: (r["bops"], -r["val_auc"]))
+def cost_axis(settings):
+    """The search's cost axis ("bops" for searches written before the LUT axis existed)."""
+    return settings.get("cost", DEFAULT_COST_AXIS)
+
+
+def cost_text(settings, value):
+    """A cost with its unit, e.g. ``6,751,395 BOPs``."""
+    return f"{value:,} {COST_AXES[cost_axis(settings)][0]}"
+
+
+def pareto_front(rows, key="cost"):
+    """Trained trials not dominated in (val AUC higher, cost ``key`` lower), sorted by cost."""
+    ok = [r for r in rows if r["status"] == "completed" and r.get("val_auc") is not None and r.get(key)]
+    ok.sort(key=lambda r: (r[key], -r["val_auc"]))
     front, best = [], -1.0
     for r in ok:
         if r["val_auc"] > best:
@@ -112,7 +125,7 @@ def write_outputs(out_dir, log=print):
         for sec in ("data", "model"):  # compact: unset keys take their defaults
             d[sec] = {k: v for k, v in d[sec].items() if v is not None}
         d["description"] = (f"qpelican tune point {k} (trial {r['trial_id']}): val AUC {r['val_auc']:.4f}, "
-                            f"test AUC {r['test_auc']:.4f}, {r['bops']:,} BOPs, "
+                            f"test AUC {r['test_auc']:.4f}, {cost_text(settings, r['cost'])}, "
                             f"searched with {r['epochs']} epochs per trial")
         path = os.path.join(pdir, f"point_{k}.yaml")
         write_text(path, yaml.safe_dump(d, sort_keys=False))
@@ -135,11 +148,14 @@ def write_outputs(out_dir, log=print):
     counts = {}
     for r in rows:
         counts[r["status"]] = counts.get(r["status"], 0) + 1
-    summary = {"recipe": settings["recipe_name"], "recipe_bops": settings["recipe_bops"],
+    axis = cost_axis(settings)
+    summary = {"recipe": settings["recipe_name"], "recipe_bops": settings["recipe_bops"], "cost": axis,
+               "cost_unit": COST_AXES[axis][0], "cost_source": COST_AXES[axis][1],
+               "recipe_cost": settings.get("recipe_cost", settings["recipe_bops"]),
                "max_cost": settings["max_cost"], "cost_weight": settings["cost_weight"],
                "oracle": settings["oracle"], "epochs_per_trial": settings["epochs"], "trials": counts,
-               "objective": "score = val_auc - cost_weight * log2(bops / recipe_bops) within budget; "
-                            "-1 - log2(bops / max_cost) over budget (not trained)",
+               "objective": f"score = val_auc - cost_weight * log2({axis} / recipe {axis}) within budget; "
+                            f"-1 - log2({axis} / max_cost) over budget (not trained)",
                "float_reference": _float_references(out_dir), "front": points}
     write_json(os.path.join(out_dir, "pareto.json"), summary)
     _plot(os.path.join(out_dir, "pareto.png"), rows, front, settings, summary["float_reference"])
@@ -204,16 +220,17 @@ def _float_references(out_dir):
 
 
 def format_front(summary):
-    t = Table(title=f"Pareto front: validation AUC vs BOPs ({summary['recipe']}, recipe as written: "
-                    f"{summary['recipe_bops']:,} BOPs)")
+    unit = summary.get("cost_unit", "BOPs")
+    t = Table(title=f"Pareto front: validation AUC vs {unit} ({summary['recipe']}, recipe as written: "
+                    f"{summary.get('recipe_cost', summary['recipe_bops']):,} {unit})")
     retrained = any(p.get("retrain") for p in summary["front"])
-    cols = ["k", "trial", "BOPs", "val AUC", "test AUC", "val 1/eps_B@0.3", "widths (bits,integer)"]
+    cols = ["k", "trial", unit, "val AUC", "test AUC", "val 1/eps_B@0.3", "widths (bits,integer)"]
     if retrained:
         cols.append("retrained: test AUC mean ± std (best); 1/eps_B@0.3 mean ± std")
     for c in cols:
         t.add_column(c)
     for p in summary["front"]:
-        cells = [str(p["point"]), str(p["trial_id"]), f"{p['bops']:,}", f"{p['val_auc']:.4f}",
+        cells = [str(p["point"]), str(p["trial_id"]), f"{p['cost']:,}", f"{p['val_auc']:.4f}",
                  f"{p['test_auc']:.4f}", f"{p['val_rej30']:.1f}",
                  widths_label(p["widths"]) + (f" C={p['channels']}" if p.get("channels") else "")
                  + (f" N={p['n_constituents']}" if p.get("n_constituents") else "")]
@@ -229,7 +246,7 @@ def format_front(summary):
 
 
 CSV_COLUMNS = ("trial_id", "status", "tuner_id", "score", "val_auc", "val_accuracy", "val_rej30", "val_rej50",
-               "test_auc", "test_accuracy", "test_rej30", "test_rej50", "bops", "n_params", "channels",
+               "test_auc", "test_accuracy", "test_rej30", "test_rej50", "cost", "bops", "n_params", "channels",
                "n_constituents", "epochs", "seconds")
 
 
@@ -247,22 +264,22 @@ def _plot(path, rows, front, settings, refs=()):
     fig, ax = plt.subplots(figsize=(6.4, 4.4))
     done = [r for r in rows if r["status"] == "completed" and r.get("val_auc") is not None]
     if done:
-        ax.scatter([r["bops"] for r in done], [r["val_auc"] for r in done], s=16, c="0.6", label="trials")
+        ax.scatter([r["cost"] for r in done], [r["val_auc"] for r in done], s=16, c="0.6", label="trials")
     if front:
-        xs = [r["bops"] for r in front]
+        xs = [r["cost"] for r in front]
         ys = [r["val_auc"] for r in front]
         ax.step(xs, ys, where="post", c="C3", lw=1)
         ax.scatter(xs, ys, s=30, c="C3", label="Pareto front", zorder=3)
         for r in front:
-            ax.annotate(str(front.index(r)), (r["bops"], r["val_auc"]), fontsize=7, xytext=(3, -9),
+            ax.annotate(str(front.index(r)), (r["cost"], r["val_auc"]), fontsize=7, xytext=(3, -9),
                         textcoords="offset points")
-    ax.axvline(settings["recipe_bops"], c="C0", ls=":", lw=1, label="recipe as written")
+    ax.axvline(settings.get("recipe_cost", settings["recipe_bops"]), c="C0", ls=":", lw=1, label="recipe as written")
     for r in refs:
         ax.axhline(r["val_auc"], c="C2", ls="-.", lw=1, label=f"float C={r['channels']} (pre-training)")
     if settings.get("max_cost"):
         ax.axvline(settings["max_cost"], c="k", ls="--", lw=1, label="--max-cost")
     ax.set_xscale("log")
-    ax.set_xlabel("bit operations per jet (qpelican.hw.cost.model_cost)")
+    ax.set_xlabel(f"{COST_AXES[cost_axis(settings)][0]}: {COST_AXES[cost_axis(settings)][1]}")
     ax.set_ylabel("validation AUC")
     ax.set_title(f"qpelican tune: {settings['recipe_name']} ({settings['oracle']}, {settings['epochs']} epochs/trial)",
                  fontsize=9)

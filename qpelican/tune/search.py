@@ -46,6 +46,11 @@ Keras Tuner maximises ``score``:
   optimisation is steered back into it. Such trials are listed (status ``over_budget``) but are
   never on the front.
 
+``--cost luts`` replaces BOPs by the da4ml LUT estimate of each trial's model traced to RTL
+(:func:`qpelican.rtl.exporter.lut_estimate`; seconds per trial at N = 16, minutes at N = 80): the
+budget check uses the untrained variant, the score and the front the trained model, whose zero and
+power-of-two coefficients cost fewer LUTs. BOPs are recorded beside it either way.
+
 The AUC is measured on the validation jets; test metrics are recorded separately and never used
 for selection. The Pareto front (``pareto.json``) is over (validation AUC up, BOPs down) of the
 trained within-budget trials.
@@ -68,7 +73,8 @@ import warnings
 import keras_tuner as kt
 
 from qpelican.config.recipe import Recipe, load_recipe
-from qpelican.config.search import DEFAULT_COST_WEIGHT, DEFAULT_ORACLE, DEFAULT_TRIALS, ORACLES
+from qpelican.config.search import (COST_AXES, DEFAULT_COST_AXIS, DEFAULT_COST_WEIGHT, DEFAULT_ORACLE,
+                                   DEFAULT_TRIALS, ORACLES)
 from qpelican.core.errors import QpelicanError
 from qpelican.core.io import write_json
 from qpelican.training.splits import load_splits
@@ -108,7 +114,7 @@ def distributed_role():
 
 def tune(recipe, out_dir, data=None, epochs=None, jets=None, trials=DEFAULT_TRIALS, oracle=DEFAULT_ORACLE, max_cost=None,
          cost_weight=DEFAULT_COST_WEIGHT, resume=False, seed=0, log=print, splits=None, pretrain_epochs=None,
-         on_trial_end=None):
+         on_trial_end=None, cost=DEFAULT_COST_AXIS):
     """Run (or continue, or serve/work in distributed mode) a bit-width search; return the summary dict
     of :func:`write_outputs` (None on a distributed worker, whose results the chief writes).
 
@@ -116,12 +122,15 @@ def tune(recipe, out_dir, data=None, epochs=None, jets=None, trials=DEFAULT_TRIA
       recipe: a Recipe or a YAML path. ``data``/``jets`` override the data section (as ``fit``),
         ``epochs`` the epochs per trial (the front's recipes keep the recipe's own epochs).
       trials: number of trials (Keras Tuner ``max_trials``; also the cap for hyperband).
-      oracle: random | bayesian | hyperband.  max_cost: BOPs budget.  cost_weight: see module doc.
+      oracle: random | bayesian | hyperband.  max_cost: budget on the cost axis.  cost_weight: see
+        module doc.
       resume: continue the search in ``out_dir`` (finished trials are kept, the interrupted one
         resumes its checkpoint).  seed: oracle seed (training uses the recipe's seed).
       splits: preloaded :class:`qpelican.training.train.Splits` (tests, benchmarks).
       pretrain_epochs: float pre-training epochs of a ``qat: finetune`` recipe (default: the
         recipe's ``pretrain_epochs``); the pre-training is shared by all trials (one per C).
+      cost: the hardware-cost axis, "bops" (qpelican.hw.cost) or "luts" (the da4ml LUT estimate of
+        each trial's traced RTL); ``max_cost`` and the objective are in its units.
       on_trial_end: optional callable(finished trials of this worker) after each trial; raising
         KeyboardInterrupt from it stops the search (finished trials are kept).
     """
@@ -131,10 +140,12 @@ def tune(recipe, out_dir, data=None, epochs=None, jets=None, trials=DEFAULT_TRIA
         raise QpelicanError(f"tune: expected a Recipe or a path, got {type(recipe).__name__}")
     if oracle not in ORACLES:
         raise QpelicanError(f"--oracle {oracle!r} is not supported; use one of {', '.join(ORACLES)}.")
+    if cost not in COST_AXES:
+        raise QpelicanError(f"--cost {cost!r} is not supported; use one of {', '.join(COST_AXES)}.")
     if trials < 1:
         raise QpelicanError("--trials must be at least 1.")
     if max_cost is not None and max_cost <= 0:
-        raise QpelicanError("--max-cost must be a positive number of bit operations.")
+        raise QpelicanError(f"--max-cost must be a positive number of {COST_AXES[cost][0]}.")
     base = recipe.with_overrides(data=data, jets=jets)
     space = search_space(base)
     if pretrain_epochs is None and epochs:
@@ -155,11 +166,12 @@ def tune(recipe, out_dir, data=None, epochs=None, jets=None, trials=DEFAULT_TRIA
         raise QpelicanError(f"--resume: tune directory {out_dir} holds no search to continue (no kt/oracle.json); "
                             "drop --resume to start a new search there, or give the --out of the interrupted one.")
 
-    recipe_bops = int(recipe_cost(base)["bops"])
+    base_cost = recipe_cost(base, cost)
     settings = {"recipe": base.to_dict(), "recipe_name": base.name, "space": space_json(space), "oracle": oracle,
                 "trials": int(trials), "epochs": epochs, "recipe_epochs": base.training.epochs,
                 "max_cost": int(max_cost) if max_cost else None, "cost_weight": float(cost_weight),
-                "seed": int(seed), "recipe_bops": recipe_bops, "data": os.fspath(data) if data else base.data.path,
+                "seed": int(seed), "recipe_bops": int(base_cost["bops"]), "cost": cost,
+                "recipe_cost": base_cost["cost"], "data": os.fspath(data) if data else base.data.path,
                 "jets": jets, "out_dir": os.path.abspath(out_dir),
                 "pretrain_epochs": int(pretrain_epochs if pretrain_epochs is not None
                                        else base.training.pretrain_epochs)}
@@ -213,7 +225,9 @@ def check_same_settings(settings_path, settings, out_dir):
     """Refuse to continue a search with settings other than those it was started with."""
     with open(settings_path) as f:
         before = json.load(f)
-    diff = [k for k in ("recipe", "space", "oracle", "epochs", "max_cost", "cost_weight", "seed", "pretrain_epochs")
+    before.setdefault("cost", DEFAULT_COST_AXIS)  # searches written before the LUT axis existed
+    diff = [k for k in ("recipe", "space", "oracle", "epochs", "max_cost", "cost_weight", "seed", "pretrain_epochs",
+                        "cost")
             if json.dumps(before.get(k), sort_keys=True) != json.dumps(settings.get(k), sort_keys=True)]
     if diff:
         raise QpelicanError(f"{out_dir}: this search was started with different settings ({', '.join(diff)} "

@@ -7,10 +7,11 @@ import keras_tuner as kt
 import tf_keras
 
 from qpelican.config.recipe import recipe_from_dict
-from qpelican.config.search import TENSORS, base_format, parse_search
+from qpelican.config.search import DEFAULT_COST_AXIS, TENSORS, base_format, parse_search
 from qpelican.core.formats import quantizer_string
 from qpelican.hw.cost import model_cost
 from qpelican.nn.models import build_model
+from qpelican.rtl.exporter import lut_estimate
 
 SHORT = {"input": "in", "invariants": "inv", "coefficients": "w", "biases": "b", "activation": "act",
          "aggregates": "agg", "output": "out"}
@@ -82,11 +83,23 @@ def widths_label(widths):
     return " ".join(f"{SHORT[t]} {w[0]},{w[1]}" if w else f"{SHORT[t]} f" for t, w in widths.items())
 
 
-def recipe_cost(recipe):
-    """model_cost of a recipe's model (built, not trained)."""
+def model_cost_on(model, axis):
+    """model_cost of a model, with ``cost``, its value on the tuner's cost ``axis`` (and ``luts``
+    for the LUT axis: the model is traced to RTL, which takes seconds at N = 16)."""
+    cost = dict(model_cost(model))
+    if axis == "luts":
+        cost["luts"] = lut_estimate(model)
+    cost["cost"] = int(cost[axis])
+    return cost
+
+
+def recipe_cost(recipe, axis=DEFAULT_COST_AXIS):
+    """:func:`model_cost_on` of a recipe's model, built and not trained (its weights at their
+    initial values: the LUT estimate of a trained model differs, since zero and power-of-two
+    coefficients cost less)."""
     model = build_model(recipe.to_model_config())
     try:
-        return model_cost(model)
+        return model_cost_on(model, axis)
     finally:
         del model
         tf_keras.backend.clear_session()

@@ -16,12 +16,14 @@ import numpy as np
 import tf_keras
 
 from qpelican.config.recipe import recipe_from_dict
-from qpelican.config.search import TENSORS
+from qpelican.config.search import DEFAULT_COST_AXIS, TENSORS
 from qpelican.core.errors import QpelicanError
 from qpelican.core.io import write_json, write_text
 from qpelican.core.metrics import roc_metrics
 from qpelican.training.splits import Splits
 from qpelican.training.train import predict, train_one
+from qpelican.rtl.exporter import lut_estimate
+from qpelican.tune.front import cost_text
 from qpelican.tune.space import recipe_cost, variant, widths_label
 
 
@@ -70,9 +72,54 @@ class TuneContext:
         return self._sliced[n]
 
 
-def objective_score(val_auc, bops, settings):
-    ref = settings["recipe_bops"]
-    return float(val_auc - settings["cost_weight"] * math.log2(max(bops, 1) / max(ref, 1)))
+def objective_score(val_auc, cost, settings):
+    """val_auc - w * log2(cost / cost of the recipe as written), on the search's cost axis."""
+    ref = settings.get("recipe_cost", settings["recipe_bops"])
+    return float(val_auc - settings["cost_weight"] * math.log2(max(cost, 1) / max(ref, 1)))
+
+
+def over_budget(ctx, trial, trial_dir, record, t0):
+    """The metrics of a trial whose cost exceeds ``--max-cost``: not trained, scored below every
+    trained trial and rising towards the budget."""
+    s = ctx.settings
+    cost = record["cost"]
+    metrics = {"score": float(-1.0 - math.log2(cost / s["max_cost"])), "cost": float(cost),
+               "bops": float(record["bops"]), "over_budget": 1.0, "seconds": time.perf_counter() - t0}
+    record.update(status="over_budget", metrics=metrics)
+    write_json(os.path.join(trial_dir, "qpelican.json"), record)
+    ctx.log(f"trial {trial.trial_id} ({ctx.tuner_id}) {widths_label(record['widths'])}{cn_label(ctx, record)}  "
+            f"{cost_text(s, cost)} > budget {cost_text(s, s['max_cost'])}: not trained (score {metrics['score']:.3f})")
+    return metrics
+
+
+def with_shared_pretraining(ctx, rec):
+    """A finetune variant starts from the float pre-training shared by its C (trained once)."""
+    pre_dir = ensure_pretrain(ctx, rec.resolved_model_config()["channels"])
+    d = rec.model_dump()
+    d["training"].update(pretrain_epochs=0, init_from=pre_dir)
+    return recipe_from_dict(d, source="search variant")
+
+
+def trained_metrics(ctx, trial, model, test, splits, record):
+    """Validation and test metrics of a trained trial, its cost on the search's axis and its score.
+
+    On the LUT axis the trained model is traced again: its coefficients set which products exist."""
+    val_logits = predict(model, splits.val[0])
+    if not np.isfinite(val_logits).all():
+        raise QpelicanError(f"trial {trial.trial_id}: non-finite validation outputs")
+    val = roc_metrics(splits.val[1], val_logits)
+    axis = ctx.settings.get("cost", DEFAULT_COST_AXIS)
+    cost = lut_estimate(model) if axis == "luts" else record["bops"]
+    record.update(cost=int(cost), **({"luts": int(cost)} if axis == "luts" else {}))
+    return {
+        "score": objective_score(val["auc"], cost, ctx.settings),
+        "val_auc": val["auc"], "val_accuracy": val["accuracy"], "val_rej30": finite(val["rej30"]),
+        "val_rej50": finite(val["rej50"]),
+        "test_auc": test["auc"], "test_accuracy": test["accuracy"], "test_rej30": finite(test["rej30"]),
+        "test_rej50": finite(test["rej50"]),
+        "cost": float(cost), "bops": float(record["bops"]), "n_params": float(test.get("n_params") or 0),
+        "over_budget": 0.0, "val_loss": float(test.get("val_loss") or float("nan")),
+    }
 
 
 def run_trial(tuner, trial):
@@ -86,31 +133,18 @@ def run_trial(tuner, trial):
     trial_dir = os.path.join(tuner.project_dir, f"trial_{trial.trial_id}")
     os.makedirs(trial_dir, exist_ok=True)
     t0 = time.perf_counter()
-    cost = recipe_cost(rec)
-    bops = int(cost["bops"])
+    cost = recipe_cost(rec, s.get("cost", DEFAULT_COST_AXIS))
     record = {"trial_id": trial.trial_id, "tuner_id": ctx.tuner_id, "widths": widths,
               "quantization": rec.to_dict()["quantization"], "channels": rec.resolved_model_config()["channels"],
-              "n_constituents": rec.data.n_constituents, "epochs": epochs, "bops": bops,
-              "dsp_estimate": cost["dsp_estimate"], "lut_estimate": cost["lut_estimate"]}
-    max_cost = s.get("max_cost")
-    if max_cost and bops > max_cost:
-        metrics = {"score": float(-1.0 - math.log2(bops / max_cost)), "bops": float(bops), "over_budget": 1.0,
-                   "seconds": time.perf_counter() - t0}
-        record.update(status="over_budget", metrics=metrics)
-        write_json(os.path.join(trial_dir, "qpelican.json"), record)
-        ctx.log(f"trial {trial.trial_id} ({ctx.tuner_id}) {widths_label(widths)}{cn_label(ctx, record)}  BOPs {bops:,} > budget "
-                f"{max_cost:,}: not trained (score {metrics['score']:.3f})")
-        return metrics
-
+              "n_constituents": rec.data.n_constituents, "epochs": epochs, "bops": int(cost["bops"]),
+              "cost": cost["cost"], "dsp_estimate": cost["dsp_estimate"], "lut_estimate": cost["lut_estimate"]}
+    if s.get("max_cost") and record["cost"] > s["max_cost"]:
+        return over_budget(ctx, trial, trial_dir, record, t0)
     t = rec.training
     if t.qat == "finetune" and t.pretrain_epochs > 0 and not t.init_from:
-        # shared float pre-training (one per C, trained once), then QAT fine-tuning of this variant
         t_pre = time.perf_counter()
-        pre_dir = ensure_pretrain(ctx, rec.resolved_model_config()["channels"])
+        rec = with_shared_pretraining(ctx, rec)
         t0 += time.perf_counter() - t_pre  # a trial's seconds exclude the shared pre-training
-        d = rec.model_dump()
-        d["training"].update(pretrain_epochs=0, init_from=pre_dir)
-        rec = recipe_from_dict(d, source="search variant")
     # a retried trial (interrupted search) resumes its checkpoint, unless the variant changed
     run_dir = os.path.join(trial_dir, "run")
     key = hashlib.sha256(json.dumps(rec.to_dict(), sort_keys=True).encode()).hexdigest()[:16]
@@ -120,29 +154,15 @@ def run_trial(tuner, trial):
     splits = ctx.splits_for(rec.data.n_constituents)
     model, test = train_one(rec, splits, seed=rec.seed, out_dir=run_dir, resume=resume, progress=False,
                             log=ctx.log)
-    vy = splits.val[1]
-    val_logits = predict(model, splits.val[0])
-    if not np.isfinite(val_logits).all():
-        raise QpelicanError(f"trial {trial.trial_id}: non-finite validation outputs")
-    val = roc_metrics(vy, val_logits)
-    seconds = time.perf_counter() - t0
-    metrics = {
-        "score": objective_score(val["auc"], bops, s),
-        "val_auc": val["auc"], "val_accuracy": val["accuracy"], "val_rej30": finite(val["rej30"]),
-        "val_rej50": finite(val["rej50"]),
-        "test_auc": test["auc"], "test_accuracy": test["accuracy"], "test_rej30": finite(test["rej30"]),
-        "test_rej50": finite(test["rej50"]),
-        "bops": float(bops), "n_params": float(test.get("n_params") or 0), "over_budget": 0.0,
-        "val_loss": float(test.get("val_loss") or float("nan")), "seconds": seconds,
-    }
+    metrics = trained_metrics(ctx, trial, model, test, splits, record)
+    metrics["seconds"] = time.perf_counter() - t0
     record.update(status="completed", metrics=metrics, n_params=test.get("n_params"),
                   train_seconds=(test.get("timing") or {}).get("train_seconds"))
     write_json(os.path.join(trial_dir, "qpelican.json"), record)
-    with open(os.path.join(trial_dir, "recipe.yaml"), "w") as f:
-        f.write(rec.to_yaml())
-    ctx.log(f"trial {trial.trial_id} ({ctx.tuner_id}) {widths_label(widths)}"
-            + cn_label(ctx, record) + f"  val AUC {val['auc']:.4f}  test AUC {test['auc']:.4f}  BOPs {bops:,}  "
-            f"score {metrics['score']:.4f}  ({seconds:.0f} s)")
+    write_text(os.path.join(trial_dir, "recipe.yaml"), rec.to_yaml())
+    ctx.log(f"trial {trial.trial_id} ({ctx.tuner_id}) {widths_label(widths)}" + cn_label(ctx, record)
+            + f"  val AUC {metrics['val_auc']:.4f}  test AUC {metrics['test_auc']:.4f}  "
+            f"{cost_text(s, record['cost'])}  score {metrics['score']:.4f}  ({metrics['seconds']:.0f} s)")
     del model
     tf_keras.backend.clear_session()
     return metrics
