@@ -231,7 +231,7 @@ def stress_candidates(rng, layer, n, jets=400):
     mult[:2] = [0, 1]
     mult[q:2 * q] = n  # full jets
     # at and beyond the top of the ranges
-    x[2 * q:3 * q, :2, 0] = top * rng.uniform(0.9, 1.3, (q, 1))
+    x[2 * q:3 * q, :2, 0] = np.round(top * rng.uniform(0.9, 1.3, (q, 1)) / lsb) * lsb  # on the pT grid
     x[2 * q:3 * q, 2:4, 1:] = rng.choice([lo - 40, lo, hi, hi + 40], (q, min(2, max(n - 2, 0)), 2))
     x[3 * q:, :, 0] = x[3 * q:, :1, 0]  # equal pT: ties everywhere
     x[np.arange(n)[None, :] >= mult[:, None]] = 0

@@ -136,8 +136,12 @@ def inventory_check(traced):
                          "is a constant, and one lookup of a table serves every channel")
     diffs.append("multiplicity n: computed once in the RTL (invariants stage, with the masks); the inventory counts "
                  "its adders in both LinEq layers, as the HLS computes it twice")
-    diffs.append("masks: the RTL zeroes the 3-momentum of padded particles (3N multiplexers) instead of masking "
-                 "every d_ij; the inventory does not count mask logic")
+    if any(p.keras_class == "L1CandidateInput" for p in traced.plan["layers"]):
+        diffs.append("masks: padded Level-1 candidates have pT = 0, so the RTL needs no mask logic for d_ij; the "
+                     "inventory does not count mask logic")
+    else:
+        diffs.append("masks: the RTL zeroes the 3-momentum of padded particles (3N multiplexers) instead of masking "
+                     "every d_ij; the inventory does not count mask logic")
     return {"stages": stages, "differences": diffs}
 
 
@@ -252,13 +256,13 @@ def load_for_export(run):
 def export_run(run, out_dir, clock=None, part=None, latency_cutoff=DEFAULT_CUTOFF, verify=None, jets=10000,
                yosys=True, yosys_nodsp=True, yosys_max_luts=DEFAULT_YOSYS_MAX_LUTS, project_name="qpelican", log=print):
     """The ``qpelican export-rtl`` flow from a run directory or model file (see :func:`export_rtl`)."""
-    from qpelican.nn.models import model_constituents
+    from qpelican.nn.models import model_constituents, model_format
 
     run_model_path(run, error=ExportError)
     model, src = load_for_export(run)
     p4 = labels = verify_file = None
-    if verify is not None:
-        p4, labels, verify_file = read_jets(verify, model_constituents(model), jets, log=log)
+    if verify is not None:  # in the model's input format (Level-1 candidates for data.format l1)
+        p4, labels, verify_file = read_jets(verify, model_constituents(model), jets, log=log, fmt=model_format(model))
         if len(p4) < int(jets):
             log(f"note: {verify_file} holds {len(p4)} jets with constituents, fewer than --jets {jets}; "
                 f"verifying all {len(p4)}")

@@ -15,6 +15,12 @@ plan that ``export-hls`` writes its C++ from, so both back ends compute the same
 
 The graph is cut at the plan's stage boundaries (invariants, 2->2, 2->0) so that each stage can be
 estimated, pipelined and synthesised on its own.
+
+Level-1 candidates (``data.format: l1``, docs/l1.md): the input is (pT, eta_rel, phi_rel) per
+candidate (N x 3, read with WRAP/TRN on the input type, then narrowed to the pT format and the
+angle_bits integers: the identity on the grid), and
+d_ij = Q(((|deta|^2 + |dphi|^2) pT_i) pT_j 2^-shift), exact before the one rounding. Padded
+candidates have pT = 0, so every d_ij with one of them is exactly Q(0) = 0 without any mask logic.
 """
 import heapq
 import itertools
@@ -26,11 +32,13 @@ from da4ml.trace import FixedVariable, FixedVariableArrayInput, HWConfig, comb_t
 from da4ml.trace.fixed_variable import to_csd_powers
 
 from qpelican.core.errors import ExportError
+from qpelican.core.formats import FixedFormat
 from qpelican.hw.plan import make_plan
 from qpelican.rtl.rounding import kif, quantize_conv
 
 # plan classes the trace implements
-PLANNED = ("MomentumInput", "ParticleMask", "LorentzInvariants", "LinEq2to2", "LinEq2to0")
+PLANNED = ("MomentumInput", "ParticleMask", "LorentzInvariants", "LinEq2to2", "LinEq2to0", "L1CandidateInput",
+           "CandidateMask", "L1Invariants")
 STAGE_TITLES = {"invariants": "invariants d_ij", "lineq2to2": "LinEq 2->2", "lineq2to0": "LinEq 2->0"}
 
 
@@ -204,6 +212,42 @@ def _trace_inputs(p, hw, counter):
     return inp, mom, mask, n_var
 
 
+def _trace_l1_inputs(p, hw, counter):
+    """Level-1 candidates -> ((pT, eta, phi) per candidate, mask bits, multiplicity n)."""
+    counter.stage = "invariants"
+    n, a = p.params["n"], p.params["angle_bits"]
+    inp = FixedVariableArrayInput(n * 3, hwconf=hw)
+    raw = inp.quantize(*kif(p.params["input_format"]), "WRAP", "TRN")._vars.reshape(n, 3)
+    cands, mask = [], []
+    for i in range(n):
+        pt = raw[i, 0].quantize(*kif(p.params["pt_format"]), "WRAP", "TRN")
+        eta, phi = (raw[i, c].quantize(1, a - 1, 0, "WRAP", "TRN") for c in (1, 2))
+        m = pt._ne(0)  # m_i = [pT_i != 0]
+        counter.add("mask bits pT_i != 0")
+        cands.append((pt, eta, phi))
+        mask.append(m)
+    n_var = _sum_or_zero(mask, hw)
+    counter.add("multiplicity adders", _adders(mask))
+    return inp, cands, mask, n_var
+
+
+def _trace_l1_invariants(p, cands, counter):
+    """d_ij = Q((pT_i R_ij) pT_j 2^-shift), R_ij = |deta|^2 + |dphi|^2, for pairs i < j."""
+    fmt, scale = p.params["invariant_format"], 2.0 ** -p.params["shift"]
+    d = {}
+    for i in range(len(cands)):
+        for j in range(i + 1, len(cands)):
+            (pi, ei, fi), (pj, ej, fj) = cands[i], cands[j]
+            de, dp = abs(ei - ej), abs(fi - fj)
+            r = de * de + dp * dp
+            counter.add("angle differences and magnitudes", 4)
+            counter.add("squares |deta|^2, |dphi|^2", 2)
+            counter.add("R_ij sums", 1)
+            counter.add("pT_i R_ij, (pT_i R_ij) pT_j products", 2)
+            d[i, j] = quantize_conv((r * pi) * pj * scale, *kif(fmt))
+    return d
+
+
 def _trace_invariants(p, mom, counter):
     fmt = p.params["invariant_format"]
     n = len(mom)
@@ -322,7 +366,12 @@ def _formats(model, plan):
         layer = model.get_layer(p.name)
         if p.keras_class == "MomentumInput":
             p.params["input_format"] = layer.input_format
-        elif p.keras_class == "LorentzInvariants":
+        elif p.keras_class == "L1CandidateInput":  # one input type holds the pT format and the angles
+            pt, a = layer.input_format, layer.angle_bits
+            integer, frac = max(pt.integer, a - 1), max(pt.frac, 0)
+            p.params["input_format"] = FixedFormat(1 + integer + frac, integer, True)
+            p.params["pt_format"] = pt
+        elif p.keras_class in ("LorentzInvariants", "L1Invariants"):
             p.params["invariant_format"] = layer.invariant_format
         elif p.keras_class in ("LinEq2to2", "LinEq2to0"):
             p.params["aggregate_format"] = layer.aggregate_format
@@ -348,23 +397,30 @@ def trace_model(model, plan=None):
     t0 = time.perf_counter()
     plan = _formats(model, plan or make_plan(model))
     by_class = {p.keras_class: p for p in plan["layers"]}
-    for cls in ("MomentumInput", "LorentzInvariants"):
+    front = ("L1CandidateInput", "L1Invariants") if "L1CandidateInput" in by_class else ("MomentumInput",
+                                                                                          "LorentzInvariants")
+    for cls in front:
         if cls not in by_class:
             other = next((p for p in plan["layers"] if p.keras_class not in PLANNED), plan["layers"][0])
             raise ExportError(f"layer {other.name!r} ({other.keras_class}): the RTL back end traces the 4-momentum "
-                              "front end (MomentumInput -> LorentzInvariants) only; export a model with "
-                              "data.format p4, or use export-hls for the Level-1 candidate front end.")
+                              "front end (MomentumInput -> LorentzInvariants) or the Level-1 candidate front end "
+                              "(L1CandidateInput -> L1Invariants) built by qpelican.build_model.")
     for p in plan["layers"]:
         if p.keras_class == "LinEq2to2" and p.params["n_in"] != 1:
             raise ExportError(f"layer {p.name!r}: the RTL back end traces the nano graph with one invariant "
                               "channel into LinEq2to2.")
-    lor = by_class["LorentzInvariants"]
-    if not lor.params["zero_diagonal"]:
+    l1 = "L1CandidateInput" in by_class  # Level-1 candidates (data.format: l1)
+    lor = by_class["L1Invariants" if l1 else "LorentzInvariants"]
+    if not l1 and not lor.params["zero_diagonal"]:
         raise ExportError(f"layer {lor.name!r}: the nano graph needs zero_diagonal invariants.")
     hw = HWConfig(1, -1, -1)
     counter = _Counter()
-    inp, mom, mask, n_var = _trace_inputs(by_class["MomentumInput"], hw, counter)
-    d = _trace_invariants(lor, mom, counter)
+    if l1:
+        inp, cands, mask, n_var = _trace_l1_inputs(by_class["L1CandidateInput"], hw, counter)
+        d = _trace_l1_invariants(lor, cands, counter)
+    else:
+        inp, mom, mask, n_var = _trace_inputs(by_class["MomentumInput"], hw, counter)
+        d = _trace_invariants(lor, mom, counter)
     y = _trace_2to2(by_class["LinEq2to2"], d, mask, n_var, counter)
     out = _trace_2to0(by_class["LinEq2to0"], y, n_var, counter)
     comb = comb_trace(inp, out)
@@ -375,8 +431,8 @@ def trace_model(model, plan=None):
         "lineq2to2": _cut(d_vals + list(mask) + [n_var], y_vals),
         "lineq2to0": _cut(y_vals + [n_var], out),
     }
-    mi = by_class["MomentumInput"]
+    mi = by_class["L1CandidateInput" if l1 else "MomentumInput"]
     out_kif = tuple(int(v) for v in np.max(np.asarray(comb.out_kifs), axis=1))
-    return TracedModel(comb=comb, stages=stages, plan=plan, n_in=mi.params["n_in"], n=mi.n,
+    return TracedModel(comb=comb, stages=stages, plan=plan, n_in=mi.params["n" if l1 else "n_in"], n=mi.n,
                        input_kif=kif(mi.params["input_format"]), output_kif=out_kif,
                        counts=counter.counts, seconds=time.perf_counter() - t0)
