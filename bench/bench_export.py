@@ -17,7 +17,7 @@ import numpy as np
 import qpelican  # noqa: F401
 from qpelican.hls import compile_model, export_model
 from qpelican.hls.verify import compare, read_jets, stress_jets
-from qpelican.nn.models import build_model, model_constituents
+from qpelican.nn.models import build_model, model_constituents, randomize_on_grids
 
 Q8 = {
     "input": "quantized_bits(16,7,alpha=1)", "invariants": "quantized_bits(16,9,alpha=1)",
@@ -29,16 +29,7 @@ Q8 = {
 
 def random_model(n, channels, alpha, seed=0):
     model = build_model({"n_constituents": n, "channels": channels, "alpha": alpha, "quantization": Q8})
-    rng = np.random.default_rng(seed)
-    for layer in model.layers:
-        for w in layer.weights:
-            if "alpha" in w.name:
-                w.assign(rng.uniform(-1, 1, w.shape))
-            elif hasattr(layer, "coefficient_format"):
-                fmt = layer.coefficient_format if "kernel" in w.name else layer.bias_format
-                w.assign((rng.integers(round(fmt.min / fmt.lsb), round(fmt.max / fmt.lsb) + 1, w.shape)
-                          * fmt.lsb).astype(np.float32))
-    return model
+    return randomize_on_grids(model, seed)
 
 
 def main():

@@ -25,20 +25,11 @@ import numpy as np  # noqa: E402
 def recipe_model(recipe, n, sets=(), seed=0):
     """The recipe's quantized model at N constituents (plus ``--set`` overrides), random weights on its grids."""
     from qpelican.config.recipe import load_recipe
-    from qpelican.nn.models import build_model
+    from qpelican.nn.models import build_model, randomize_on_grids
 
     rec = load_recipe(recipe).with_overrides(sets=[*sets, f"data.n_constituents={n}"])
     model = build_model(rec.to_model_config())
-    rng = np.random.default_rng(seed)
-    for layer in model.layers:
-        for w in layer.weights:
-            if "alpha" in w.name:
-                w.assign(rng.uniform(-1, 1, w.shape))
-            elif hasattr(layer, "coefficient_format"):
-                fmt = layer.coefficient_format if "kernel" in w.name else layer.bias_format
-                w.assign((rng.integers(round(fmt.min / fmt.lsb), round(fmt.max / fmt.lsb) + 1, w.shape)
-                          * fmt.lsb).astype(np.float32))
-    return model
+    return randomize_on_grids(model, seed)
 
 
 def bench_n(recipe, n, jets, verilator, yosys, cutoff, sets=()):

@@ -18,31 +18,7 @@ from qpelican.rtl.exporter import export_rtl, inventory_check, lut_estimate, res
 from qpelican.rtl.rounding import quantize_conv
 from qpelican.rtl.synth import synthesize
 from qpelican.rtl.trace import trace_model
-
-Q8 = {"input": "quantized_bits(8,3,alpha=1)", "invariants": "quantized_bits(8,4,alpha=1)",
-      "coefficients": "quantized_bits(8,0,alpha=1)", "biases": "quantized_bits(8,0,alpha=1)",
-      "activation": "quantized_relu(8,3)", "aggregates": "quantized_bits(8,3,alpha=1)",
-      "output": "quantized_bits(12,4,alpha=1)"}
-Q6 = {"input": "quantized_bits(6,0,alpha=1)", "invariants": "quantized_bits(6,3,alpha=1)",
-      "coefficients": "quantized_bits(6,0,alpha=1)", "biases": "quantized_bits(6,1,alpha=1)",
-      "activation": "quantized_relu(6,2)", "aggregates": "quantized_bits(6,2,alpha=1)",
-      "output": "float"}
-
-
-def nano(n, q, seed, **kw):
-    """A nano model with random weights on the quantizer grids (and random alphas), so tests can fail."""
-    model = build_model({"n_constituents": n, "channels": 2, "quantization": q, "nbar": 0.6 * n, **kw})
-    rng = np.random.default_rng(seed)
-    for layer in model.layers:
-        for w in layer.weights:
-            if "alpha" in w.name:
-                w.assign(rng.uniform(-1.0, 1.0, w.shape))
-            elif hasattr(layer, "coefficient_format"):
-                fmt = layer.coefficient_format if "kernel" in w.name else layer.bias_format
-                steps = rng.integers(round(fmt.min / fmt.lsb), round(fmt.max / fmt.lsb) + 1, w.shape)
-                w.assign((steps * fmt.lsb * (0.5 if "bias" in w.name else 1.0)).astype(np.float32))
-    return model
-
+from firmware_models import Q6, Q8, nano
 
 def grid_jets(rng, model, jets):
     """Momenta on the input grid: half small values (rounding ties downstream), half over the whole

@@ -54,8 +54,13 @@ def export_hls(
                 f"compile {ver['compile_seconds']:.1f} s")
         if "auc_hls" in ver:
             line += f"; AUC QKeras {ver['auc_keras']:.5f}, firmware {ver['auc_hls']:.5f}"
+    finish_export(con, out, ver, line if ver is not None else None, time.perf_counter() - t0)
+
+
+def finish_export(con, out, ver, line, seconds):
+    """Print the --verify line (green when no jet differs) and what was written; exit 1 if any jet differs."""
+    if ver is not None:
         con.print(("[green]" if ver["differing_jets"] == 0 else "[red]") + line + "[/]")
-    con.print(f"wrote {out}/ (report.json{', verify.json' if ver is not None else ''}) in "
-              f"{time.perf_counter() - t0:.1f} s")
+    con.print(f"wrote {out}/ (report.json{', verify.json' if ver is not None else ''}) in {seconds:.1f} s")
     if ver is not None and ver["differing_jets"]:
         raise SystemExit(1)

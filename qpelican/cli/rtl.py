@@ -6,6 +6,8 @@ from typing import Optional
 
 import typer
 
+from qpelican.hw.parts import DEFAULT_CLOCK_NS, DEFAULT_PART
+
 
 def register(app: typer.Typer):
     app.command("export-rtl")(export_rtl)
@@ -14,9 +16,9 @@ def register(app: typer.Typer):
 def export_rtl(
     run: Path = typer.Argument(..., help="run directory written by `qpelican fit` (RUN/model.keras) or a .keras file"),
     out: Path = typer.Option(..., "--out", "-o", help="project folder to write (replaced if it holds an RTL project)"),
-    clock: Optional[float] = typer.Option(None, "--clock", help="clock period in ns (default 5)"),
+    clock: Optional[float] = typer.Option(None, "--clock", help=f"clock period in ns (default {DEFAULT_CLOCK_NS:g})"),
     part: Optional[str] = typer.Option(None, "--part", help="FPGA part for the build script and the percentages "
-                                                            "(default xcvu13p-flga2577-2-e)"),
+                                                            f"(default {DEFAULT_PART})"),
     latency_cutoff: float = typer.Option(5.0, "--latency-cutoff", help="da4ml delay (about one adder each) per "
                                                                       "pipeline stage: smaller = more stages"),
     verify: Optional[Path] = typer.Option(None, "--verify", help="HDF5 jets (file or dir): compile with Verilator "
@@ -41,14 +43,17 @@ def export_rtl(
 
     from rich.console import Console
 
+    from qpelican.cli.hls import finish_export
+    from qpelican.core.io import dir_lock
     from qpelican.rtl.exporter import export_run
     from qpelican.rtl.report import format_report
 
     con = Console(highlight=False, soft_wrap=True)
     t0 = time.perf_counter()
-    res = export_run(run, out, clock=clock, part=part, latency_cutoff=latency_cutoff, verify=verify, jets=jets,
-                     yosys=yosys, yosys_nodsp=yosys_nodsp, yosys_max_luts=yosys_max_luts, project_name=project,
-                     log=con.print)
+    with dir_lock(out, "RTL project folder"):
+        res = export_run(run, out, clock=clock, part=part, latency_cutoff=latency_cutoff, verify=verify, jets=jets,
+                         yosys=yosys, yosys_nodsp=yosys_nodsp, yosys_max_luts=yosys_max_luts, project_name=project,
+                         log=con.print)
     con.print(format_report(res["report"]), markup=False)
     ver = res["verify"]
     if ver is not None:
@@ -57,8 +62,4 @@ def export_rtl(
                 f"Verilator {ver['verilator_jets_per_s']:,.0f} jets/s, compile {ver['compile_seconds']:.1f} s")
         if "auc_rtl" in ver:
             line += f"; AUC QKeras {ver['auc_keras']:.5f}, RTL {ver['auc_rtl']:.5f}"
-        con.print(("[green]" if ver["differing_jets"] == 0 else "[red]") + line + "[/]")
-    con.print(f"wrote {out}/ (report.json{', verify.json' if ver is not None else ''}) in "
-              f"{time.perf_counter() - t0:.1f} s")
-    if ver is not None and ver["differing_jets"]:
-        raise SystemExit(1)
+    finish_export(con, out, ver, line if ver is not None else None, time.perf_counter() - t0)

@@ -105,6 +105,25 @@ def count_parameters(model, batchnorm=False, alpha=False):
     return total
 
 
+def randomize_on_grids(model, seed=0, bias_scale=1.0):
+    """Set every coefficient and bias to a random value on its quantizer's grid, and every alpha to a
+    random value in [-1, 1]: an untrained model whose firmware can be checked bit for bit and costed
+    (untrained weights are not on the grids, and a zero-initialised alpha would hide its tables).
+
+    ``bias_scale`` scales the biases (0.5 keeps pre-activations away from saturation). Returns the model.
+    """
+    rng = np.random.default_rng(seed)
+    for layer in model.layers:
+        for w in layer.weights:
+            if "alpha" in w.name:
+                w.assign(rng.uniform(-1.0, 1.0, w.shape))
+            elif hasattr(layer, "coefficient_format"):
+                fmt = layer.coefficient_format if "kernel" in w.name else layer.bias_format
+                steps = rng.integers(round(fmt.min / fmt.lsb), round(fmt.max / fmt.lsb) + 1, w.shape)
+                w.assign((steps * fmt.lsb * (bias_scale if "bias" in w.name else 1.0)).astype(np.float32))
+    return model
+
+
 def model_constituents(model):
     """N, the constituents per jet the model takes."""
     return int(model.inputs[0].shape[1])

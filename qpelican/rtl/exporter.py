@@ -17,7 +17,7 @@ from da4ml.codegen import VerilogModel
 from da4ml.trace import FixedVariable, HWConfig, comb_trace, to_pipeline
 
 from qpelican.core.errors import ExportError
-from qpelican.core.io import check_out_dir, run_model_path, swap_dir, write_json
+from qpelican.core.io import LOCK_NAME, check_out_dir, run_model_path, swap_dir, write_json
 from qpelican.hls.verify import compare, firmware_inputs, read_jets
 from qpelican.hw.inventory import from_plan
 from qpelican.hw.parts import DEFAULT_CLOCK_NS, DEFAULT_PART
@@ -165,7 +165,8 @@ def export_rtl(model, out_dir, clock=None, part=None, latency_cutoff=DEFAULT_CUT
     if clock <= 0 or latency_cutoff <= 0:
         raise ExportError(f"--clock and --latency-cutoff must be positive (got {clock:g} and {latency_cutoff:g}).")
     out_dir = os.path.abspath(check_out_dir(out_dir))
-    if os.path.isdir(out_dir) and os.listdir(out_dir) and not os.path.exists(os.path.join(out_dir, PROJECT_MARK)):
+    ours = {LOCK_NAME}  # the command's own lock file
+    if os.path.isdir(out_dir) and set(os.listdir(out_dir)) - ours and not os.path.exists(os.path.join(out_dir, PROJECT_MARK)):
         raise ExportError(f"{out_dir} exists and is not an RTL project; choose an empty or new --out folder.")
     t0 = time.perf_counter()
     traced = trace_model(model)
