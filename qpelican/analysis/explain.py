@@ -24,11 +24,26 @@ round-off. The canonical (rescaled) form is checked against the original form in
 """
 from __future__ import annotations
 
+import json
 import os
 
 import numpy as np
 
 from qpelican.core.errors import DataError, QpelicanError
+from qpelican.core.io import run_model_path
+from qpelican.data.l1 import open_input_dataset, to_l1
+from qpelican.data.readers import evaluation_file
+from qpelican.nn.layers import (
+    L1CandidateInput,
+    L1Invariants,
+    LinEq2to0,
+    LinEq2to2,
+    LorentzInvariants,
+    MaskedBatchNorm,
+    MomentumInput,
+)
+from qpelican.nn.models import model_constituents, model_format, predict, prepare_momenta
+from qpelican.nn.serialize import load_model
 
 OP_TEXT = ("d_ij", "δ_ij S_j/N̄", "S_j/N̄", "S_i/N̄", "T/N̄²", "δ_ij T/N̄²")
 
@@ -44,8 +59,6 @@ def _q_np(x, fmt):
 
 def nano_parts(model):
     """Weights and fixed-point formats of a nanoPELICAN as plain numpy (quantized values)."""
-    from qpelican.nn.layers import (L1CandidateInput, L1Invariants, LinEq2to0, LinEq2to2, LorentzInvariants,
-                                    MaskedBatchNorm, MomentumInput)
 
     by, bns = {}, {}
     for layer in model.layers:
@@ -279,8 +292,6 @@ def formula_text(p, lam=None, dead=None):
 
 def explain_model(model, p4, log=print):
     """Print the formula and check it numerically on jets p4 (B, N, 4) GeV; return the check dict."""
-    from qpelican.nn.models import prepare_momenta
-    from qpelican.nn.models import predict
 
     p = nano_parts(model)
     cp, lam, dead = canonical(p)
@@ -343,7 +354,6 @@ def explain_model(model, p4, log=print):
 
 
 def _run_model_path(run):
-    from qpelican.core.io import run_model_path
 
     return run_model_path(run)
 
@@ -351,14 +361,11 @@ def _run_model_path(run):
 def _check_jets(run, data, jets, n_constituents, fmt="p4"):
     """Jets for the numerical check: --data, else the run's test split, else synthetic jets (in the
     model's input format ``fmt``)."""
-    from qpelican.data.l1 import open_input_dataset, to_l1
-    from qpelican.data.readers import evaluation_file
 
     src = None
     if data is not None:
         src = evaluation_file(data)
     elif os.path.isdir(os.fspath(run)) and os.path.exists(os.path.join(run, "results.json")):
-        import json
 
         with open(os.path.join(run, "results.json")) as f:
             desc = json.load(f).get("data") or {}
@@ -386,11 +393,9 @@ def _check_jets(run, data, jets, n_constituents, fmt="p4"):
 
 def explain_run(run, data=None, jets=1000, log=print):
     """`qpelican explain RUN`: print the formula of RUN/model.keras and check it; return the check."""
-    import qpelican
-    from qpelican.nn.models import model_constituents, model_format
 
     path = _run_model_path(run)
-    model = qpelican.load_model(path)
+    model = load_model(path)
     p4, src = _check_jets(run, data, jets, model_constituents(model), model_format(model))
     log(f"{path}  (check jets: {src})")
     check = explain_model(model, p4, log=log)

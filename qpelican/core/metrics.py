@@ -7,6 +7,8 @@ background passes there.
 from __future__ import annotations
 
 import numpy as np
+from sklearn.metrics import roc_auc_score
+from sklearn.metrics import roc_curve as _roc
 
 from qpelican.core.errors import DataError
 
@@ -27,7 +29,6 @@ def _inputs(labels, scores):
 
 def roc_curve(labels, scores):
     """(fpr, tpr): background and signal efficiencies for thresholds from high to low score."""
-    from sklearn.metrics import roc_curve as _roc
 
     y, s = _inputs(labels, scores)
     fpr, tpr, _ = _roc(y, s, drop_intermediate=False)
@@ -47,7 +48,6 @@ def roc_metrics(labels, scores, threshold=0.0):
 
     `threshold` is the decision cut for accuracy: 0 for logits, 0.5 for probabilities.
     """
-    from sklearn.metrics import roc_auc_score
 
     y, s = _inputs(labels, scores)
     fpr, tpr = roc_curve(y, s)
@@ -69,7 +69,6 @@ def bce_from_logits(y, logits):
 def monitor_metrics(y, logits):
     """{"loss", "accuracy", "auc"} of logits for per-epoch validation: NaN, never an error, when the
     model diverged or one class is missing (training goes on and the best epoch ignores NaN)."""
-    from sklearn.metrics import roc_auc_score
 
     y = np.asarray(y).reshape(-1)
     logits = np.asarray(logits, np.float64).reshape(-1)

@@ -16,6 +16,7 @@ The paper quotes AUC 0.906 for the jet-mass cut on the reference (Delphes) datas
 from __future__ import annotations
 
 import numpy as np
+from sklearn.metrics import roc_auc_score
 
 from qpelican.core.metrics import roc_metrics
 
@@ -61,7 +62,6 @@ class MassWindow:
             hb = np.bincount(bins[y == 0], minlength=nb) + 0.5
             self.log_ratio_ = np.log(hs / hs.sum()) - np.log(hb / hb.sum())
         else:
-            from sklearn.metrics import roc_auc_score
 
             grid = np.arange(120.0, 220.0, 1.0)
             aucs = [roc_auc_score(y, -np.abs(m - c)) for c in grid]

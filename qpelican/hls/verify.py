@@ -9,13 +9,20 @@ reported in LSBs of the output format.
 import time
 
 import numpy as np
+from hls4ml.backends import get_backend
 
 from qpelican.core.errors import ExportError
+from qpelican.core.metrics import roc_metrics
+from qpelican.data.l1 import open_input_dataset
+from qpelican.data.readers import evaluation_file
+from qpelican.hw.fixed import Fx
+from qpelican.nn.layers import L1CandidateInput, MomentumInput
+from qpelican.nn.models import model_constituents, prepare_momenta
+from qpelican.nn.quant import quantize
 
 
 def momentum_layer(model):
     """The model's input layer: MomentumInput, or L1CandidateInput for a Level-1 model."""
-    from qpelican.nn.layers import L1CandidateInput, MomentumInput
 
     for layer in model.layers:
         if isinstance(layer, (MomentumInput, L1CandidateInput)):
@@ -26,7 +33,6 @@ def momentum_layer(model):
 
 def _l1_inputs(layer, x):
     """Level-1 candidates on the grid, as the model's L1CandidateInput computes them."""
-    from qpelican.nn.quant import quantize
 
     x_hat = layer(np.asarray(x, np.float32)).numpy()
     lo, hi = layer.angle_range
@@ -42,7 +48,6 @@ def _l1_inputs(layer, x):
 def firmware_inputs(model, p4):
     """p_hat (B, N, 4) float32 exactly as the model's MomentumInput computes it (without beams);
     for a Level-1 model the candidates (B, N, 3) on the grid (L1CandidateInput)."""
-    from qpelican.nn.quant import quantize
 
     layer = momentum_layer(model)
     if type(layer).__name__ == "L1CandidateInput":
@@ -59,13 +64,11 @@ def firmware_inputs(model, p4):
 
 def output_lsb(plan):
     """LSB of the firmware output (the output quantizer's, or the exact accumulator's for float output)."""
-    from qpelican.hw.fixed import Fx
 
     last = plan["layers"][-1]
     if last.params.get("float_output"):
         acc = last.types["accum_t"]
         return 2.0 ** -acc.frac if isinstance(acc, Fx) else None
-    from hls4ml.backends import get_backend
 
     prec = get_backend("Vitis").convert_precision_string(last.out_type)
     return 2.0 ** -(prec.width - prec.integer)
@@ -81,7 +84,6 @@ def predict_phat(hls_model, p_hat):
 
 def compare(model, hls_model, plan, p4, labels=None, batch=2000):
     """Run both models on momenta ``p4`` (B, N, 4) GeV; return the verification summary dict."""
-    from qpelican.nn.models import prepare_momenta
 
     p4 = prepare_momenta(model, p4, "verification jets")
     keras_out, hls_out = [], []
@@ -117,7 +119,6 @@ def compare(model, hls_model, plan, p4, labels=None, batch=2000):
         "reference": "QKeras/tf-keras model (quantized sums in float64, exact for the widths in report.json)",
     }
     if labels is not None:
-        from qpelican.core.metrics import roc_metrics
 
         labels = np.asarray(labels).reshape(-1)[: len(p4)]
         if len(np.unique(labels)) == 2:
@@ -150,8 +151,6 @@ def read_jets(data, n_constituents, jets, log=None, fmt="p4"):
     """First ``jets`` jets with constituents of an HDF5 file, or of a directory's test split (else its
     validation split, never its training split): (inputs, labels, file) in input format ``fmt``
     (``l1``: Level-1 candidates, qpelican.data.l1). A DataError when none."""
-    from qpelican.data.l1 import open_input_dataset
-    from qpelican.data.readers import evaluation_file
 
     path = evaluation_file(data, warn=(lambda m: log(f"note: {m}")) if log else None)
     ds = open_input_dataset(path, n_constituents, fmt)
@@ -174,7 +173,6 @@ def stress_jets(rng, model, jets=400):
     number of constituents, jets whose momenta sit at and beyond the top of the input range
     (saturating), single-particle and empty jets.
     """
-    from qpelican.nn.models import model_constituents
 
     layer = momentum_layer(model)
     n = model_constituents(model)

@@ -18,9 +18,11 @@ from da4ml.trace import FixedVariable, HWConfig, comb_trace, to_pipeline
 
 from qpelican.core.errors import ExportError
 from qpelican.core.io import LOCK_NAME, check_out_dir, run_model_path, swap_dir, write_json
+from qpelican.hls.exporter import load_for_export
 from qpelican.hls.verify import compare, firmware_inputs, read_jets
 from qpelican.hw.inventory import from_plan
 from qpelican.hw.parts import DEFAULT_CLOCK_NS, DEFAULT_PART
+from qpelican.nn.models import model_constituents, model_format
 from qpelican.rtl import report as rp
 from qpelican.rtl.synth import synthesize
 from qpelican.rtl.trace import STAGE_TITLES, trace_model
@@ -247,17 +249,9 @@ def verify(model, traced, vm, p4, labels, log=print):
     return ver
 
 
-def load_for_export(run):
-    """Model of a run directory or .keras file."""
-    from qpelican.hls.exporter import load_for_export as load
-
-    return load(run)
-
-
 def export_run(run, out_dir, clock=None, part=None, latency_cutoff=DEFAULT_CUTOFF, verify=None, jets=10000,
                yosys=True, yosys_nodsp=True, yosys_max_luts=DEFAULT_YOSYS_MAX_LUTS, project_name="qpelican", log=print):
     """The ``qpelican export-rtl`` flow from a run directory or model file (see :func:`export_rtl`)."""
-    from qpelican.nn.models import model_constituents, model_format
 
     run_model_path(run, error=ExportError)
     model, src = load_for_export(run)
