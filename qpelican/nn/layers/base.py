@@ -5,7 +5,21 @@ import numpy as np
 import tensorflow as tf
 import tf_keras
 
+from qpelican.core.errors import QpelicanError
 from qpelican.nn.quant import fixed_format, get_quantizer, quantize, serialize_quantizer
+
+# the per-particle inputs a model takes: features on the last axis, and how the message names them
+MOMENTA = (4, "4-momenta", "(E, px, py, pz)")
+CANDIDATES = (3, "Level-1 candidates", "(pT in GeV, eta_rel, phi_rel in steps of pi/720) (data.format: l1)")
+
+
+def check_particle_shape(input_shape, layer, kind=MOMENTA):
+    """Refuse an input that is not (B, N, features) of ``kind`` (MOMENTA or CANDIDATES)."""
+    features, what, layout = kind
+    shape = tuple(input_shape)
+    if len(shape) != 3 or shape[-1] != features:
+        raise QpelicanError(f"{layer}: got input of shape {shape}; expected {what} of shape (B, N, {features}) "
+                            f"with {layout} on the last axis.")
 
 
 class QuantizedLayer(tf_keras.layers.Layer):

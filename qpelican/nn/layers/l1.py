@@ -18,21 +18,13 @@ import tensorflow as tf
 
 from qpelican.core.errors import QpelicanError
 from qpelican.core.formats import check_exact
-from qpelican.nn.layers.base import QuantizedLayer, edge_mask, particle_mask
+from qpelican.nn.layers.base import CANDIDATES, QuantizedLayer, check_particle_shape, edge_mask, particle_mask
+from qpelican.nn.layers.lorentz import ParticleMask
 
 ANGLE_BITS = 10  # eta_rel, phi_rel: signed integers within a jet (Level-1 format)
 SHIFT = 17       # d_ij unit: 2^-17 GeV^2 per (step^2): 0.80 x pT_i pT_j dR^2 / 2
 ANGLE_STEP = math.pi / 720.0
 FORMS = ("collider", "massless")
-
-
-def _check_candidate_shape(input_shape, layer):
-    shape = tuple(input_shape)
-    if len(shape) != 3 or shape[-1] != 3:
-        raise QpelicanError(
-            f"{layer}: got input of shape {shape}; expected Level-1 candidates of shape (B, N, 3) with "
-            "(pT in GeV, eta_rel, phi_rel in steps of pi/720) on the last axis (data.format: l1)."
-        )
 
 
 class L1CandidateInput(QuantizedLayer):
@@ -63,7 +55,7 @@ class L1CandidateInput(QuantizedLayer):
         return -(2 ** (self.angle_bits - 1)), 2 ** (self.angle_bits - 1) - 1
 
     def build(self, input_shape):
-        _check_candidate_shape(input_shape, self.name)
+        check_particle_shape(input_shape, self.name, CANDIDATES)
         super().build(input_shape)
 
     def call(self, x):
@@ -82,21 +74,13 @@ class L1CandidateInput(QuantizedLayer):
         return cfg
 
 
-class CandidateMask(QuantizedLayer):
+class CandidateMask(ParticleMask):
     """Candidate mask m_i = [pT_i != 0] of gridded candidates.
 
     Input shape: (B, N, 3). Output shape: (B, N), 1.0 for real candidates, 0.0 for padding.
     """
 
-    def build(self, input_shape):
-        _check_candidate_shape(input_shape, self.name)
-        super().build(input_shape)
-
-    def call(self, x):
-        return particle_mask(x)
-
-    def compute_output_shape(self, input_shape):
-        return tuple(input_shape[:2])
+    KIND = CANDIDATES
 
 
 class L1Invariants(QuantizedLayer):
@@ -149,7 +133,7 @@ class L1Invariants(QuantizedLayer):
         return tf.float64
 
     def build(self, input_shape):
-        _check_candidate_shape(input_shape, self.name)
+        check_particle_shape(input_shape, self.name, CANDIDATES)
         super().build(input_shape)
 
     def call(self, x, training=None):

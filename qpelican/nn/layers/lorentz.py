@@ -1,18 +1,8 @@
 """Input layers: momentum scaling/quantization, particle mask, pairwise Minkowski dot products."""
 import tensorflow as tf
 
-from qpelican.core.errors import QpelicanError
-from qpelican.nn.layers.base import QuantizedLayer, edge_mask, particle_mask
+from qpelican.nn.layers.base import MOMENTA, QuantizedLayer, check_particle_shape, edge_mask, particle_mask
 from qpelican.core.formats import FLOAT32_BITS, check_exact
-
-
-def _check_momentum_shape(input_shape, layer):
-    shape = tuple(input_shape)
-    if len(shape) != 3 or shape[-1] != 4:
-        raise QpelicanError(
-            f"{layer}: got input of shape {shape}; expected 4-momenta of shape (B, N, 4) with "
-            "(E, px, py, pz) on the last axis."
-        )
 
 
 class MomentumInput(QuantizedLayer):
@@ -37,7 +27,7 @@ class MomentumInput(QuantizedLayer):
         check_exact(self.input_format, "the input quantizer")
 
     def build(self, input_shape):
-        _check_momentum_shape(input_shape, self.name)
+        check_particle_shape(input_shape, self.name)
         super().build(input_shape)
 
     def call(self, p):
@@ -64,8 +54,10 @@ class ParticleMask(QuantizedLayer):
     Input shape: (B, N, 4). Output shape: (B, N), 1.0 for real particles, 0.0 for padding.
     """
 
+    KIND = MOMENTA
+
     def build(self, input_shape):
-        _check_momentum_shape(input_shape, self.name)
+        check_particle_shape(input_shape, self.name, self.KIND)
         super().build(input_shape)
 
     def call(self, p):
@@ -105,7 +97,7 @@ class LorentzInvariants(QuantizedLayer):
         return tf.float64
 
     def build(self, input_shape):
-        _check_momentum_shape(input_shape, self.name)
+        check_particle_shape(input_shape, self.name)
         super().build(input_shape)
 
     def call(self, p, training=None):
