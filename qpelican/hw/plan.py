@@ -188,11 +188,17 @@ def _plan_momentum(layer, ins, state):
     return p, {"kind": "momenta", "n": n, "range": rng, "fmt": fmt, "type": out_type}
 
 
+# mask layer -> (the input it masks, how errors name it)
+MASK_SOURCES = {"ParticleMask": ("momenta", "the particle mask"), "CandidateMask": ("candidates", "the candidate mask")}
+
+
 def _plan_mask(layer, ins, state):
+    """ParticleMask / CandidateMask: one bit per particle, m_i = [first feature != 0]."""
+    cls = type(layer).__name__
     src = state[ins[0]]
-    _needs(layer, src, "momenta", "the particle mask")
+    _needs(layer, src, *MASK_SOURCES[cls])
     n = src["n"]
-    p = LayerPlan(layer.name, "ParticleMask", IR_NAMES["ParticleMask"], ins, n, (n,), "ap_uint<1>", params={"n": n})
+    p = LayerPlan(layer.name, cls, IR_NAMES[cls], ins, n, (n,), "ap_uint<1>", params={"n": n})
     return p, {"kind": "mask", "n": n}
 
 
@@ -249,14 +255,6 @@ def _plan_l1_input(layer, ins, state):
     return p, {"kind": "candidates", "n": n, "pt": pt, "pt_fmt": fmt, "angle_bits": a, "type": out_type}
 
 
-def _plan_candidate_mask(layer, ins, state):
-    src = state[ins[0]]
-    _needs(layer, src, "candidates", "the candidate mask")
-    n = src["n"]
-    p = LayerPlan(layer.name, "CandidateMask", IR_NAMES["CandidateMask"], ins, n, (n,), "ap_uint<1>", params={"n": n})
-    return p, {"kind": "mask", "n": n}
-
-
 def _plan_l1_invariants(layer, ins, state):
     """L1Invariants: pT_i pT_j (deta^2 + dphi^2) 2^-shift, exact, rounded once (docs/l1.md)."""
     src = state[ins[0]]
@@ -290,7 +288,7 @@ def _plan_l1_invariants(layer, ins, state):
 # Keras class -> planner(layer, input tensor names, state) -> (LayerPlan, state of its output)
 PLANNERS = {"MomentumInput": _plan_momentum, "ParticleMask": _plan_mask, "LorentzInvariants": _plan_invariants,
             "LinEq2to2": _plan_lineq2to2, "LinEq2to0": _plan_lineq2to0, "L1CandidateInput": _plan_l1_input,
-            "CandidateMask": _plan_candidate_mask, "L1Invariants": _plan_l1_invariants}
+            "CandidateMask": _plan_mask, "L1Invariants": _plan_l1_invariants}
 
 
 def make_plan(model):

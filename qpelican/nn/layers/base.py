@@ -81,6 +81,15 @@ def edge_mask(m):
     return (m[:, :, None] * m[:, None, :])[..., None]
 
 
+def pair_output(d, m, zero_diagonal=True):
+    """Pair values d (B, N, N) -> (B, N, N, 1), zero on padded particles' rows and columns and,
+    with ``zero_diagonal``, on i = j: the invariants layers' common output form."""
+    d = d[..., None] * edge_mask(m)
+    if zero_diagonal:
+        d = d * (1.0 - tf.eye(tf.shape(d)[1], dtype=d.dtype))[None, :, :, None]
+    return d
+
+
 def scale_table(n_max, nbar, powers, aggregation, alpha=None, table_bits=None):
     """Aggregate normalisers t_k(n) for multiplicities n = 0..n_max, in float64.
 

@@ -18,7 +18,7 @@ import tensorflow as tf
 
 from qpelican.core.errors import QpelicanError
 from qpelican.core.formats import check_exact
-from qpelican.nn.layers.base import CANDIDATES, QuantizedLayer, check_particle_shape, edge_mask, particle_mask
+from qpelican.nn.layers.base import CANDIDATES, QuantizedLayer, check_particle_shape, pair_output, particle_mask
 from qpelican.nn.layers.lorentz import ParticleMask
 
 ANGLE_BITS = 10  # eta_rel, phi_rel: signed integers within a jet (Level-1 format)
@@ -146,10 +146,7 @@ class L1Invariants(QuantizedLayer):
             r = deta * deta + dphi * dphi
         else:
             r = (tf.cosh(deta * ANGLE_STEP) - tf.cos(dphi * ANGLE_STEP)) * (2.0 / ANGLE_STEP**2)
-        d = ((pt[:, :, None] * pt[:, None, :]) * r * (2.0 ** -self.shift))[..., None]
-        d = d * edge_mask(particle_mask(x))
-        n = tf.shape(x)[1]
-        d = d * (1.0 - tf.eye(n, dtype=dt))[None, :, :, None]
+        d = pair_output((pt[:, :, None] * pt[:, None, :]) * r * (2.0 ** -self.shift), particle_mask(x))
         return tf.cast(self.q("invariant", d), tf.float32)
 
     def compute_output_shape(self, input_shape):

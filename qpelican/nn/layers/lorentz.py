@@ -1,7 +1,7 @@
 """Input layers: momentum scaling/quantization, particle mask, pairwise Minkowski dot products."""
 import tensorflow as tf
 
-from qpelican.nn.layers.base import MOMENTA, QuantizedLayer, check_particle_shape, edge_mask, particle_mask
+from qpelican.nn.layers.base import MOMENTA, QuantizedLayer, check_particle_shape, pair_output, particle_mask
 from qpelican.core.formats import FLOAT32_BITS, check_exact
 
 
@@ -106,11 +106,8 @@ class LorentzInvariants(QuantizedLayer):
         # broadcast outer products fuse better than a K=4 batched matmul (XLA on CPU)
         e, px, py, pz = (p[..., k] for k in range(4))
         d = (e[:, :, None] * e[:, None, :] - px[:, :, None] * px[:, None, :]
-             - py[:, :, None] * py[:, None, :] - pz[:, :, None] * pz[:, None, :])[..., None]
-        d = d * edge_mask(particle_mask(p))
-        if self.zero_diagonal:
-            n = tf.shape(p)[1]
-            d = d * (1.0 - tf.eye(n, dtype=dt))[None, :, :, None]
+             - py[:, :, None] * py[:, None, :] - pz[:, :, None] * pz[:, None, :])
+        d = pair_output(d, particle_mask(p), self.zero_diagonal)
         return tf.cast(self.q("invariant", d), tf.float32)
 
     def compute_output_shape(self, input_shape):
