@@ -8,17 +8,27 @@ import numpy as np
 import pytest
 import tensorflow as tf
 from da4ml.trace import FixedVariableArrayInput, HWConfig, comb_trace
+from da4ml.types import minimal_kif
 
 import qpelican  # noqa: F401  (selects tf-keras)
 from qpelican.core.errors import ExportError
 from qpelican.hls.verify import firmware_inputs, stress_jets
-from qpelican.nn.models import build_model
+from qpelican.nn.models import build_model, randomize_on_grids
 from qpelican.nn.quant import FixedFormat, quantize
 from qpelican.rtl.exporter import export_rtl, inventory_check, lut_estimate, restart
 from qpelican.rtl.rounding import quantize_conv
 from qpelican.rtl.synth import synthesize
-from qpelican.rtl.trace import trace_model
+from qpelican.rtl.timing import dsp_products, dsp_schedule, is_dsp_product, pipeline
+from qpelican.rtl.trace import DSP_A_BITS, DSP_B_BITS, trace_model
 from firmware_models import Q6, Q8, nano
+
+# Level-1 candidates with the trigger's 14-bit pT: pT_i pT_j (28 bits) x R_ij (21 bits) is wider than a DSP48E2
+QL1 = {**Q8, "input": "quantized_bits(14,12,keep_negative=False,alpha=1)", "invariants": "quantized_bits(16,12,alpha=1)"}
+
+
+def l1_model(n, seed):
+    return randomize_on_grids(build_model({"format": "l1", "n_constituents": n, "quantization": QL1}), seed,
+                              bias_scale=0.5)
 
 def grid_jets(rng, model, jets):
     """Momenta on the input grid: half small values (rounding ties downstream), half over the whole
@@ -91,10 +101,11 @@ def test_inventory_hand_count_and_cross_check():
     assert inv["invariants"]["rtl_variable_products"] == 4 * 6 == inv["invariants"]["inventory_multipliers"]
     for name in ("lineq2to2", "lineq2to0"):
         c = inv[name]
-        assert c["rtl_variable_products"] + c["rtl_constant_products"] + c["rtl_zero_coefficients"] == \
-            c["inventory_multipliers"], (name, c)
+        assert c["rtl_variable_products"] - c["rtl_split_partial_products"] + c["rtl_constant_products"] + \
+            c["rtl_zero_coefficients"] == c["inventory_multipliers"], (name, c)
     # 2->2 with alpha: 3 vector aggregates x 4 particles + 2 scalar ones are table products
-    assert inv["lineq2to2"]["rtl_variable_products"] == 3 * 4 + 2
+    c = inv["lineq2to2"]
+    assert c["rtl_variable_products"] - c["rtl_split_partial_products"] == 3 * 4 + 2
     assert not any(d.startswith("lineq2to2: ") and "products traced" in d for d in chk["differences"])
 
 
@@ -143,6 +154,51 @@ def test_yosys_counts_grow_with_width(tmp_path):
     assert luts[1] > luts[0], luts
 
 
+def _signed_bits(qint):
+    _, i, f = minimal_kif(qint)
+    return int(i) + int(f) + 1
+
+
+def test_l1_products_fit_dsp48e2_and_fill_one_stage_each():
+    """Level-1 invariants under the dsp schedule: every product fits one DSP48E2 (27 x 18 bits), 5 per
+    pair (deta^2, dphi^2, pT_i pT_j and (pT_i pT_j) R_ij in two pieces); each fills exactly one stage
+    with registered operands (the squares' subtraction in the pre-adder); P_ij beside R_ij leaves two
+    product stages on the critical path: 4 cycles at cutoff 5 (pT_i R_ij first would need 5)."""
+    n, cutoff = 4, 5.0
+    traced = trace_model(l1_model(n, seed=2))
+    comb = restart(traced.stages["invariants"])
+    sched, max_op = dsp_schedule(comb, cutoff)
+    prods = [op for op in sched.ops if is_dsp_product(sched, op)]
+    assert len(prods) == dsp_products(comb) == 5 * n * (n - 1) // 2
+    for op in prods:
+        a, b = sorted((_signed_bits(sched.ops[op.id0].qint), _signed_bits(sched.ops[op.id1].qint)), reverse=True)
+        assert a <= DSP_A_BITS and b <= DSP_B_BITS, (a, b)
+        assert op.latency % cutoff == 0
+        src = sched.ops[op.id0]
+        operands = [sched.ops[i] for i in ((src.id0, src.id1) if op.id0 == op.id1 and src.opcode in (0, 1)
+                                           else (op.id0, op.id1))]
+        assert all(o.latency <= op.latency - cutoff for o in operands if o.opcode != 5)
+    assert max_op <= cutoff
+    counts = inventory_check(traced)["stages"]["invariants"]
+    assert counts["rtl_split_partial_products"] == n * (n - 1) // 2
+    assert len(pipeline(comb, cutoff, "dsp")[0].solutions) == 4
+    # da4ml's own model costs a product like a LUT multiplier (one unit per operand bit): many more stages
+    assert len(pipeline(comb, cutoff, "lut")[0].solutions) > 6
+
+
+def test_yosys_maps_each_l1_product_to_one_dsp48e2(tmp_path):
+    """Yosys with DSP mapping on the Level-1 invariants (N = 3): one DSP48E2 per traced product, and far
+    fewer LUTs than da4ml's all-LUT estimate."""
+    from qpelican.rtl.exporter import _write
+
+    comb = restart(trace_model(l1_model(3, seed=4)).stages["invariants"])
+    pipe, _ = pipeline(comb, 5.0, "dsp")
+    _write(pipe, "inv", tmp_path / "inv", 5.0, "xcvu13p-flga2577-2-e")
+    res = synthesize(tmp_path / "inv", "inv", dsp=True)
+    assert res["dsp"] == dsp_products(comb) == 5 * 3
+    assert 0 < res["lut"] < comb.cost / 3, (res["lut"], comb.cost)
+
+
 @pytest.fixture(scope="module")
 def cli_project(sim_dir, tmp_path_factory):
     """`qpelican export-rtl RUN --verify test.h5` on a saved 6-particle model (one Verilator build)."""
@@ -169,8 +225,12 @@ def test_cli_verify_real_jets(cli_project, capsys):
     assert ver["interpreter_differing_jets"] == 0 and ver["verilator_jets_per_s"] > 0
     assert "auc_rtl" in ver and ver["auc_rtl"] == ver["auc_keras"]
     for entry in [*rep["stages"].values(), rep["total"]]:
-        assert entry["lut"] > 0 and entry["ff"] > 0 and entry["dsp"] == 0 and entry["latency_ns"] > 0
-        assert entry["source"] == "da4ml"
+        assert entry["lut"] > 0 and entry["ff"] > 0 and entry["latency_ns"] > 0
+        assert entry["source"] == "da4ml_dsp" and entry["dsp"] == entry["dsp_products"]
+        assert entry["lut"] == entry["da4ml"]["lut_without_dsp_products"]
+    inv = rep["stages"]["invariants"]
+    assert inv["dsp"] == 4 * 15 and inv["lut"] < inv["da4ml"]["lut"]  # 4 Minkowski products per pair in DSP48E2
+    assert rep["settings"]["latency_model"] == "dsp" and "stages x 4 ns" in rep["timing"]
     assert set(rep["stages"]) == {"invariants", "lineq2to2", "lineq2to0"}
     assert rep["total"]["latency_ns"] == 4 * rep["total"]["cycles"]
     assert (out / "src" / "qpelican.v").is_file() and (out / "build_vivado_prj.tcl").is_file()
@@ -185,6 +245,17 @@ def test_verilator_bit_exact_ties_and_saturation(cli_project):
     rng = np.random.default_rng(11)
     p4 = np.concatenate([grid_jets(rng, model, 3000), stress_jets(rng, model, 1000)])
     assert_bit_exact(model, lambda x: vm.predict(x.reshape(len(x), -1).astype(np.float64), n_threads=1), p4)
+
+
+def test_cli_refuses_unknown_latency_model_exit_2(tmp_path, capsys):
+    from qpelican.cli.main import main
+
+    nano(3, Q8, seed=1).save(tmp_path / "m.keras")
+    with pytest.raises(SystemExit) as exc:
+        main(["export-rtl", str(tmp_path / "m.keras"), "--out", str(tmp_path / "x"), "--latency-model", "fast"])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert "--latency-model" in err and "dsp" in err and "Traceback" not in err
 
 
 def test_cli_refuses_batchnorm_exit_2(tmp_path, capsys):

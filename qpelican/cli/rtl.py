@@ -19,8 +19,13 @@ def export_rtl(
     clock: Optional[float] = typer.Option(None, "--clock", help=f"clock period in ns (default {DEFAULT_CLOCK_NS:g})"),
     part: Optional[str] = typer.Option(None, "--part", help="FPGA part for the build script and the percentages "
                                                             f"(default {DEFAULT_PART})"),
-    latency_cutoff: float = typer.Option(5.0, "--latency-cutoff", help="da4ml delay (about one adder each) per "
-                                                                      "pipeline stage: smaller = more stages"),
+    latency_cutoff: float = typer.Option(5.0, "--latency-cutoff", help="da4ml delay units (one adder each, assumed "
+                                                                      "~1 ns) per pipeline stage: smaller = more "
+                                                                      "stages; keep it <= --clock in ns"),
+    latency_model: str = typer.Option("dsp", "--latency-model",
+                                      help="dsp: each variable x variable product is one pipeline stage in a DSP48E2 "
+                                           "(Yosys/Vivado DSP mapping); lut: da4ml's own delays, products as LUT "
+                                           "multipliers"),
     verify: Optional[Path] = typer.Option(None, "--verify", help="HDF5 jets (file or dir): compile with Verilator "
                                                                   "and compare with the QKeras model"),
     jets: int = typer.Option(10000, "--jets", min=1, help="jets for --verify"),
@@ -28,8 +33,9 @@ def export_rtl(
     yosys_nodsp: bool = typer.Option(True, "--yosys-nodsp/--no-yosys-nodsp",
                                      help="Yosys counts with every product in LUTs (-nodsp), per stage"),
     yosys_max_luts: int = typer.Option(60_000, "--yosys-max-luts", min=1,
-                                       help="skip Yosys on a stage whose da4ml estimate is larger (minutes per "
-                                            "10^5 LUTs on 2 cores)"),
+                                       help="skip Yosys on a stage whose da4ml estimate of the LUTs it maps is "
+                                            "larger (products that go to DSP48E2 not counted with DSP mapping; "
+                                            "minutes per 10^5 LUTs on 2 cores)"),
     project: str = typer.Option("qpelican", "--project", help="Verilog top module / project name"),
 ):
     """Write pipelined Verilog (da4ml) of a quantized nanoPELICAN, with LUT/FF/DSP and latency per stage.
@@ -51,7 +57,8 @@ def export_rtl(
     con = Console(highlight=False, soft_wrap=True)
     t0 = time.perf_counter()
     with dir_lock(out, "RTL project folder"):
-        res = export_run(run, out, clock=clock, part=part, latency_cutoff=latency_cutoff, verify=verify, jets=jets,
+        res = export_run(run, out, clock=clock, part=part, latency_cutoff=latency_cutoff, latency_model=latency_model,
+                         verify=verify, jets=jets,
                          yosys=yosys, yosys_nodsp=yosys_nodsp, yosys_max_luts=yosys_max_luts, project_name=project,
                          log=con.print)
     con.print(format_report(res["report"]), markup=False)

@@ -14,7 +14,7 @@ from importlib.metadata import version
 
 import numpy as np
 from da4ml.codegen import VerilogModel
-from da4ml.trace import FixedVariable, HWConfig, comb_trace, to_pipeline
+from da4ml.trace import FixedVariable, HWConfig, comb_trace
 
 from qpelican.core.errors import ExportError
 from qpelican.core.io import LOCK_NAME, check_out_dir, run_model_path, swap_dir, write_json
@@ -25,12 +25,15 @@ from qpelican.hw.parts import DEFAULT_CLOCK_NS, DEFAULT_PART
 from qpelican.nn.models import model_constituents, model_format
 from qpelican.rtl import report as rp
 from qpelican.rtl.synth import synthesize
-from qpelican.rtl.trace import STAGE_TITLES, trace_model
+from qpelican.rtl.timing import dsp_products, fabric_lut_estimate, pipeline
+from qpelican.rtl.trace import SPLIT_LABEL, STAGE_TITLES, trace_model
 from qpelican.rtl.verilator import compile_model
 
 DEFAULT_CUTOFF = 5.0  # da4ml delay units (about one adder) per pipeline stage
+LATENCY_MODELS = ("dsp", "lut")  # qpelican.rtl.timing.pipeline
 # Yosys (WebAssembly, one core) takes minutes per 10^5 LUTs on the 2-core development machine:
-# stages whose da4ml estimate is larger are skipped unless --yosys-max-luts is raised
+# stages whose da4ml estimate of the LUTs Yosys will map is larger are skipped unless
+# --yosys-max-luts is raised (with DSP mapping the products that go to DSP48E2 are left out)
 DEFAULT_YOSYS_MAX_LUTS = 60_000
 PROJECT_MARK = "metadata.json"  # written by da4ml in every RTL project
 
@@ -49,17 +52,13 @@ def restart(comb):
     return comb_trace(inp, list(comb(inp)))
 
 
-def _pipeline(comb, cutoff):
-    """da4ml Pipeline of a graph at ``cutoff`` (None for a purely combinational design, cutoff <= 0)."""
-    return to_pipeline(comb, cutoff, verbose=False) if cutoff > 0 else None
-
-
-def _estimate(comb, pipe, clock):
-    """da4ml LUT/FF estimate, clock cycles and latency of one graph."""
-    cycles = len(pipe.solutions) if pipe is not None else 0
-    return {"da4ml": {"lut": int(round(comb.cost)), "ff": int(pipe.reg_bits) if pipe is not None else 0},
-            "cycles": cycles, "latency_ns": round(cycles * clock, 3),
-            "depth_adders": float(comb.latency[1])}
+def _estimate(comb, pipe, max_op, clock):
+    """da4ml LUT/FF estimate, DSP products, clock cycles and latency of one graph and its pipeline."""
+    cycles = len(pipe.solutions)
+    return {"da4ml": {"lut": int(round(comb.cost)), "lut_without_dsp_products": int(round(fabric_lut_estimate(comb))),
+                      "ff": int(pipe.reg_bits)},
+            "dsp_products": dsp_products(comb), "cycles": cycles, "latency_ns": round(cycles * clock, 3),
+            "depth_adders": float(comb.latency[1]), "max_op_units": float(max_op)}
 
 
 def _write(pipe_or_comb, name, path, clock, part):
@@ -70,8 +69,10 @@ def _write(pipe_or_comb, name, path, clock, part):
 
 def _yosys(entry, path, name, dsp, nodsp, max_luts, log):
     for tag, on in (("yosys_dsp", dsp), ("yosys_nodsp", nodsp)):
-        if on and entry["da4ml"]["lut"] > max_luts:
-            entry[tag] = {"skipped": f"da4ml estimate {entry['da4ml']['lut']:,} LUTs > --yosys-max-luts {max_luts:,}"}
+        # what Yosys will build from LUTs: with DSP mapping, everything but the DSP48E2 products
+        luts = entry["da4ml"]["lut_without_dsp_products" if tag == "yosys_dsp" else "lut"]
+        if on and luts > max_luts:
+            entry[tag] = {"skipped": f"da4ml estimate {luts:,} LUTs > --yosys-max-luts {max_luts:,}"}
             log(f"  Yosys skipped on {name}: {entry[tag]['skipped']}")
         elif on:
             log(f"  Yosys ({'DSP mapping' if tag == 'yosys_dsp' else 'LUTs only'}) on {name} ...")
@@ -120,14 +121,17 @@ def inventory_check(traced):
         ops = _count_ops(comb)
         const = sum(v for k, v in counts.items() if "coefficient" in k and "zero" not in k or "c1 *" in k
                     or "constant normaliser" in k)
+        split = counts.get(SPLIT_LABEL, 0)
         c = {"inventory_multipliers": sum(s.n_multipliers for s in st),
              "inventory_adders": sum(s.n_adders for s in st),
              "inventory_lookups": sum(t.count for s in st for t in s.lookups),
              "rtl_variable_products": ops.get("variable products", 0), "rtl_constant_products": const,
              "rtl_zero_coefficients": counts.get("zero coefficients (no product)", 0),
+             "rtl_split_partial_products": split,
              "rtl_lookups": ops.get("lookups", 0), "rtl_graph_ops": ops, "rtl_trace_counts": counts}
         stages[name] = c
-        traced_products = c["rtl_variable_products"] + const + c["rtl_zero_coefficients"]
+        # a product split for DSP48E2 is one product of the inventory in several pieces
+        traced_products = c["rtl_variable_products"] - split + const + c["rtl_zero_coefficients"]
         if traced_products != c["inventory_multipliers"]:
             diffs.append(f"{name}: {traced_products:,} products traced (variable, constant and zero-coefficient) vs "
                          f"{c['inventory_multipliers']:,} multipliers in the inventory (products with a constant "
@@ -136,6 +140,9 @@ def inventory_check(traced):
             diffs.append(f"{name}: {c['rtl_lookups']} table lookups in the RTL vs {c['inventory_lookups']} in the "
                          "inventory: a normaliser table that does not depend on n (sum aggregation without alpha) "
                          "is a constant, and one lookup of a table serves every channel")
+    if any(c["rtl_split_partial_products"] for c in stages.values()):
+        diffs.append("products wider than one DSP48E2 (27 x 18 bits) are traced as DSP-sized partial products: "
+                     "rtl_variable_products counts the pieces, rtl_split_partial_products the extra ones")
     diffs.append("multiplicity n: computed once in the RTL (invariants stage, with the masks); the inventory counts "
                  "its adders in both LinEq layers, as the HLS computes it twice")
     if any(p.keras_class == "L1CandidateInput" for p in traced.plan["layers"]):
@@ -147,16 +154,20 @@ def inventory_check(traced):
     return {"stages": stages, "differences": diffs}
 
 
-def export_rtl(model, out_dir, clock=None, part=None, latency_cutoff=DEFAULT_CUTOFF, yosys=True, yosys_nodsp=True,
-               yosys_max_luts=DEFAULT_YOSYS_MAX_LUTS, p4=None, labels=None, project_name="qpelican", source=None, verify_file=None, log=print):
+def export_rtl(model, out_dir, clock=None, part=None, latency_cutoff=DEFAULT_CUTOFF, latency_model="dsp", yosys=True,
+               yosys_nodsp=True, yosys_max_luts=DEFAULT_YOSYS_MAX_LUTS, p4=None, labels=None, project_name="qpelican",
+               source=None, verify_file=None, log=print):
     """Trace, write and measure the RTL of ``model`` into ``out_dir`` (built beside it, then moved in).
 
     Args:
       model: a quantized nanoPELICAN (tf-keras); anything else raises ExportError naming the layer.
       out_dir: project folder (replaced if it holds an earlier RTL project).
       clock: clock period in ns; part: FPGA part; latency_cutoff: da4ml delay per pipeline stage.
+      latency_model: "dsp" (each variable product one DSP48E2 stage) or "lut" (da4ml's own), see
+        :mod:`qpelican.rtl.timing`.
       yosys, yosys_nodsp: run Yosys with DSP mapping / with every product in LUTs, per stage.
-      yosys_max_luts: skip Yosys on a stage whose da4ml estimate is larger (its run time grows with it).
+      yosys_max_luts: skip Yosys on a stage whose da4ml estimate of the LUTs it maps is larger (its run
+        time grows with it; with DSP mapping the DSP48E2 products are not counted).
       p4, labels: jets (B, N, 4) GeV and labels for the Verilator check (None: no check).
       project_name: Verilog top module.
       source, verify_file: where the model and the jets came from (recorded in the JSON files).
@@ -166,6 +177,8 @@ def export_rtl(model, out_dir, clock=None, part=None, latency_cutoff=DEFAULT_CUT
     part = part or DEFAULT_PART
     if clock <= 0 or latency_cutoff <= 0:
         raise ExportError(f"--clock and --latency-cutoff must be positive (got {clock:g} and {latency_cutoff:g}).")
+    if latency_model not in LATENCY_MODELS:
+        raise ExportError(f"--latency-model must be one of {', '.join(LATENCY_MODELS)} (got {latency_model!r}).")
     out_dir = os.path.abspath(check_out_dir(out_dir))
     ours = {LOCK_NAME}  # the command's own lock file
     if os.path.isdir(out_dir) and set(os.listdir(out_dir)) - ours and not os.path.exists(os.path.join(out_dir, PROJECT_MARK)):
@@ -176,38 +189,42 @@ def export_rtl(model, out_dir, clock=None, part=None, latency_cutoff=DEFAULT_CUT
     build = f"{out_dir}.building{os.getpid()}"
     shutil.rmtree(build, ignore_errors=True)
     try:
-        pipe = _pipeline(traced.comb, latency_cutoff)
-        vm = _write(pipe or traced.comb, project_name, build, clock, part)
+        pipe, max_op = pipeline(traced.comb, latency_cutoff, latency_model)
+        vm = _write(pipe, project_name, build, clock, part)
         t_write = time.perf_counter() - t0
         stages = {}
         for name, comb in traced.stages.items():
             fresh = restart(comb)
-            spipe = _pipeline(fresh, latency_cutoff)
-            entry = {"title": STAGE_TITLES[name], **_estimate(fresh, spipe, clock)}
+            spipe, smax = pipeline(fresh, latency_cutoff, latency_model)
+            entry = {"title": STAGE_TITLES[name], **_estimate(fresh, spipe, smax, clock)}
             path = os.path.join(build, "stages", name)
-            _write(spipe or fresh, name, path, clock, part)
+            _write(spipe, name, path, clock, part)
             if yosys or yosys_nodsp:
                 _yosys(entry, path, name, yosys, yosys_nodsp, yosys_max_luts, log)
-            stages[name] = rp.fill_primary(entry, part)
-        total = {"title": "total", **_estimate(traced.comb, pipe, clock)}
+            stages[name] = rp.fill_primary(entry, part, latency_model)
+        total = {"title": "total", **_estimate(traced.comb, pipe, max_op, clock)}
         for tag in ("yosys_dsp", "yosys_nodsp"):
             if all("lut" in e.get(tag, {}) for e in stages.values()):
                 total[tag] = _sum(stages.values(), tag)
-        rp.fill_primary(total, part)
+        rp.fill_primary(total, part, latency_model)
         settings = {"model": os.fspath(source or getattr(model, "name", "")), "out": out_dir, "n": traced.n, "n_in": traced.n_in,
                     "clock": clock, "part": part, "latency_cutoff": float(latency_cutoff),
+                    "latency_model": latency_model,
                     "project_name": project_name, "da4ml": version("da4ml"),
                     "input_kif": list(traced.input_kif), "output_kif": list(traced.output_kif),
                     "trace_seconds": round(traced.seconds, 2), "write_seconds": round(t_write, 2)}
         rep = {"settings": settings, "stages": stages, "total": total, "fit": rp.fits(total, part),
-               "guide": rp.GUIDE, "inventory_check": inventory_check(traced),
+               "timing": rp.timing_note(total, latency_cutoff, clock, latency_model), "guide": rp.GUIDE,
+               "inventory_check": inventory_check(traced),
                "verilog_bytes": sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(os.path.join(build, "src"))
                                     for f in fs if f.endswith(".v"))}
         skipped = [n for n, e in stages.items() if "skipped" in e.get("yosys_dsp", {})]
         if not yosys or skipped:
             rep["yosys_note"] = ("Yosys not run (--no-yosys)" if not yosys else
                                  f"Yosys skipped on {', '.join(skipped)} (above --yosys-max-luts {yosys_max_luts:,})") + \
-                "; where it did not run, lut/ff are da4ml's estimate with every product in LUTs and dsp is 0."
+                ("; where it did not run, lut/ff/dsp are da4ml's estimate with the DSP48E2 products counted as dsp."
+                 if latency_model == "dsp" else
+                 "; where it did not run, lut/ff are da4ml's estimate with every product in LUTs and dsp is 0.")
         rep["settings"]["total_seconds"] = round(time.perf_counter() - t0, 1)
         ver = None
         if p4 is not None:
@@ -249,8 +266,9 @@ def verify(model, traced, vm, p4, labels, log=print):
     return ver
 
 
-def export_run(run, out_dir, clock=None, part=None, latency_cutoff=DEFAULT_CUTOFF, verify=None, jets=10000,
-               yosys=True, yosys_nodsp=True, yosys_max_luts=DEFAULT_YOSYS_MAX_LUTS, project_name="qpelican", log=print):
+def export_run(run, out_dir, clock=None, part=None, latency_cutoff=DEFAULT_CUTOFF, latency_model="dsp", verify=None,
+               jets=10000, yosys=True, yosys_nodsp=True, yosys_max_luts=DEFAULT_YOSYS_MAX_LUTS, project_name="qpelican",
+               log=print):
     """The ``qpelican export-rtl`` flow from a run directory or model file (see :func:`export_rtl`)."""
 
     run_model_path(run, error=ExportError)
@@ -261,7 +279,8 @@ def export_run(run, out_dir, clock=None, part=None, latency_cutoff=DEFAULT_CUTOF
         if len(p4) < int(jets):
             log(f"note: {verify_file} holds {len(p4)} jets with constituents, fewer than --jets {jets}; "
                 f"verifying all {len(p4)}")
-    res = export_rtl(model, out_dir, clock=clock, part=part, latency_cutoff=latency_cutoff, yosys=yosys,
+    res = export_rtl(model, out_dir, clock=clock, part=part, latency_cutoff=latency_cutoff,
+                     latency_model=latency_model, yosys=yosys,
                      yosys_nodsp=yosys_nodsp, yosys_max_luts=yosys_max_luts, p4=p4, labels=labels, project_name=project_name, source=src,
                      verify_file=verify_file, log=log)
     return res

@@ -19,8 +19,18 @@ estimated, pipelined and synthesised on its own.
 Level-1 candidates (``data.format: l1``, docs/l1.md): the input is (pT, eta_rel, phi_rel) per
 candidate (N x 3, read with WRAP/TRN on the input type, then narrowed to the pT format and the
 angle_bits integers: the identity on the grid), and
-d_ij = Q(((|deta|^2 + |dphi|^2) pT_i) pT_j 2^-shift), exact before the one rounding. Padded
-candidates have pT = 0, so every d_ij with one of them is exactly Q(0) = 0 without any mask logic.
+d_ij = Q((pT_i pT_j) (deta^2 + dphi^2) 2^-shift), exact before the one rounding: P_ij = pT_i pT_j
+and R_ij = deta^2 + dphi^2 are computed side by side, so the critical path holds two products, not
+three (the HLS header multiplies in another order; the exact integer, hence d_ij, is the same).
+Padded candidates have pT = 0, so every d_ij with one of them is exactly Q(0) = 0 without any mask
+logic.
+
+Every variable x variable product goes through :func:`dsp_mul`, which splits a product wider than
+one DSP48E2 multiplier (27 x 18 bits, two's complement) into partial products that each fit one,
+summed in fabric. Yosys splits such products itself, but by its own rule: a 28 x 21-bit product
+becomes 4 DSP48E2, against 2 when the 21-bit operand takes the 27-bit port and the other is cut
+into 17-bit pieces. One product per DSP48E2 is also what the pipeline schedule
+(:mod:`qpelican.rtl.timing`) assumes.
 """
 import heapq
 import itertools
@@ -40,6 +50,9 @@ from qpelican.rtl.rounding import kif, quantize_conv
 PLANNED = ("MomentumInput", "ParticleMask", "LorentzInvariants", "LinEq2to2", "LinEq2to0", "L1CandidateInput",
            "CandidateMask", "L1Invariants")
 STAGE_TITLES = {"invariants": "invariants d_ij", "lineq2to2": "LinEq 2->2", "lineq2to0": "LinEq 2->0"}
+# DSP48E2 multiplier ports, two's complement (UG579): A 27 bits, B 18 bits
+DSP_A_BITS, DSP_B_BITS = 27, 18
+SPLIT_LABEL = "extra partial products (products wider than one DSP48E2, split)"
 
 
 @dataclass
@@ -103,6 +116,37 @@ def tree_sum(values):
         s = a + b
         heapq.heappush(heap, (float(s.latency), next(tie), s))
     return heap[0][2]
+
+
+def signed_width(v):
+    """Bits of a traced value as a two's-complement operand (an unsigned one needs a zero sign bit)."""
+    _, i, f = v.kif
+    return int(i) + int(f) + 1
+
+
+def _split_low(v, bits):
+    """(lo, hi) with v = lo + hi exactly: lo the lowest ``bits`` bits (unsigned), hi the rest (wiring)."""
+    k, i, f = (int(x) for x in v.kif)
+    return v.quantize(0, bits - f, f, "WRAP", "TRN"), v.quantize(k, i, f - bits, "WRAP", "TRN")
+
+
+def dsp_mul(a, b, counter):
+    """a * b (exact) as products that each fit one DSP48E2 multiplier, summed in fabric.
+
+    The wider operand is cut into pieces for the port the narrower one does not take: 26-bit
+    unsigned pieces for the 27-bit port when the narrower operand fits the 18-bit one, else 17-bit
+    pieces for the 18-bit port. Each extra piece is counted under SPLIT_LABEL.
+    """
+    if a.low == a.high or b.low == b.high:
+        return a * b  # a constant operand: shifts and additions
+    wa, wb = signed_width(a), signed_width(b)
+    if wa < wb:
+        a, b, wa, wb = b, a, wb, wa
+    if wa <= DSP_A_BITS and wb <= DSP_B_BITS:
+        return a * b
+    lo, hi = _split_low(a, DSP_A_BITS - 1 if wb <= DSP_B_BITS else DSP_B_BITS - 1)
+    counter.add(SPLIT_LABEL)
+    return dsp_mul(lo, b, counter) + dsp_mul(hi, b, counter)
 
 
 def _zero(hw):
@@ -232,19 +276,24 @@ def _trace_l1_inputs(p, hw, counter):
 
 
 def _trace_l1_invariants(p, cands, counter):
-    """d_ij = Q((pT_i R_ij) pT_j 2^-shift), R_ij = |deta|^2 + |dphi|^2, for pairs i < j."""
+    """d_ij = Q((pT_i pT_j) R_ij 2^-shift), R_ij = deta^2 + dphi^2, for pairs i < j.
+
+    P_ij = pT_i pT_j does not wait for R_ij (the order of the HLS header, (pT_i R_ij) pT_j, puts
+    three products in a row); the signed differences are squared directly (no magnitudes).
+    """
     fmt, scale = p.params["invariant_format"], 2.0 ** -p.params["shift"]
     d = {}
     for i in range(len(cands)):
         for j in range(i + 1, len(cands)):
             (pi, ei, fi), (pj, ej, fj) = cands[i], cands[j]
-            de, dp = abs(ei - ej), abs(fi - fj)
-            r = de * de + dp * dp
-            counter.add("angle differences and magnitudes", 4)
-            counter.add("squares |deta|^2, |dphi|^2", 2)
+            de, dp = ei - ej, fi - fj
+            r = dsp_mul(de, de, counter) + dsp_mul(dp, dp, counter)
+            counter.add("angle differences", 2)
+            counter.add("squares deta^2, dphi^2", 2)
             counter.add("R_ij sums", 1)
-            counter.add("pT_i R_ij, (pT_i R_ij) pT_j products", 2)
-            d[i, j] = quantize_conv((r * pi) * pj * scale, *kif(fmt))
+            pp = dsp_mul(pi, pj, counter)
+            counter.add("pT_i pT_j, (pT_i pT_j) R_ij products", 2)
+            d[i, j] = quantize_conv(dsp_mul(pp, r, counter) * scale, *kif(fmt))
     return d
 
 
@@ -255,7 +304,7 @@ def _trace_invariants(p, mom, counter):
     for i in range(n):
         for j in range(i + 1, n):
             a, b = mom[i], mom[j]
-            terms = [a[0] * b[0], -(a[1] * b[1]), -(a[2] * b[2]), -(a[3] * b[3])]
+            terms = [dsp_mul(a[0], b[0], counter)] + [-dsp_mul(a[c], b[c], counter) for c in (1, 2, 3)]
             counter.add("p_i.p_j component products", sum(1 for t in terms if t.low != t.high))
             counter.add("p_i.p_j sums", _adders(terms))
             d[i, j] = quantize_conv(_sum_or_zero(terms, a[0].hwconf), *kif(fmt))
@@ -292,7 +341,7 @@ def _trace_2to2(p, d, mask, n_var, counter):
         k = alias[k]
         t = tabs[k][c]
         counter.add("aggregate x normaliser products" if t.low != t.high else "aggregate x constant normaliser")
-        return quantize_conv(const_mul(src, t.low) if t.low == t.high else src * t, *agg)
+        return quantize_conv(const_mul(src, t.low) if t.low == t.high else dsp_mul(src, t, counter), *agg)
 
     vec = {}  # op -> [particle][channel] aggregates; ops sharing a table share the aggregate
     for k in (1, 2, 3):
@@ -350,7 +399,7 @@ def _trace_2to0(p, y, n_var, counter):
         counter.add("trace", _adders(diag))
         for t, src, dst in ((t0, _sum_or_zero(every, hw), u1), (t1, _sum_or_zero(diag, hw), u2)):
             counter.add("aggregate x normaliser products" if t.low != t.high else "aggregate x constant normaliser")
-            dst.append(quantize_conv(const_mul(src, t.low) if t.low == t.high else src * t, *agg))
+            dst.append(quantize_conv(const_mul(src, t.low) if t.low == t.high else dsp_mul(src, t, counter), *agg))
     out = []
     for h in range(co):
         terms = [_cmul(u1[c], w[c, 0, h], counter, "output coefficients") for c in range(ci)]
