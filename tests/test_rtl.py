@@ -186,6 +186,17 @@ def test_l1_products_fit_dsp48e2_and_fill_one_stage_each():
     assert len(pipeline(comb, cutoff, "lut")[0].solutions) > 6
 
 
+def test_timing_note_refuses_a_clock_faster_than_the_deepest_stage():
+    """The report says when the clock cannot hold a stage: cutoff above the clock, or one operation
+    (a LUT-built product under da4ml's own model) deeper than the cutoff."""
+    from qpelican.rtl.report import timing_note
+
+    ok = timing_note({"cycles": 10, "latency_ns": 50.0, "max_op_units": 1.0}, 5.0, 5.0, "dsp")
+    assert "too fast" not in ok and "DSP48E2" in ok
+    assert "use --clock 5" in timing_note({"cycles": 10, "latency_ns": 40.0, "max_op_units": 1.0}, 5.0, 4.0, "dsp")
+    assert "use --clock 21" in timing_note({"cycles": 14, "latency_ns": 70.0, "max_op_units": 21.0}, 5.0, 5.0, "lut")
+
+
 def test_yosys_maps_each_l1_product_to_one_dsp48e2(tmp_path):
     """Yosys with DSP mapping on the Level-1 invariants (N = 3): one DSP48E2 per traced product, and far
     fewer LUTs than da4ml's all-LUT estimate."""

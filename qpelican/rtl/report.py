@@ -125,7 +125,9 @@ def format_report(rep):
     if inv:
         lines.append("operators (RTL trace vs qpelican.hw.inventory):")
         for name, c in inv["stages"].items():
-            lines.append(f"  {name:12s} products: RTL {c['rtl_variable_products']:,} variable x variable + "
+            split = c.get("rtl_split_partial_products", 0)
+            pieces = f" (incl. {split:,} extra pieces of split products)" if split else ""
+            lines.append(f"  {name:12s} products: RTL {c['rtl_variable_products']:,} variable x variable{pieces} + "
                          f"{c['rtl_constant_products']:,} constant + {c['rtl_zero_coefficients']:,} with a zero "
                          f"coefficient (no logic); inventory {c['inventory_multipliers']:,} multipliers")
         for d in inv["differences"]:
