@@ -197,6 +197,22 @@ def test_timing_note_refuses_a_clock_faster_than_the_deepest_stage():
     assert "use --clock 21" in timing_note({"cycles": 14, "latency_ns": 70.0, "max_op_units": 21.0}, 5.0, 5.0, "lut")
 
 
+def test_yosys_timeout_skips_the_stage(monkeypatch):
+    """A stage on which Yosys times out keeps da4ml's figures and is named as skipped; the export goes on."""
+    from qpelican.rtl import exporter
+    from qpelican.rtl.synth import YosysTimeout
+
+    def slow(*_, **__):
+        raise YosysTimeout("Yosys did not finish within 1 s")
+
+    monkeypatch.setattr(exporter, "synthesize", slow)
+    entry = {"da4ml": {"lut": 10, "lut_without_dsp_products": 5, "ff": 3}, "dsp_products": 2}
+    logged = []
+    exporter._yosys(entry, "unused", "invariants", True, False, 100, logged.append)
+    assert "did not finish" in entry["yosys_dsp"]["skipped"] and "skipped" in logged[-1]
+    assert exporter.rp.primary(entry) == (5, 3, 2, "da4ml_dsp")
+
+
 def test_yosys_maps_each_l1_product_to_one_dsp48e2(tmp_path):
     """Yosys with DSP mapping on the Level-1 invariants (N = 3): one DSP48E2 per traced product, and far
     fewer LUTs than da4ml's all-LUT estimate."""

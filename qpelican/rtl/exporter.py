@@ -24,7 +24,7 @@ from qpelican.hw.inventory import from_plan
 from qpelican.hw.parts import DEFAULT_CLOCK_NS, DEFAULT_PART
 from qpelican.nn.models import model_constituents, model_format
 from qpelican.rtl import report as rp
-from qpelican.rtl.synth import synthesize
+from qpelican.rtl.synth import YosysTimeout, synthesize
 from qpelican.rtl.timing import dsp_products, fabric_lut_estimate, pipeline
 from qpelican.rtl.trace import SPLIT_LABEL, STAGE_TITLES, trace_model
 from qpelican.rtl.verilator import compile_model
@@ -76,7 +76,11 @@ def _yosys(entry, path, name, dsp, nodsp, max_luts, log):
             log(f"  Yosys skipped on {name}: {entry[tag]['skipped']}")
         elif on:
             log(f"  Yosys ({'DSP mapping' if tag == 'yosys_dsp' else 'LUTs only'}) on {name} ...")
-            entry[tag] = synthesize(path, name, dsp=(tag == "yosys_dsp"))
+            try:
+                entry[tag] = synthesize(path, name, dsp=(tag == "yosys_dsp"))
+            except YosysTimeout as err:  # a slow stage should not cost the other stages' figures
+                entry[tag] = {"skipped": str(err)}
+                log(f"  Yosys skipped on {name}: {err}")
 
 
 def _sum(entries, key):
@@ -221,7 +225,8 @@ def export_rtl(model, out_dir, clock=None, part=None, latency_cutoff=DEFAULT_CUT
         skipped = [n for n, e in stages.items() if "skipped" in e.get("yosys_dsp", {})]
         if not yosys or skipped:
             rep["yosys_note"] = ("Yosys not run (--no-yosys)" if not yosys else
-                                 f"Yosys skipped on {', '.join(skipped)} (above --yosys-max-luts {yosys_max_luts:,})") + \
+                                 f"Yosys skipped on {', '.join(skipped)} (above --yosys-max-luts {yosys_max_luts:,} "
+                                 "or timed out: each stage's yosys_dsp says which)") + \
                 ("; where it did not run, lut/ff/dsp are da4ml's estimate with the DSP48E2 products counted as dsp."
                  if latency_model == "dsp" else
                  "; where it did not run, lut/ff are da4ml's estimate with every product in LUTs and dsp is 0.")

