@@ -7,8 +7,10 @@ import h5py
 import numpy as np
 import pytest
 
+from qpelican.config.recipe import load_recipe
 from qpelican.data.readers import open_dataset, resolve_splits
 from qpelican.core.errors import DataError
+from qpelican.training.splits import load_splits
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -307,3 +309,14 @@ def test_inspect_summary_and_cli(tmp_path):
     assert r.returncode == 2
     err = " ".join(r.stderr.split())  # rich wraps long lines
     assert "not an HDF5 file" in err and "bad.h5" in err and "Traceback" not in err
+
+
+def test_recipe_sample_size_never_caps_a_dataset(sim_dir):
+    """A recipe's data.jets (the simulated sample's size) does not cap the jets of a dataset
+    given by path; data.train_jets (--jets with --data) does."""
+    rec = load_recipe(os.path.join(REPO, "recipes", "c2_8bit.yaml")).with_overrides(sets=["data.jets=100"])
+    with h5py.File(sim_dir / "train.h5") as f:
+        n_file = len(f["is_signal"])
+    assert len(load_splits(rec, sim_dir, progress=False).train[1]) == n_file > 100
+    capped = rec.with_overrides(data=sim_dir, jets=300)
+    assert len(load_splits(capped, progress=False).train[1]) == 300

@@ -94,7 +94,8 @@ def test_bad_yaml_and_missing_file(tmp_path):
 
 def test_overrides_validate():
     r = recipe_from_dict({}).with_overrides(epochs=3, seeds=2, jets=500, data="/x")
-    assert (r.training.epochs, r.seeds, r.data.jets, r.data.path) == (3, 2, 500, "/x")
+    assert (r.training.epochs, r.seeds, r.data.train_jets, r.data.jets, r.data.path) == (3, 2, 500, None, "/x")
+    assert recipe_from_dict({}).with_overrides(jets=500).data.jets == 500  # the simulated sample's size
     with pytest.raises(RecipeError, match="training.epochs"):
         recipe_from_dict({}).with_overrides(epochs=0)
     flag = load_recipe(os.path.join(ROOT, "recipes", "c2_8bit.yaml"))

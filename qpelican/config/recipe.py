@@ -7,7 +7,8 @@ A recipe has five sections and two top-level keys; every key is optional except 
     data:
       path: null                   # directory with train.h5/val.h5/test.h5 (or one file); null = simulated sample
       jets: null                   # simulated sample size (train+val+test) when path is null (null = 40000);
-                                   # with a path: cap on training jets read into memory (null = all)
+                                   # ignored with a path (a recipe's sample size never caps a user's dataset)
+      train_jets: null             # with a path: cap on training jets read into memory (null = all)
       val_jets: null               # cap on validation jets (null = all of the split)
       test_jets: null              # cap on test jets (null = all of the split)
       n_constituents: 80           # N, highest-pT constituents per jet
@@ -93,6 +94,7 @@ class _Section(BaseModel):
 class DataSection(_Section):
     path: Optional[str] = None
     jets: Optional[int] = Field(default=None, ge=30)
+    train_jets: Optional[int] = Field(default=None, ge=30)
     val_jets: Optional[int] = Field(default=None, ge=1)
     test_jets: Optional[int] = Field(default=None, ge=1)
     n_constituents: int = Field(default=80, ge=2, le=MAX_CONSTITUENTS)
@@ -256,8 +258,8 @@ class Recipe(_Section):
             d["data"]["path"] = str(data)
         if seeds is not None:
             d["seeds"] = seeds
-        if jets is not None:
-            d["data"]["jets"] = jets
+        if jets is not None:  # --jets: the simulated sample's size, or the training cap on a dataset
+            d["data"]["train_jets" if d["data"]["path"] is not None else "jets"] = jets
         return recipe_from_dict(d, source="command-line overrides")
 
 

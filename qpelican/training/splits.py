@@ -43,7 +43,7 @@ def check_split(name, path, labels):
     if len(y) < MIN_JETS[name] or n_sig == 0 or n_sig == len(y):
         raise DataError(f"{name} split {path}: {counts}; training needs at least {MIN_JETS[name]} {name} jets "
                         "and both classes (signal and background) in every split. Use a larger or complete "
-                        "dataset, or raise data.jets / data.val_jets / data.test_jets.")
+                        "dataset, or raise data.train_jets / data.val_jets / data.test_jets.")
 
 
 def read_split(path, n_constituents, cap, fmt="p4", counts=None):
@@ -62,7 +62,7 @@ def load_splits(recipe, data=None, progress=True) -> Splits:
 
     ``data``: None (the recipe's data.path, or the cached simulated sample of ``data.jets`` jets
     when that is null), a path (directory with train/val/test.h5, or files), or a :class:`Splits`
-    (returned as is). With a path, ``data.jets`` caps the training jets and ``val_jets`` /
+    (returned as is). With a path, ``data.train_jets`` caps the training jets and ``val_jets`` /
     ``test_jets`` cap the other splits (the first rows of each file are read).
     """
     if isinstance(data, Splits):
@@ -78,7 +78,7 @@ def load_splits(recipe, data=None, progress=True) -> Splits:
     if missing:
         raise QpelicanError(f"data {path}: no {', '.join(missing)} split found; training needs train, val and test "
                             "files (a directory with train.h5, val.h5 and test.h5).")
-    caps = {"train": None if simulated else d.jets, "val": d.val_jets, "test": d.test_jets}
+    caps = {"train": None if simulated else d.train_jets, "val": d.val_jets, "test": d.test_jets}
     grid = {k: GridCounts() for k in ("train", "val", "test")}
     arrays = {k: read_split(files[k], d.n_constituents, caps[k], d.format, grid[k]) for k in ("train", "val", "test")}
     for k, (_, y) in arrays.items():
