@@ -8,6 +8,7 @@ import tf_keras
 
 from qpelican.core.errors import DataError, QpelicanError
 from qpelican.nn.layers import LinEq2to0, LinEq2to2, LorentzInvariants, MaskedBatchNorm, MomentumInput
+from qpelican.nn.layers.base import scale_table, table_frac_bits
 from qpelican.nn.models import build_model, count_parameters, predict_logits
 from qpelican.nn.quant import fixed_format, get_quantizer, quantize
 
@@ -307,12 +308,30 @@ def test_quantized_weights_and_outputs_on_grid():
         assert_on_grid(out, Q8[key])
     assert np.count_nonzero(outs[2]) > 0 and np.unique(outs[3]).size > 3
     # the normaliser table holds table_bits-bit integers times a power of two
-    from qpelican.nn.layers.base import table_frac_bits
     table = l22.scale_table().numpy()
     frac = table_frac_bits(table, l22.table_bits)
     ints = table * 2.0 ** frac[None]
     np.testing.assert_array_equal(ints, np.round(ints))
     assert ints.max() < 2 ** l22.table_bits
+
+
+def test_negative_alpha_keeps_full_jets_in_the_quantized_table():
+    """Trained exponents can be strongly negative (t(n) ~ (n/Nbar)^-6.7 was seen after 120 epochs on
+    MPI jets): the table entry of a full jet must keep W/2 significant bits, not round to 0."""
+    w = 18
+    alpha = tf.constant([[-6.65], [-6.0]], tf.float64)
+    exact, table = (scale_table(16, 16.0, [2, 1], "sum", alpha, bits)[:, :, 0].numpy() for bits in (None, w))
+    assert np.all(np.abs(table[16] / exact[16] - 1) < 2.0 ** -(w // 2 - 1))
+    assert np.all(table[1] < exact[1])  # n = 1 saturates at the table's top
+    frac = table_frac_bits(table, w)
+    np.testing.assert_array_equal(table * 2.0 ** frac, np.round(table * 2.0 ** frac))
+    assert np.all(table * 2.0 ** frac < 2 ** w)
+    # a quantized layer with these exponents still sees full jets
+    model = build_model({"n_constituents": 16, "nbar": 16.0, "channels": 2, "alpha": True, "quantization": Q8})
+    randomise(model, np.random.default_rng(3), 0.7)
+    model.get_layer("lineq_2to0").alphas.assign(alpha.numpy().astype(np.float32))
+    out = predict_logits(model, jets(np.random.default_rng(4), b=64, n=16))
+    assert np.unique(out).size > 10
 
 
 def test_quantized_sums_are_exact_against_float64_reference():

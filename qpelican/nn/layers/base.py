@@ -100,8 +100,12 @@ def scale_table(n_max, nbar, powers, aggregation, alpha=None, table_bits=None):
       powers: list of K normalisation powers.
       alpha: None or a (K, C) tensor of trainable exponents.
       table_bits: None (float) or W: each column (k, c) is rounded to W significant bits,
-        ``t = round(t * 2^F) / 2^F`` with ``F = W - e`` and ``2^(e-1) <= max_n t < 2^e`` — the
-        unsigned W-bit integer table times a constant shift that the firmware stores.
+        ``t = min(round(t * 2^F), 2^W - 1) / 2^F`` with ``F = W - e`` and ``2^(e-1) <= max_n t < 2^e``
+        — the unsigned W-bit integer table times a constant shift that the firmware stores. A
+        negative alpha makes t(n) grow steeply towards small n; then e is capped so that the entry
+        of a full jet, t(n_max), keeps at least W/2 significant bits, and the entries of the few
+        jets with far fewer constituents saturate (otherwise t(n_max) could round to 0 and the
+        quantized layer would ignore every full jet).
 
     Returns: (n_max + 1, K, C) tensor (C = 1 without alpha).
     """
@@ -113,7 +117,8 @@ def scale_table(n_max, nbar, powers, aggregation, alpha=None, table_bits=None):
         t = t * tf.pow(n / nbar, tf.cast(alpha, tf.float64)[None])
     if table_bits is None:
         return t
-    frac = tf.stop_gradient(table_bits - (tf.floor(tf.math.log(tf.reduce_max(t, axis=0)) / math.log(2.0)) + 1.0))
+    e_max, e_full = (tf.floor(tf.math.log(v) / math.log(2.0)) + 1.0 for v in (tf.reduce_max(t, axis=0), t[-1]))
+    frac = tf.stop_gradient(table_bits - tf.minimum(e_max, e_full + table_bits // 2))
     step = tf.pow(tf.constant(2.0, tf.float64), frac)
     t_int = tf.clip_by_value(tf.round(t * step), 0.0, 2.0**table_bits - 1.0)
     return t + tf.stop_gradient(t_int / step - t)
