@@ -34,11 +34,11 @@ def recipe_model(recipe, n, sets=(), seed=0):
 
 def bench_n(recipe, n, jets, verilator, yosys, cutoff, sets=()):
     from da4ml.codegen import VerilogModel
-    from da4ml.trace import to_pipeline
 
     from qpelican.hls.verify import firmware_inputs, stress_jets
     from qpelican.rtl.exporter import restart
     from qpelican.rtl.synth import synthesize
+    from qpelican.rtl.timing import pipeline
     from qpelican.rtl.trace import trace_model
     from qpelican.rtl.verilator import compile_model
 
@@ -50,7 +50,7 @@ def bench_n(recipe, n, jets, verilator, yosys, cutoff, sets=()):
     row["lut_da4ml"] = int(round(traced.comb.cost))
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
-        pipe = to_pipeline(traced.comb, cutoff, verbose=False)
+        pipe, _ = pipeline(traced.comb, cutoff, "dsp")  # the export-rtl default schedule
         vm = VerilogModel(pipe, "qpelican", f"{tmp}/prj")
         vm.write()
         row["write_s"] = time.perf_counter() - t0
@@ -61,7 +61,7 @@ def bench_n(recipe, n, jets, verilator, yosys, cutoff, sets=()):
             for name, comb in traced.stages.items():
                 fresh = restart(comb)
                 path = f"{tmp}/{name}"
-                VerilogModel(to_pipeline(fresh, cutoff, verbose=False), name, path).write()
+                VerilogModel(pipeline(fresh, cutoff, "dsp")[0], name, path).write()
                 row[f"yosys_{name}"] = synthesize(path, name, dsp=True)
         if verilator:
             t0 = time.perf_counter()
