@@ -21,7 +21,8 @@ from qpelican.hw.parts import part_resources, percent_of_part
 
 GUIDE = {
     "da4ml": "da4ml estimate of the traced graph, products in LUTs (no DSP model); 0.97-1.13x of Vivado "
-             "post-route LUTs on published adder-tree designs",
+             "post-route LUTs on published adder-tree designs. lut_without_dsp_products: the same without the "
+             "products that go to DSP48E2 (dsp_products of them, one slice each): what Yosys maps to LUTs",
     "yosys_dsp": "Yosys synth_xilinx -family xcup (open-tool estimate, not Vivado), wide products in DSP48E2",
     "yosys_nodsp": "Yosys synth_xilinx -family xcup -nodsp (open-tool estimate), every product in LUTs",
     "latency": "pipeline stages (cycles) times the clock period. latency_model dsp: every variable x variable "
