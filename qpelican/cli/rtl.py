@@ -6,7 +6,7 @@ from typing import Optional
 
 import typer
 
-from qpelican.hw.parts import DEFAULT_CLOCK_NS, DEFAULT_PART
+from qpelican.hw.parts import DEFAULT_CLOCK_NS, DEFAULT_LATENCY_CUTOFF, DEFAULT_PART, DEFAULT_YOSYS_MAX_LUTS
 
 
 def register(app: typer.Typer):
@@ -19,7 +19,7 @@ def export_rtl(
     clock: Optional[float] = typer.Option(None, "--clock", help=f"clock period in ns (default {DEFAULT_CLOCK_NS:g})"),
     part: Optional[str] = typer.Option(None, "--part", help="FPGA part for the build script and the percentages "
                                                             f"(default {DEFAULT_PART})"),
-    latency_cutoff: float = typer.Option(5.0, "--latency-cutoff", help="da4ml delay units (one adder each, assumed "
+    latency_cutoff: float = typer.Option(DEFAULT_LATENCY_CUTOFF, "--latency-cutoff", help="da4ml delay units (one adder each, assumed "
                                                                       "~1 ns) per pipeline stage: smaller = more "
                                                                       "stages; keep it <= --clock in ns"),
     latency_model: str = typer.Option("dsp", "--latency-model",
@@ -32,7 +32,7 @@ def export_rtl(
     yosys: bool = typer.Option(True, "--yosys/--no-yosys", help="Yosys counts with DSP mapping, per stage"),
     yosys_nodsp: bool = typer.Option(True, "--yosys-nodsp/--no-yosys-nodsp",
                                      help="Yosys counts with every product in LUTs (-nodsp), per stage"),
-    yosys_max_luts: int = typer.Option(60_000, "--yosys-max-luts", min=1,
+    yosys_max_luts: int = typer.Option(DEFAULT_YOSYS_MAX_LUTS, "--yosys-max-luts", min=1,
                                        help="skip Yosys on a stage whose da4ml estimate of the LUTs it maps is "
                                             "larger (products that go to DSP48E2 not counted with DSP mapping; "
                                             "minutes per 10^5 LUTs on 2 cores)"),

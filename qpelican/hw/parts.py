@@ -6,6 +6,11 @@ resource counts their reports express usage against (Xilinx UltraScale+ data she
 
 DEFAULT_PART = "xcvu13p-flga2577-2-e"
 DEFAULT_CLOCK_NS = 5.0  # 200 MHz
+DEFAULT_LATENCY_CUTOFF = 5.0  # RTL: da4ml delay units (about one adder, ~1 ns) per pipeline stage
+# RTL: Yosys (WebAssembly, one core) takes minutes per 10^5 LUTs on a 2-core machine; stages whose
+# da4ml estimate of the LUTs Yosys maps is larger are skipped unless --yosys-max-luts is raised
+# (100k covers every stage of the N = 16 recipes: the l1_c2_16 LinEq 2->2 maps ~62k)
+DEFAULT_YOSYS_MAX_LUTS = 100_000
 
 # device (part name prefix) -> resources: 6-input LUTs, flip-flops, DSP48E2 slices, 36 kb block RAMs
 RESOURCES = {

@@ -21,7 +21,7 @@ from qpelican.core.io import LOCK_NAME, check_out_dir, run_model_path, swap_dir,
 from qpelican.hls.exporter import load_for_export
 from qpelican.hls.verify import compare, firmware_inputs, read_jets
 from qpelican.hw.inventory import from_plan
-from qpelican.hw.parts import DEFAULT_CLOCK_NS, DEFAULT_PART
+from qpelican.hw.parts import DEFAULT_CLOCK_NS, DEFAULT_LATENCY_CUTOFF, DEFAULT_PART, DEFAULT_YOSYS_MAX_LUTS
 from qpelican.nn.models import model_constituents, model_format
 from qpelican.rtl import report as rp
 from qpelican.rtl.synth import YosysTimeout, synthesize
@@ -29,12 +29,7 @@ from qpelican.rtl.timing import dsp_products, fabric_lut_estimate, pipeline
 from qpelican.rtl.trace import SPLIT_LABEL, STAGE_TITLES, trace_model
 from qpelican.rtl.verilator import compile_model
 
-DEFAULT_CUTOFF = 5.0  # da4ml delay units (about one adder) per pipeline stage
 LATENCY_MODELS = ("dsp", "lut")  # qpelican.rtl.timing.pipeline
-# Yosys (WebAssembly, one core) takes minutes per 10^5 LUTs on the 2-core development machine:
-# stages whose da4ml estimate of the LUTs Yosys will map is larger are skipped unless
-# --yosys-max-luts is raised (with DSP mapping the products that go to DSP48E2 are left out)
-DEFAULT_YOSYS_MAX_LUTS = 60_000
 PROJECT_MARK = "metadata.json"  # written by da4ml in every RTL project
 
 
@@ -158,7 +153,7 @@ def inventory_check(traced):
     return {"stages": stages, "differences": diffs}
 
 
-def export_rtl(model, out_dir, clock=None, part=None, latency_cutoff=DEFAULT_CUTOFF, latency_model="dsp", yosys=True,
+def export_rtl(model, out_dir, clock=None, part=None, latency_cutoff=DEFAULT_LATENCY_CUTOFF, latency_model="dsp", yosys=True,
                yosys_nodsp=True, yosys_max_luts=DEFAULT_YOSYS_MAX_LUTS, p4=None, labels=None, project_name="qpelican",
                source=None, verify_file=None, log=print):
     """Trace, write and measure the RTL of ``model`` into ``out_dir`` (built beside it, then moved in).
@@ -271,7 +266,7 @@ def verify(model, traced, vm, p4, labels, log=print):
     return ver
 
 
-def export_run(run, out_dir, clock=None, part=None, latency_cutoff=DEFAULT_CUTOFF, latency_model="dsp", verify=None,
+def export_run(run, out_dir, clock=None, part=None, latency_cutoff=DEFAULT_LATENCY_CUTOFF, latency_model="dsp", verify=None,
                jets=10000, yosys=True, yosys_nodsp=True, yosys_max_luts=DEFAULT_YOSYS_MAX_LUTS, project_name="qpelican",
                log=print):
     """The ``qpelican export-rtl`` flow from a run directory or model file (see :func:`export_rtl`)."""
