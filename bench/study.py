@@ -12,6 +12,9 @@ Every run of a kind is scored on that kind's test jets, so each column compares 
   on each kind's training jets (cached in ``DIR/mass_baselines.json``);
 * ``--cross ROW``: ROW trained on one kind and scored on the test jets of every kind
   (``qpelican evaluate``'s JSON in ``DIR/cross/<ROW>_<train>_on_<test>.json``);
+* ``--scan KIND``: the Level-1 rows against N (``l1_<N>``; ``l1_16`` for N = 16) with both mass
+  baselines from the same N candidates (each run's results.json) and, where ``RTLDIR/<kind>_<row>``
+  holds an export-rtl report, its LUT/FF/DSP and latency;
 * ``--plot OUT.png --rtl RTLDIR``: test AUC against LUTs (``RTLDIR/<kind>_<row>/report.json``
   of ``qpelican export-rtl``), one marker per kind.
 """
@@ -106,6 +109,23 @@ def cross(d, row):
     return rows
 
 
+def scan(d, kind, rtl):
+    rows = []
+    for n in (8, 12, 16, 24, 32):
+        row = f"l1_{n}"
+        m = _load(f"{d}/runs/{kind}/{row}/results.json")
+        if not m:
+            continue
+        r = _load(f"{rtl}/{kind}_{row}/report.json")
+        hw = ["not exported"] * 4
+        if r:
+            t = r["total"]
+            src = "Yosys" if t["source"] == "yosys_dsp" else "da4ml est."
+            hw = [f"{t['lut']:,} ({src})", f"{t['ff']:,}", f"{t['dsp']:,}", f"{t['cycles']} = {t['latency_ns']:g} ns"]
+        rows.append([str(n), cell(m), cell(m["baseline"]), cell(m["baseline_window"]), f"{m['bops']:,}"] + hw)
+    return rows
+
+
 def plot(d, rtl, out):
     import matplotlib
     matplotlib.use("Agg")
@@ -137,6 +157,7 @@ def main():
     ap.add_argument("dir")
     ap.add_argument("--baselines", action="store_true")
     ap.add_argument("--cross", metavar="ROW")
+    ap.add_argument("--scan", metavar="KIND")
     ap.add_argument("--plot", metavar="OUT.png")
     ap.add_argument("--rtl", metavar="RTLDIR")
     a = ap.parse_args()
@@ -146,6 +167,10 @@ def main():
     if a.cross:
         print()
         print(table([f"`{a.cross}` trained on \\ tested on"] + list(KINDS.values()), cross(a.dir, a.cross)))
+    if a.scan:
+        print()
+        print(table(["N", "`l1_c2_16` at N", "mass likelihood, same N", "mass window, same N", "BOPs", "LUT", "FF",
+                     "DSP48E2", "latency"], scan(a.dir, a.scan, a.rtl or a.dir)))
     if a.plot:
         plot(a.dir, a.rtl or a.dir, a.plot)
     for k in KINDS:  # the facts a reader of the table needs: jets and best epochs
