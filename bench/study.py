@@ -26,6 +26,7 @@ from qpelican.config.recipe import load_recipe
 from qpelican.training.results import mass_baselines
 from qpelican.training.splits import load_splits
 
+RECIPES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "recipes")
 KINDS = {"contained": "contained", "top": "top-matched", "topmpi": "top-matched, MPI on"}
 ROWS = {  # row directory -> label
     "flagship": "**flagship `c2_8bit`** (p4, alpha, N = Nbar = 16, 8 bits), 120 + 20 epochs",
@@ -83,7 +84,7 @@ def baselines(d):
                           ("l1_16", ["data.n_constituents=16", "data.format=l1"])):
             if f"{k}/{tag}" in out or not os.path.exists(f"{d}/{k}/test.h5"):
                 continue
-            rec = load_recipe("recipes/c2_float.yaml").with_overrides(sets=sets)
+            rec = load_recipe(os.path.join(RECIPES, "c2_float.yaml")).with_overrides(sets=sets)
             b = mass_baselines(load_splits(rec, f"{d}/{k}", progress=False))
             out[f"{k}/{tag}"] = {key: {"auc": v[0]["auc"], "rej30": v[0]["rej30"], "method": v[0]["method"]}
                                  for key, v in b.items()}
