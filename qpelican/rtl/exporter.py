@@ -2,7 +2,7 @@
 
 * :func:`export_rtl` — the whole flow: trace (from the firmware plan), Verilog project, per-stage
   estimates and Yosys counts, ``report.json``; with ``verify`` the Verilator check (``verify.json``);
-* :func:`lut_estimate` — da4ml's LUT estimate of a model in seconds (``qpelican tune --cost luts``);
+* :func:`rtl_estimate` — da4ml's LUT and DSP estimate of a model in seconds (``qpelican tune --cost luts``);
 * :func:`restart` — a stage's graph re-traced from fresh inputs (its own latencies start at 0).
 
 The project is built beside ``out_dir`` and moved in place only when everything succeeded.
@@ -286,9 +286,12 @@ def export_run(run, out_dir, clock=None, part=None, latency_cutoff=DEFAULT_LATEN
     return res
 
 
-def lut_estimate(model):
-    """da4ml's LUT estimate of a quantized nano model (trace only, seconds; products counted as LUTs).
+def rtl_estimate(model):
+    """da4ml's estimate of a quantized nano model (trace only, seconds): ``{"luts", "dsps"}``.
 
-    The cost axis of ``qpelican tune --cost luts``. Raises ExportError for models without firmware.
+    The products the DSP48E2 mapping of ``export-rtl`` puts in DSP slices count as DSPs, every other
+    operation as LUTs (Yosys's split on the same design). The cost axis of ``qpelican tune --cost
+    luts``. Raises ExportError for models without firmware.
     """
-    return int(round(trace_model(model).comb.cost))
+    comb = trace_model(model).comb
+    return {"luts": int(round(fabric_lut_estimate(comb))), "dsps": dsp_products(comb)}

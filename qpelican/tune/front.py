@@ -61,11 +61,11 @@ def collect_trials(out_dir):
         row = {"trial_id": tj["trial_id"], "status": status, "tuner_id": extra.get("tuner_id"),
                "score": tj.get("score"), "widths": widths, "hyperparameters": values}
         for k in ("val_auc", "val_accuracy", "val_rej30", "val_rej50", "test_auc", "test_accuracy", "test_rej30",
-                  "test_rej50", "bops", "cost", "n_params", "seconds"):
+                  "test_rej50", "bops", "cost", "dsps", "n_params", "seconds"):
             row[k] = metrics.get(k)
         if row["cost"] is None:  # trials of searches from before the cost axis: BOPs
             row["cost"] = row["bops"]
-        for k in ("bops", "cost"):
+        for k in ("bops", "cost", "dsps"):
             if row[k] is not None:
                 row[k] = int(row[k])
         if row["n_params"] is not None:
@@ -246,7 +246,7 @@ def format_front(summary):
 
 
 CSV_COLUMNS = ("trial_id", "status", "tuner_id", "score", "val_auc", "val_accuracy", "val_rej30", "val_rej50",
-               "test_auc", "test_accuracy", "test_rej30", "test_rej50", "cost", "bops", "n_params", "channels",
+               "test_auc", "test_accuracy", "test_rej30", "test_rej50", "cost", "bops", "dsps", "n_params", "channels",
                "n_constituents", "epochs", "seconds")
 
 

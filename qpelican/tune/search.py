@@ -46,8 +46,9 @@ Keras Tuner maximises ``score``:
   optimisation is steered back into it. Such trials are listed (status ``over_budget``) but are
   never on the front.
 
-``--cost luts`` replaces BOPs by the da4ml LUT estimate of each trial's model traced to RTL
-(:func:`qpelican.rtl.exporter.lut_estimate`; seconds per trial at N = 16, minutes at N = 80): the
+``--cost luts`` replaces BOPs by the da4ml LUT estimate of each trial's model traced to RTL, with
+the products that ``export-rtl`` maps to DSP48E2 slices counted as DSPs (recorded as ``dsps``)
+(:func:`qpelican.rtl.exporter.rtl_estimate`; seconds per trial at N = 16, minutes at N = 80): the
 budget check uses the untrained variant, the score and the front the trained model, whose zero and
 power-of-two coefficients cost fewer LUTs. BOPs are recorded beside it either way.
 

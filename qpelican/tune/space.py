@@ -11,7 +11,7 @@ from qpelican.config.search import DEFAULT_COST_AXIS, TENSORS, base_format, pars
 from qpelican.core.formats import quantizer_string
 from qpelican.hw.cost import model_cost
 from qpelican.nn.models import build_model
-from qpelican.rtl.exporter import lut_estimate
+from qpelican.rtl.exporter import rtl_estimate
 
 SHORT = {"input": "in", "invariants": "inv", "coefficients": "w", "biases": "b", "activation": "act",
          "aggregates": "agg", "output": "out"}
@@ -84,11 +84,11 @@ def widths_label(widths):
 
 
 def model_cost_on(model, axis):
-    """model_cost of a model, with ``cost``, its value on the tuner's cost ``axis`` (and ``luts``
-    for the LUT axis: the model is traced to RTL, which takes seconds at N = 16)."""
+    """model_cost of a model, with ``cost``, its value on the tuner's cost ``axis`` (and ``luts``,
+    ``dsps`` for the LUT axis: the model is traced to RTL, which takes seconds at N = 16)."""
     cost = dict(model_cost(model))
     if axis == "luts":
-        cost["luts"] = lut_estimate(model)
+        cost.update(rtl_estimate(model))
     cost["cost"] = int(cost[axis])
     return cost
 

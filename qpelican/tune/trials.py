@@ -22,7 +22,7 @@ from qpelican.core.io import write_json, write_text
 from qpelican.core.metrics import roc_metrics
 from qpelican.training.splits import Splits
 from qpelican.training.train import predict, train_one
-from qpelican.rtl.exporter import lut_estimate
+from qpelican.rtl.exporter import rtl_estimate
 from qpelican.tune.front import cost_text
 from qpelican.tune.space import recipe_cost, variant, widths_label
 
@@ -109,15 +109,16 @@ def trained_metrics(ctx, trial, model, test, splits, record):
         raise QpelicanError(f"trial {trial.trial_id}: non-finite validation outputs")
     val = roc_metrics(splits.val[1], val_logits)
     axis = ctx.settings.get("cost", DEFAULT_COST_AXIS)
-    cost = lut_estimate(model) if axis == "luts" else record["bops"]
-    record.update(cost=int(cost), **({"luts": int(cost)} if axis == "luts" else {}))
+    rtl = rtl_estimate(model) if axis == "luts" else {}
+    cost = rtl["luts"] if axis == "luts" else record["bops"]
+    record.update(cost=int(cost), **rtl)
     return {
         "score": objective_score(val["auc"], cost, ctx.settings),
         "val_auc": val["auc"], "val_accuracy": val["accuracy"], "val_rej30": finite(val["rej30"]),
         "val_rej50": finite(val["rej50"]),
         "test_auc": test["auc"], "test_accuracy": test["accuracy"], "test_rej30": finite(test["rej30"]),
         "test_rej50": finite(test["rej50"]),
-        "cost": float(cost), "bops": float(record["bops"]), "n_params": float(test.get("n_params") or 0),
+        "cost": float(cost), "bops": float(record["bops"]), **({"dsps": float(rtl["dsps"])} if rtl else {}), "n_params": float(test.get("n_params") or 0),
         "over_budget": 0.0, "val_loss": float(test.get("val_loss") or float("nan")),
     }
 
