@@ -71,7 +71,7 @@ def test_model_config_only_set_keys():
     ("quantization: {coefficients: 'quantized_bits(8,0'}\n", ["quantization.coefficients", "quantized_bits(8,0,alpha=1)"]),
     ("quantization: {coefficients: 'quantized_bits(8,0,alpha=\"auto\")'}\n", ["quantization.coefficients", "alpha=1"]),
     ("quantization: {output: 8}\n", ["quantization.output", "quantizer string"]),
-    ("model: {batchnorm: true}\nquantization: {coefficients: 'quantized_bits(8,0,alpha=1)'}\n", ["batchnorm", "false"]),
+    ("model: {batchnorm: true}\nquantization: {coefficients: 'quantized_bits(8,0,alpha=1)'}\n", ["batchnorm", "finetune"]),
     ("training: {qat: finetune}\n", ["finetune", "quantizer"]),
     ("model: 5\n", ["model", "mapping"]),
     ("- a\n- b\n", ["mapping"]),

@@ -28,7 +28,7 @@ A recipe has five sections and two top-level keys; every key is optional except 
       nbar: 49.0
       alpha: false                 # (n/Nbar)^alpha scaled aggregators (nPELICAN_N)
       scale: 8.0                   # input momenta enter as p / scale (GeV)
-      batchnorm: false             # float recipes only (see below)
+      batchnorm: false             # masked BatchNorm; quantized: folded (see below)
       dropout: 0.0
       table_bits: 18
       l1_form: collider            # data.format l1: collider (exported) | massless (float reference)
@@ -61,9 +61,11 @@ A recipe has five sections and two top-level keys; every key is optional except 
     seeds: 1                       # number of seeds; seed k uses seed + k
     seed: 0                        # first training seed
 
-BatchNorm: the fixed-point layers do not fold a BatchNorm, so ``batchnorm: true`` is only allowed
-in float recipes (the saved model then runs BatchNorm in inference mode with its moving
-statistics, exactly as evaluated). Quantized recipes must say ``batchnorm: false``.
+BatchNorm: a float recipe runs it in inference mode with its moving statistics, exactly as
+evaluated. A quantized nanoPELICAN recipe with ``batchnorm: true`` trains it in the float
+pre-training (``qat: finetune``) and folds it into the fixed-point layers when QAT starts
+(:mod:`qpelican.nn.fold`): its scale into the coefficients, its shift into biases tabulated over
+the multiplicity n, which the firmware stores as constants.
 
 Unknown keys and wrong types raise :class:`qpelican.core.errors.RecipeError` naming the key and the
 allowed keys or values.
@@ -316,13 +318,16 @@ def recipe_from_dict(d, source="recipe", name=None) -> Recipe:
 
 
 def _check_semantics(recipe, source):
-    bn = recipe.model.batchnorm
-    if recipe.quantized and bn:
-        raise RecipeError(
-            f"{source}: model.batchnorm is true in a quantized recipe. The fixed-point layers do not fold "
-            "BatchNorm, so the exported model would differ from the trained one. Set model.batchnorm: false "
-            "(or use float quantizers everywhere)."
-        )
+    t = recipe.training
+    if recipe.quantized and recipe.model.batchnorm:
+        arch = recipe.model.architecture or "nano"
+        if arch != "nano":
+            raise RecipeError(f"{source}: model.batchnorm is true in a quantized {arch} recipe; "
+                              "only nanoPELICAN folds BatchNorm into its fixed-point layers. Set model.batchnorm: false.")
+        if t.qat != "finetune":
+            raise RecipeError(f"{source}: model.batchnorm is true in a quantized recipe with qat: {t.qat}. The "
+                              "BatchNorm is trained in the float pre-training and folded into the fixed-point layers "
+                              "when QAT starts; use qat: finetune with pretrain_epochs >= 1 (or init_from a float run).")
     t = recipe.training
     if t.qat == "finetune":
         if not recipe.quantized:

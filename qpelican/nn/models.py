@@ -9,6 +9,7 @@ import tf_keras
 from qkeras import QDense
 
 from qpelican.core.errors import DataError
+from qpelican.core.formats import is_float
 from qpelican.core.inputs import check_candidates, check_momenta
 from qpelican.nn.layers import (CandidateMask, EdgeDense, L1CandidateInput, L1Invariants, LinEq2to0, LinEq2to2,
                              LorentzInvariants, MaskedBatchNorm, MomentumInput, PairDropout, ParticleMask)
@@ -32,8 +33,15 @@ def _front(cfg, q):
     return p4, m, d
 
 
+def folded_batchnorm(cfg):
+    """True when a model's BatchNorm is folded into its equivariant layers (``input_shift``): a
+    quantized nanoPELICAN with ``batchnorm`` (fixed-point layers take no BatchNorm of their own)."""
+    return bool(cfg["batchnorm"]) and cfg["architecture"] == "nano" and not all(
+        is_float(v) for v in cfg["quantization"].values())
+
+
 def _regularise(x, m, cfg, name):
-    if cfg["batchnorm"]:
+    if cfg["batchnorm"] and not folded_batchnorm(cfg):
         x = MaskedBatchNorm(name=f"bn_{name}")([x, m])
     if cfg["dropout"]:
         x = PairDropout(cfg["dropout"], name=f"dropout_{name}")(x)
@@ -48,18 +56,23 @@ def _eq_kwargs(cfg, q):
 def build_nanopelican(cfg):
     """nanoPELICAN(C): [BN] -> Dropout -> LinEq2->2 nano (1 -> C, ReLU) -> [BN] -> Dropout -> LinEq2->0 (C -> 1).
 
+    Quantized, the BatchNorms are folded into the LinEq layers (``input_shift``; see
+    :mod:`qpelican.nn.fold` for how a float model's BatchNorm gets there).
+
     Input: momenta (B, N, 4) in GeV. Output: one logit (B, 1), top if > 0.
     """
     q = cfg["quantization"]
     p4, m, x = _front(cfg, q)
     x = _regularise(x, m, cfg, "in")
-    # without BatchNorm the incoming arrays are on the invariants' / activation's grids
-    x_q = None if cfg["batchnorm"] else q["invariants"]
-    h_q = None if cfg["batchnorm"] else q["activation"]
+    # without a BatchNorm layer the incoming arrays are on the invariants' / activation's grids
+    fold = folded_batchnorm(cfg)
+    x_q = None if cfg["batchnorm"] and not fold else q["invariants"]
+    h_q = None if cfg["batchnorm"] and not fold else q["activation"]
     h = LinEq2to2(cfg["channels"], basis="nano", activation="relu", output_quantizer=q["activation"],
-                  input_quantizer=x_q, name="lineq_2to2", **_eq_kwargs(cfg, q))([x, m])
+                  input_quantizer=x_q, input_shift=fold, name="lineq_2to2", **_eq_kwargs(cfg, q))([x, m])
     h = _regularise(h, m, cfg, "hidden")
-    w = LinEq2to0(1, output_quantizer=q["output"], input_quantizer=h_q, name="lineq_2to0", **_eq_kwargs(cfg, q))([h, m])
+    w = LinEq2to0(1, output_quantizer=q["output"], input_quantizer=h_q, input_shift=fold, name="lineq_2to0",
+                  **_eq_kwargs(cfg, q))([h, m])
     return tf_keras.Model(p4, w, name=f"nanopelican_c{cfg['channels']}")
 
 

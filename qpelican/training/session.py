@@ -7,6 +7,7 @@ import tf_keras
 from qpelican.core.errors import QpelicanError
 from qpelican.core.io import run_model_path
 from qpelican.nn.compat import layer_generator
+from qpelican.nn.fold import transfer_weights
 from qpelican.nn.models import build_model
 from qpelican.nn.serialize import load_model
 from qpelican.training.schedule import make_schedule
@@ -56,15 +57,14 @@ def build_training(recipe, quantized, seed, steps_per_epoch, epochs, lr):
     return model, opt, ckpt, bool(jit)
 
 
-def init_from(model, source):
-    """Copy the weights of a trained model (run directory or .keras file) into ``model``."""
+def init_from(model, source, x_sample):
+    """Copy the weights of a trained model (run directory or .keras file) into ``model``, folding
+    its BatchNorms when ``model`` is their fixed-point twin (``x_sample``: training inputs)."""
     path = run_model_path(source, what="training.init_from:")
-    src = load_model(path)
-    a, b = src.get_weights(), model.get_weights()
-    if [w.shape for w in a] != [w.shape for w in b]:
-        raise QpelicanError(f"training.init_from: {path} has weights {[w.shape for w in a]} but this recipe's model "
-                            f"has {[w.shape for w in b]}; use a model of the same architecture (channels, alpha, ...).")
-    model.set_weights(a)
+    try:
+        transfer_weights(load_model(path), model, x_sample)
+    except QpelicanError as exc:
+        raise QpelicanError(f"training.init_from: {path}: {exc}") from None
 
 
 def epoch_dataset(p4_t, y_t, n, batch_size, seed, epoch):

@@ -40,6 +40,7 @@ from qpelican.core.errors import QpelicanError
 from qpelican.core.io import atomic_path, write_json, write_text
 from qpelican.core.metrics import logit_metrics, monitor_metrics
 from qpelican.hw.cost import model_cost
+from qpelican.nn.fold import FOLD_SAMPLE, transfer_weights
 from qpelican.nn.models import count_parameters, predict
 from qpelican.nn.serialize import load_model
 from qpelican.training import checkpoint
@@ -89,12 +90,12 @@ class _Run:
         if state["checkpoint"] and state.get("phase_index") == pi:
             ckpt.read(checkpoint.checkpoint_path(self.out_dir, state)).assert_existing_objects_matched()
         elif pi == 0 and self.recipe.training.init_from:
-            init_from(model, self.recipe.training.init_from)
+            init_from(model, self.recipe.training.init_from, self.p4_t[:FOLD_SAMPLE].numpy())
         elif pi > 0:
             if prev is None:  # resumed just after the phase change: the float weights are in the checkpoint
                 prev, _, pck, _ = self.build(pi - 1)
                 pck.read(checkpoint.checkpoint_path(self.out_dir, state)).expect_partial()
-            model.set_weights(prev.get_weights())
+            transfer_weights(prev, model, self.p4_t[:FOLD_SAMPLE].numpy())
         return model, opt, ckpt, jit
 
     def announce(self, pi, jit):

@@ -13,6 +13,9 @@ Fixed-point contract (what the firmware reproduces bit for bit), for a quantized
    ``z = sum_b c_b A_b + beta + beta_diag delta_ij`` is exact; the activation is applied and the
    result rounded once by the output quantizer (round half to even, saturate);
 5. padded entries are zeroed by the edge mask m_i m_j.
+6. with ``input_shift`` (a BatchNorm folded into the layer: its scale into the coefficients, its
+   shift s into the biases) the biases are tables over the multiplicity n, ``b(n) = beta + sum_b
+   w_b s K_b(n) t_b(n)``, each entry rounded once to the bias step (integer bits as needed).
 
 Without quantizers the same graph runs in float32.
 """
@@ -114,11 +117,12 @@ class _EquivariantBase(QuantizedLayer):
     QUANTIZERS = ("coefficient", "bias", "aggregate", "output", "input")
 
     def __init__(self, channels, aggregation="sum", nbar=49.0, alpha=False, activation=None,
-                 table_bits=18, coefficient_quantizer=None, bias_quantizer=None,
+                 table_bits=18, input_shift=False, coefficient_quantizer=None, bias_quantizer=None,
                  aggregate_quantizer=None, output_quantizer=None, input_quantizer=None, **kwargs):
         super().__init__(**kwargs)
         _check_common(aggregation, nbar)
         self.channels = int(channels)
+        self.input_shift = bool(input_shift)
         self.aggregation = aggregation
         self.nbar = float(nbar)
         self.alpha = bool(alpha)
@@ -148,6 +152,8 @@ class _EquivariantBase(QuantizedLayer):
         self.kernel = self.add_weight(name="kernel", shape=shape,
                                       initializer=tf_keras.initializers.RandomUniform(-bound, bound))
         self.bias = self.add_weight(name="bias", shape=(self.channels,), initializer="zeros")
+        self.shift = (self.add_weight(name="shift", shape=(c_in,), initializer="zeros")
+                      if self.input_shift else None)
         return c_in
 
     def _build_alpha(self, shape):
@@ -162,6 +168,28 @@ class _EquivariantBase(QuantizedLayer):
     def _multiplicity(self, m):
         return tf.cast(tf.reduce_sum(m, axis=1), tf.int32)
 
+    def _bias_table(self, bias, t, kernel, ops, dt):
+        """Bias of each multiplicity n = 0..N, (N+1, C_out), with the input shift s folded in.
+
+        Shifting every real entry of the input by s_c adds ``s_c K_b(n)`` to op b's source
+        (K = 1 for an entry, n for a row/column sum or the trace, n^2 for the total), so op b adds
+        ``w[c, h, b] s_c K_b(n) t_b(n)``: a bias that depends on n alone. ``ops`` lists (kernel
+        index, source, table column or None) of the ops counted; ``kernel`` is (C_in, C_out, ops). Quantized, the sum is rounded
+        once to the bias quantizer's step with the integer bits it needs (the firmware stores the
+        table as constants: a folded BatchNorm's shift is far outside the bias range).
+        """
+        n = tf.range(self.n_max + 1, dtype=dt)[:, None]
+        k_of = {"x": 1.0, "xT": 1.0, "dg": 1.0, "S": n, "R": n, "tr": n, "T": n * n}
+        s = tf.cast(self.shift, dt)
+        z = tf.broadcast_to(tf.cast(bias, dt)[None, :], [self.n_max + 1, self.channels])
+        for b, src, col in ops:
+            k = k_of[src] * (t[:, col, :] if col is not None else 1.0)  # (N+1, C_in)
+            z = z + tf.matmul(k * s[None, :], kernel[:, :, b])
+        if self.bias_format is None:
+            return z
+        step = tf.constant(2.0 ** self.bias_format.frac, dt)
+        return z + tf.stop_gradient(tf.round(z * step) / step - z)
+
     def _finish(self, z):
         y = self.activation(z) if self.activation is not None else z
         return self.q("output", y)
@@ -170,7 +198,7 @@ class _EquivariantBase(QuantizedLayer):
         cfg = super().get_config()
         cfg.update(channels=self.channels, aggregation=self.aggregation, nbar=self.nbar, alpha=self.alpha,
                    activation=tf_keras.activations.serialize(self.activation), table_bits=self.table_bits,
-                   **self._quantizer_config())
+                   input_shift=self.input_shift, **self._quantizer_config())
         return cfg
 
 
@@ -191,6 +219,8 @@ class LinEq2to2(_EquivariantBase):
       diag_bias: add the diagonal bias beta_diag.
       activation: Keras activation applied before the output quantizer.
       table_bits: significant bits of the normaliser table (quantized layers only).
+      input_shift: learn an offset s_c added to every real entry of input channel c (a folded
+        BatchNorm's shift); the biases then become tables over the multiplicity n (``bias_tables``).
       *_quantizer: QKeras quantizers (strings/objects) or None.
 
     Inputs: ``[x, m]`` with x of shape (B, N, N, C_in) and particle mask m of shape (B, N).
@@ -271,13 +301,19 @@ class LinEq2to2(_EquivariantBase):
                 add(place, tf.einsum("bnc,ch->bnh", v, w))
             else:
                 add(place, tf.einsum("bc,ch->bh", v, w))
-        bias = tf.cast(self.q("bias", self.bias), et)[None, :]
+        if self.input_shift:  # biases of multiplicity n: a folded BatchNorm (see _bias_table)
+            n_j = self._multiplicity(m)
+            b_all, b_diag = self.bias_tables(dt)
+            bias = tf.cast(tf.gather(b_all, n_j), et)
+            diag_bias = tf.cast(tf.gather(b_diag, n_j), et)[:, None, :]
+        else:
+            bias = tf.cast(self.q("bias", self.bias), et)[None, :]
+            diag_bias = (tf.cast(self.q("bias", self.diag_bias_weight), et)[None, None, :]
+                         if self.diag_bias_weight is not None else 0.0)
         zero = tf.zeros_like(bias)
         # z_ij = sum_c x_ij^c w_c + r_i + c_j + delta_ij d_i: every term but the first is O(N) per jet
         r = acc.get("row", 0.0) + (bias + acc.get("scalar", zero))[:, None, :]
-        d = acc.get("diag", 0.0) + acc.get("diagscalar", zero)[:, None, :]
-        if self.diag_bias_weight is not None:
-            d = d + tf.cast(self.q("bias", self.diag_bias_weight), et)[None, None, :]
+        d = acc.get("diag", 0.0) + acc.get("diagscalar", zero)[:, None, :] + diag_bias
         shape = tf.stack([tf.shape(x)[0], n_size, self.channels])
         r, c, d = (tf.broadcast_to(tf.cast(v, et), shape) for v in (r, acc.get("col", zero[:, None, :]), d))
         elems = acc["elem"]
@@ -290,6 +326,19 @@ class LinEq2to2(_EquivariantBase):
             r, c, d = (tf.transpose(v, [0, 2, 1]) for v in (r, c, d))
             y = tf.transpose(self._finish(pair_preactivation(xf, we, r, c, d)), [0, 2, 3, 1]) * tf.cast(edge_mask(m), et)
         return tf.cast(y, tf.float32)
+
+    def bias_tables(self, dt=tf.float64):
+        """(bias off the diagonal, bias on it) of each multiplicity n = 0..N, each (N+1, C_out),
+        of a layer with ``input_shift`` (see ``_bias_table``)."""
+        tab = tf.cast(self.scale_table(), dt)
+        kernel = tf.cast(self.q("coefficient", self.kernel), dt)
+        ops, col = {False: [], True: []}, 0
+        for b, (src, place, power) in enumerate(self.ops):
+            ops[place in ("diag", "diagscalar")].append((b, src, col if power > 0 else None))
+            col += power > 0
+        diag_bias = self.diag_bias_weight if self.diag_bias_weight is not None else tf.zeros_like(self.bias)
+        return (self._bias_table(self.bias, tab, kernel, ops[False], dt),
+                self._bias_table(diag_bias, tab, kernel, ops[True], dt))
 
     def compute_output_shape(self, input_shape):
         x_shape = input_shape[0]
@@ -308,6 +357,8 @@ class LinEq2to0(_EquivariantBase):
     ``t_1 = 1/Nbar^2``, ``t_2 = 1/Nbar`` (times ``(n/Nbar)^alpha`` with ``alpha``, one exponent
     per aggregator shared by all channels: the paper's 7 extra parameters of nPELICAN_N with the
     2->2 layer's 5), then ``out_h = Q_out(act(sum_c Q_coef(v[c,k,h]) U_k^c + Q_bias(b_h)))``.
+    With ``input_shift`` (a folded BatchNorm) the bias is a table over the multiplicity n
+    (``bias_table``). Other arguments: as LinEq2to2.
 
     Inputs: ``[x, m]``, x of shape (B, N, N, C_in), m of shape (B, N). Output shape: (B, C_out).
     """
@@ -337,9 +388,17 @@ class LinEq2to0(_EquivariantBase):
         u1 = self.q("aggregate", total * t[:, 0, :])
         u2 = self.q("aggregate", trace * t[:, 1, :])
         kernel = tf.cast(self.q("coefficient", self.kernel), dt)
-        z = (tf.einsum("bc,ch->bh", u1, kernel[:, 0, :]) + tf.einsum("bc,ch->bh", u2, kernel[:, 1, :])
-             + tf.cast(self.q("bias", self.bias), dt))
+        if self.input_shift:  # bias of multiplicity n: a folded BatchNorm (see _bias_table)
+            bias = tf.gather(self.bias_table(dt), self._multiplicity(m))
+        else:
+            bias = tf.cast(self.q("bias", self.bias), dt)
+        z = tf.einsum("bc,ch->bh", u1, kernel[:, 0, :]) + tf.einsum("bc,ch->bh", u2, kernel[:, 1, :]) + bias
         return tf.cast(self._finish(z), tf.float32)
+
+    def bias_table(self, dt=tf.float64):
+        """Bias of each multiplicity n = 0..N, (N+1, C_out), of a layer with ``input_shift``."""
+        kernel = tf.transpose(tf.cast(self.q("coefficient", self.kernel), dt), [0, 2, 1])  # (C_in, C_out, 2)
+        return self._bias_table(self.bias, tf.cast(self.scale_table(), dt), kernel, [(0, "T", 0), (1, "tr", 1)], dt)
 
     def compute_output_shape(self, input_shape):
         return (input_shape[0][0], self.channels)
