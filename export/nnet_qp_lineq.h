@@ -11,6 +11,9 @@
 //   * sums over particles (S_j, T, total, trace) are exact (sum_t, total_t sized for N terms);
 //   * each aggregate is Q_agg(sum * t_k[n]) with t_k the normaliser table indexed by the
 //     multiplicity n (1/Nbar^p or 1/n^p, times (n/Nbar)^alpha), exact product, one rounding;
+//   * the biases are constants b[h], or with bias_tables (a BatchNorm folded into the layer) tables
+//     b[n * n_out + h] indexed by the multiplicity n like the normaliser tables, their type fitted
+//     to the entries (on the bias step, not in the bias range);
 //   * the pre-activation z is exact (accum_t), then act + one rounding to the output type;
 //   * padded entries are zero (edge mask m_i m_j).
 // All roundings are casts to AP_RND_CONV / AP_SAT types: round half to even, saturate (QKeras).
@@ -36,6 +39,8 @@ Count:
 // LinEq(2->2), nano basis. Kernel w[(c * n_out + h) * 6 + b], ops b:
 //   0: x_ij   1: delta_ij S_j t0   2: S_j t1 (column)   3: S_i t2 (row)   4: T t3   5: delta_ij T t4
 // Aggregates with identical tables are computed once (alias_*: index of the op reused).
+// Biases b (all entries) and bd (diagonal): n_out constants, or with bias_tables (n + 1) * n_out
+// entries laid out [n][h], read at the multiplicity n.
 struct qp_lineq2to2_config {
     static const unsigned n = 80;     // particles
     static const unsigned n_in = 1;   // input channels
@@ -44,6 +49,7 @@ struct qp_lineq2to2_config {
     static const unsigned alias_1 = 0; // table column whose aggregate op 1 (col) reuses (0..1)
     static const unsigned alias_2 = 0; // ... op 2 (row) (0..2)
     static const unsigned alias_4 = 3; // ... op 4 (diag scalar) (3..4)
+    static const bool bias_tables = false; // b, bd indexed by n (folded BatchNorm)
     static const unsigned reuse_factor = 1;
     static const unsigned multiplier_limit = 1000000;
     typedef ap_uint<7> n_t;
@@ -64,7 +70,8 @@ template <class x_T, class m_T, class res_T, typename CONFIG_T>
 void qp_lineq2to2_nano(x_T x[CONFIG_T::n * CONFIG_T::n * CONFIG_T::n_in], m_T m[CONFIG_T::n],
                        res_T y[CONFIG_T::n * CONFIG_T::n * CONFIG_T::n_out],
                        typename CONFIG_T::coef_t w[CONFIG_T::n_in * CONFIG_T::n_out * 6],
-                       typename CONFIG_T::bias_t b[CONFIG_T::n_out], typename CONFIG_T::bias_t bd[CONFIG_T::n_out],
+                       typename CONFIG_T::bias_t b[(CONFIG_T::bias_tables ? CONFIG_T::n + 1 : 1) * CONFIG_T::n_out],
+                       typename CONFIG_T::bias_t bd[(CONFIG_T::bias_tables ? CONFIG_T::n + 1 : 1) * CONFIG_T::n_out],
                        typename CONFIG_T::table0_t t0[(CONFIG_T::n + 1) * CONFIG_T::n_in],
                        typename CONFIG_T::table1_t t1[(CONFIG_T::n + 1) * CONFIG_T::n_in],
                        typename CONFIG_T::table2_t t2[(CONFIG_T::n + 1) * CONFIG_T::n_in],
@@ -100,6 +107,7 @@ void qp_lineq2to2_nano(x_T x[CONFIG_T::n * CONFIG_T::n * CONFIG_T::n_in], m_T m[
     // multiplicity n: row index of the normaliser tables
     const typename CONFIG_T::n_t nn = qp_multiplicity<m_T, typename CONFIG_T::n_t, N>(m);
     const unsigned row = nn * CI;
+    const unsigned brow = CONFIG_T::bias_tables ? unsigned(nn) * CO : 0u; // row of the bias tables
 
 // column sums S_j = sum_{k != j} x_kj, once (row sums are equal: x is symmetric)
 ColSum:
@@ -147,8 +155,8 @@ Aggregates:
 Scalars:
     for (unsigned h = 0; h < CO; h++) {
         #pragma HLS UNROLL
-        typename CONFIG_T::accum_t s = b[h];
-        typename CONFIG_T::accum_t ds = bd[h];
+        typename CONFIG_T::accum_t s = b[brow + h];
+        typename CONFIG_T::accum_t ds = bd[brow + h];
         for (unsigned c = 0; c < CI; c++) {
             #pragma HLS UNROLL
             s += w[(c * CO + h) * 6 + 4] * a_sc[c];
@@ -222,11 +230,13 @@ Pairs:
 // ---------------------------------------------------------------------------------------------
 // LinEq(2->0): U1 = Q_agg(t0[n] sum_ij x_ij), U2 = Q_agg(t1[n] sum_i x_ii) per channel;
 // out_h = Q_out(act(sum_c w[c][0][h] U1_c + w[c][1][h] U2_c + b_h)). Kernel w[(c * 2 + k) * n_out + h].
+// Bias b: n_out constants, or with bias_tables (n + 1) * n_out entries laid out [n][h] (b_h = b[n][h]).
 struct qp_lineq2to0_config {
     static const unsigned n = 80;
     static const unsigned n_in = 2;
     static const unsigned n_out = 1;
     static const bool relu = false;
+    static const bool bias_tables = false; // b indexed by n (folded BatchNorm)
     static const unsigned reuse_factor = 1;
     static const unsigned multiplier_limit = 1000000;
     typedef ap_uint<7> n_t;
@@ -243,7 +253,8 @@ struct qp_lineq2to0_config {
 template <class x_T, class m_T, class res_T, typename CONFIG_T>
 void qp_lineq2to0(x_T x[CONFIG_T::n * CONFIG_T::n * CONFIG_T::n_in], m_T m[CONFIG_T::n], res_T y[CONFIG_T::n_out],
                   typename CONFIG_T::coef_t w[CONFIG_T::n_in * 2 * CONFIG_T::n_out],
-                  typename CONFIG_T::bias_t b[CONFIG_T::n_out], typename CONFIG_T::table0_t t0[CONFIG_T::n + 1],
+                  typename CONFIG_T::bias_t b[(CONFIG_T::bias_tables ? CONFIG_T::n + 1 : 1) * CONFIG_T::n_out],
+                  typename CONFIG_T::table0_t t0[CONFIG_T::n + 1],
                   typename CONFIG_T::table1_t t1[CONFIG_T::n + 1]) {
     static const unsigned N = CONFIG_T::n;
     static const unsigned CI = CONFIG_T::n_in;
@@ -259,6 +270,7 @@ void qp_lineq2to0(x_T x[CONFIG_T::n * CONFIG_T::n * CONFIG_T::n_in], m_T m[CONFI
     #pragma HLS ARRAY_PARTITION variable = u2 complete
 
     const typename CONFIG_T::n_t nn = qp_multiplicity<m_T, typename CONFIG_T::n_t, N>(m);
+    const unsigned brow = CONFIG_T::bias_tables ? unsigned(nn) * CO : 0u; // row of the bias table
 
 // total sum and trace per channel (padded entries are already zero)
 Sums:
@@ -280,7 +292,7 @@ Sums:
 Output:
     for (unsigned h = 0; h < CO; h++) {
         #pragma HLS UNROLL
-        typename CONFIG_T::accum_t z = b[h];
+        typename CONFIG_T::accum_t z = b[brow + h];
         for (unsigned c = 0; c < CI; c++) {
             #pragma HLS UNROLL
             z += w[(c * 2 + 0) * CO + h] * u1[c];

@@ -14,7 +14,7 @@ from qpelican.core.errors import ExportError
 from qpelican.hls import compile_model, export_model, predict_phat
 from qpelican.hls.verify import firmware_inputs, stress_jets
 from qpelican.nn.models import build_model
-from firmware_models import Q6, Q8, nano
+from firmware_models import Q6, Q8, check_bias_tables, folded, nano
 
 def check_bit_exact(model, hls_model, plan, p4):
     ref = model.predict(p4, verbose=0).reshape(len(p4), -1).astype(np.float64)
@@ -110,9 +110,57 @@ def test_cli_n80_simulated_jets(sim_dir, tmp_path, capsys):
     assert "0 of 300 jets differ" in capsys.readouterr().out
 
 
+def test_folded_batchnorm_bias_tables_bit_exact(tmp_path):
+    """A quantized nano model with batchnorm has its BatchNorms folded into the LinEq layers: biases
+    tabulated over the multiplicity n, far outside the bias format. The firmware reads b[n][h] and
+    bd[n][h] (config flag bias_tables) from types fitted to the entries, and the C simulation equals
+    Keras bit for bit."""
+    model = folded(8, Q8, seed=2, shift_seed=3, alpha=True)
+    hls_model, plan = export_model(model, tmp_path / "prj")
+    check_bias_tables(model, plan)
+    assert plan["keras_exact"]
+    for name in ("lineq_2to2", "lineq_2to0"):  # the fitted type holds every entry; the bias format does not
+        lp = plan["by_name"][name]
+        assert lp.weights["b"][1] == lp.types["bias_t"].ap_type() != model.get_layer(name).bias_format.ap_type()
+    params = (tmp_path / "prj/firmware/parameters.h").read_text()
+    assert params.count("static const bool bias_tables = true;") == 2
+    compile_model(hls_model)
+    check_bit_exact(model, hls_model, plan, stress_jets(np.random.default_rng(4), model, 400))
+
+
+def test_folded_batchnorm_inventory_and_recipe_cost():
+    """The bias tables are read once per output channel (two tables in 2->2, one in 2->0), counted by the
+    inventory; the recipe's cost does not depend on the folded shift (it has no grid), the firmware's
+    exact widths do."""
+    from qpelican.hw.cost import model_cost
+    from qpelican.hw.inventory import EXACT, from_plan
+    from qpelican.hw.plan import make_plan
+
+    model = folded(5, Q8, seed=1, shift_seed=2, shifts=(0.0, 0.0))
+    before = model_cost(model)
+    exact_before = from_plan(make_plan(model), EXACT)
+    for layer, s in ((model.get_layer("lineq_2to2"), 40.0), (model.get_layer("lineq_2to0"), -6.0)):
+        layer.shift.assign(np.full(layer.shift.shape, s, np.float32))
+    plan = make_plan(model)
+    check_bias_tables(model, plan, factor=8.0)
+    exact = from_plan(plan, EXACT)
+    assert model_cost(model) == before
+    lookups = {(layer, t.what): t for layer, t in exact.lookups if "bias table" in t.what}
+    assert {k: (t.count, t.entries) for k, t in lookups.items()} == {
+        ("lineq_2to2", "bias table b[n]"): (2, 6), ("lineq_2to2", "diagonal bias table bd[n]"): (2, 6),
+        ("lineq_2to0", "bias table b[n]"): (1, 6)}
+    assert lookups["lineq_2to2", "bias table b[n]"].width == plan["by_name"]["lineq_2to2"].types["bias_t"].width > 8
+    accum = {s.layer: max(a.width for a in s.adders if "scalar terms" in a.what or "output sum" in a.what)
+             for s in exact.stages if s.kind in ("2to2", "2to0")}
+    accum_before = {s.layer: max(a.width for a in s.adders if "scalar terms" in a.what or "output sum" in a.what)
+                    for s in exact_before.stages if s.kind in ("2to2", "2to0")}
+    assert all(accum[k] > accum_before[k] for k in accum), (accum, accum_before)
+
+
 @pytest.mark.parametrize("cfg, cause, fix", [
-    ({"architecture": "pelican", "quantization": Q8}, "full PELICAN", "use a nano recipe"),
-    ({"batchnorm": True}, "MaskedBatchNorm", "batchnorm: false"),
+    ({"architecture": "pelican", "quantization": Q8}, "full PELICAN", "use a quantized nano recipe"),
+    # a float model's BatchNorm is refused; a quantized recipe's is folded (test_folded_batchnorm_*)
+    ({"batchnorm": True, "quantization": {k: "float" for k in Q8}}, "MaskedBatchNorm", "folds it into"),
     ({"quantization": {**Q8, "aggregates": "float"}}, "aggregates is float", "set quantization.aggregates"),
 ])
 def test_unsupported_models_fail_clearly(tmp_path, cfg, cause, fix):

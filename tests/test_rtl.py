@@ -15,12 +15,13 @@ from qpelican.core.errors import ExportError
 from qpelican.hls.verify import firmware_inputs, stress_jets
 from qpelican.nn.models import build_model, randomize_on_grids
 from qpelican.nn.quant import FixedFormat, quantize
+from qpelican.hw.inventory import from_plan
 from qpelican.rtl.exporter import export_rtl, inventory_check, restart, rtl_estimate
 from qpelican.rtl.rounding import quantize_conv
 from qpelican.rtl.synth import synthesize
 from qpelican.rtl.timing import dsp_products, dsp_schedule, is_dsp_product, pipeline
 from qpelican.rtl.trace import DSP_A_BITS, DSP_B_BITS, trace_model
-from firmware_models import Q6, Q8, nano
+from firmware_models import Q6, Q8, check_bias_tables, folded, nano
 
 # Level-1 candidates with the trigger's 14-bit pT: pT_i pT_j (28 bits) x R_ij (21 bits) is wider than a DSP48E2
 QL1 = {**Q8, "input": "quantized_bits(14,12,keep_negative=False,alpha=1)", "invariants": "quantized_bits(16,12,alpha=1)"}
@@ -109,10 +110,51 @@ def test_inventory_hand_count_and_cross_check():
     assert not any(d.startswith("lineq2to2: ") and "products traced" in d for d in chk["differences"])
 
 
+@pytest.mark.parametrize("fmt", ["p4", "l1"])
+def test_folded_batchnorm_bias_tables_traced_bit_exact(fmt):
+    """A folded BatchNorm's bias tables over the multiplicity n (far outside the bias format) are traced
+    as one lookup per output channel and table: da4ml's interpreter equals QKeras bit for bit, the
+    lookups are the inventory's, and the same trace with the tables saturated to the bias format or
+    read at a fixed n differs (the jets can tell)."""
+    from qpelican.hw.plan import make_plan
+
+    if fmt == "p4":
+        model = folded(8, Q8, seed=2, shift_seed=3, alpha=True)
+    else:
+        model = folded(6, QL1, seed=3, shift_seed=0, shifts=(200.0, 5.0), format="l1", alpha=True)  # entries in the hundreds
+    plan = make_plan(model)
+    check_bias_tables(model, plan)
+    assert plan["keras_exact"]
+    traced = trace_model(model, plan)
+    rng = np.random.default_rng(9)
+    x = stress_jets(rng, model, 600)
+    if fmt == "p4":
+        x = np.concatenate([grid_jets(rng, model, 600), x])
+    assert_bit_exact(model, traced.predict, x)
+    chk = inventory_check(traced)
+    for stage, layer, tables in (("lineq2to2", "lineq_2to2", 2), ("lineq2to0", "lineq_2to0", 1)):
+        co = model.get_layer(layer).channels
+        inv = sum(t.count for lay, t in from_plan(traced.plan).lookups if lay == layer and "bias table" in t.what)
+        assert chk["stages"][stage]["rtl_trace_counts"]["bias table lookups"] == inv == tables * co
+    assert chk["stages"]["lineq2to2"]["rtl_lookups"] == chk["stages"]["lineq2to2"]["inventory_lookups"]
+    assert not any("products traced" in d for d in chk["differences"])
+    ref = model.predict(x, verbose=0).reshape(len(x), -1).astype(np.float64)
+    for wrong in ("saturated", "fixed n"):
+        bad = make_plan(model)
+        for lp in (bad["by_name"]["lineq_2to2"], bad["by_name"]["lineq_2to0"]):
+            fmt_b, rows = model.get_layer(lp.name).bias_format, lp.n + 1
+            for key in [k for k in ("b", "bd") if k in lp.weights]:
+                t = lp.weights[key][0].reshape(rows, -1)
+                t = np.clip(t, fmt_b.min, fmt_b.max) if wrong == "saturated" else np.broadcast_to(t[-1], t.shape)
+                lp.weights[key] = (t.reshape(-1), lp.weights[key][1])
+        out = trace_model(model, bad).predict(firmware_inputs(model, x))
+        assert np.any(out != ref), wrong
+
+
 @pytest.mark.parametrize("cfg, match", [
     ({"quantization": {**Q8, "aggregates": "float"}}, "aggregates is float"),
     ({"quantization": {k: "float" for k in Q8}}, "float"),
-    ({"quantization": Q8, "batchnorm": True}, "MaskedBatchNorm"),
+    ({"quantization": {k: "float" for k in Q8}, "batchnorm": True}, "MaskedBatchNorm"),  # quantized: folded
 ])
 def test_unsupported_models_refused(tmp_path, cfg, match):
     model = build_model({"n_constituents": 6, **cfg})
@@ -229,11 +271,12 @@ def test_yosys_maps_each_l1_product_to_one_dsp48e2(tmp_path):
 
 @pytest.fixture(scope="module")
 def cli_project(sim_dir, tmp_path_factory):
-    """`qpelican export-rtl RUN --verify test.h5` on a saved 6-particle model (one Verilator build)."""
+    """`qpelican export-rtl RUN --verify test.h5` on a saved 6-particle model (one Verilator build), with
+    folded BatchNorms: its bias tables over n reach beyond the bias format (lookups in the Verilog)."""
     from qpelican.cli.main import main
 
     tmp = tmp_path_factory.mktemp("rtl")
-    model = nano(6, Q8, seed=5, alpha=True)
+    model = folded(6, Q8, seed=5, shift_seed=3, alpha=True)
     run = tmp / "run"
     run.mkdir()
     model.save(run / "model.keras")
@@ -265,10 +308,13 @@ def test_cli_verify_real_jets(cli_project, capsys):
 
 
 def test_verilator_bit_exact_ties_and_saturation(cli_project):
-    """The compiled Verilog equals QKeras on grid jets (rounding ties, saturation) and stress jets."""
+    """The compiled Verilog equals QKeras on grid jets (rounding ties, saturation) and stress jets, with
+    the bias tables of folded BatchNorms beyond the bias format."""
+    from qpelican.hw.plan import make_plan
     from qpelican.rtl.verilator import load_emulator
 
     model, out, _ = cli_project
+    check_bias_tables(model, make_plan(model))
     vm = load_emulator(out)
     rng = np.random.default_rng(11)
     p4 = np.concatenate([grid_jets(rng, model, 3000), stress_jets(rng, model, 1000)])
@@ -289,10 +335,10 @@ def test_cli_refuses_unknown_latency_model_exit_2(tmp_path, capsys):
 def test_cli_refuses_batchnorm_exit_2(tmp_path, capsys):
     from qpelican.cli.main import main
 
-    model = build_model({"n_constituents": 6, "quantization": Q8, "batchnorm": True})
+    model = build_model({"n_constituents": 6, "batchnorm": True})  # float: a quantized recipe's is folded
     model.save(tmp_path / "bn.keras")
     with pytest.raises(SystemExit) as exc:
         main(["export-rtl", str(tmp_path / "bn.keras"), "--out", str(tmp_path / "x")])
     assert exc.value.code == 2
     err = capsys.readouterr().err
-    assert "MaskedBatchNorm" in err and "Traceback" not in err
+    assert "MaskedBatchNorm" in err and "folds it into" in err and "Traceback" not in err

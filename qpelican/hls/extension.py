@@ -13,7 +13,9 @@ API (``register_keras_v2_layer_handler``, ``hls4ml.model.layers.register_layer``
   (:func:`~qpelican.hw.plan.make_plan`, a pure function: the exporter's plan, recomputed) and
   takes its layer; no state is handed over outside hls4ml's call;
 * the IR layers declare their output array and their weights (coefficients, biases and the
-  normaliser tables become hls4ml weight variables, written to ``firmware/weights``);
+  normaliser tables become hls4ml weight variables, written to ``firmware/weights``; a folded
+  BatchNorm's bias tables over the multiplicity n replace the bias vectors, flagged by the config
+  struct's ``bias_tables``);
 * the templates write one config struct per layer and the call of the HLS function in
   ``export/nnet_qp_*.h`` (copied to ``firmware/nnet_utils``).
 """
@@ -133,6 +135,7 @@ def _cfg_lines(lp, node):
                   f"static const unsigned n_out = {co};", f"static const bool relu = {b(p['relu'])};",
                   f"static const unsigned alias_1 = {al[1]};", f"static const unsigned alias_2 = {al[2]};",
                   f"static const unsigned alias_4 = {al[4]};",
+                  f"static const bool bias_tables = {b(p['bias_tables'])};",
                   f"static const unsigned reuse_factor = {reuse};",
                   f"static const unsigned multiplier_limit = {_multiplier_limit(node, reuse)};"]
         for k in ("n_t", "sum_t", "total_t", "agg_t", "accum_t"):
@@ -145,6 +148,7 @@ def _cfg_lines(lp, node):
         ci, co = p["n_in"], p["n_out"]
         lines += [f"static const unsigned n = {n};", f"static const unsigned n_in = {ci};",
                   f"static const unsigned n_out = {co};", f"static const bool relu = {b(p['relu'])};",
+                  f"static const bool bias_tables = {b(p['bias_tables'])};",
                   f"static const unsigned reuse_factor = {reuse};",
                   f"static const unsigned multiplier_limit = {_multiplier_limit(node, reuse)};"]
         for k in ("n_t", "total_t", "trace_t", "agg_t", "accum_t"):

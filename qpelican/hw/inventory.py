@@ -25,7 +25,9 @@ Builders:
   depend on the weights (accumulators, and with alpha the normaliser tables and which aggregates
   coincide); ``widths=RECIPE`` takes the plan's weight-independent bounds (``LayerPlan.bounds``):
   what any weights on the recipe's quantizer grids need, so a model costs the same before and
-  after training;
+  after training. A folded BatchNorm's bias tables (``input_shift``) are read per output channel
+  from tables over n; their shift has no grid, so RECIPE sizes them (and the accumulators) with
+  the bias format's range and EXACT with the trained entries;
 * :func:`estimate` ``(model)``: models the firmware does not implement (a float tensor, BatchNorm,
   full PELICAN) with nominal widths (``widths=NOMINAL``): a float tensor counts as 32 bits, a sum
   of k terms as its operand width plus ceil(log2 k) bits. nanoPELICAN stages use the same count
@@ -204,12 +206,13 @@ def l1_invariants_stage(name, n, w):
     return s
 
 
-def nano_2to2_stage(name, n, ci, co, alias, w):
+def nano_2to2_stage(name, n, ci, co, alias, w, bias_tables=False):
     """qp_lineq2to2_nano on the symmetric, zero-diagonal x_ij.
 
     Args:
       alias: {k: j} table column k reuses aggregate j (k = j: computed).
-      w: widths {"n", "x", "sum", "total", "tables": [5], "coef", "agg", "accum"}.
+      w: widths {"n", "x", "sum", "total", "tables": [5], "coef", "agg", "accum", "bias"}.
+      bias_tables: the biases are tables over n (a folded BatchNorm), read once per output channel.
     """
     s = Stage(name, "2to2")
     pairs = n * (n - 1) // 2
@@ -220,6 +223,9 @@ def nano_2to2_stage(name, n, ci, co, alias, w):
         src, cnt = ("S_j", ci * n) if k < 3 else ("T", ci)
         s.mult(f"{src} x table{k}[n] -> aggregate", cnt, w["sum" if k < 3 else "total"], w["tables"][k])
         s.lookup(f"table{k}[n]", ci, n + 1, w["tables"][k])
+    if bias_tables:
+        s.lookup("bias table b[n]", co, n + 1, w["bias"])
+        s.lookup("diagonal bias table bd[n]", co, n + 1, w["bias"])
     s.mult("w0 * d_ij (once per unordered pair)", ci * co * pairs, w["coef"], w["x"])
     s.mult("row/column/diagonal coefficients", ci * co * 3 * n, w["coef"], w["agg"])
     s.mult("scalar coefficients", ci * co * 2, w["coef"], w["agg"])
@@ -233,11 +239,12 @@ def nano_2to2_stage(name, n, ci, co, alias, w):
     return s
 
 
-def readout_stage(name, n, ci, co, w):
+def readout_stage(name, n, ci, co, w, bias_tables=False):
     """qp_lineq2to0: total sum and trace per channel, two aggregates, the output sum.
 
     Args:
-      w: widths {"n", "total", "trace", "tables": [2], "coef", "agg", "accum"}.
+      w: widths {"n", "total", "trace", "tables": [2], "coef", "agg", "accum", "bias"}.
+      bias_tables: the bias is a table over n (a folded BatchNorm), read once per output channel.
     """
     s = Stage(name, "2to0")
     s.add("multiplicity n = sum_i m_i", n - 1, w["n"])
@@ -247,6 +254,8 @@ def readout_stage(name, n, ci, co, w):
     s.mult("trace x table1[n]", ci, w["trace"], w["tables"][1])
     s.lookup("table0[n]", ci, n + 1, w["tables"][0])
     s.lookup("table1[n]", ci, n + 1, w["tables"][1])
+    if bias_tables:
+        s.lookup("bias table b[n]", co, n + 1, w["bias"])
     s.mult("output coefficients", 2 * ci * co, w["coef"], w["agg"])
     s.add("output sum", 2 * ci * co, w["accum"])  # b_h + 2 C_in terms
     return s
@@ -278,13 +287,14 @@ def stage_of(lp, widths=EXACT):
     if lp.keras_class == "LinEq2to2":
         w = {"n": width_of(t["n_t"]), "x": width_of(t["x"]), "sum": width_of(t["sum_t"]),
              "total": width_of(t["total_t"]), "tables": [width_of(t[f"table{k}_t"]) for k in range(5)],
-             "coef": width_of(lp.weights["w"][1]), "agg": width_of(t["agg_t"]), "accum": width_of(t["accum_t"])}
-        return nano_2to2_stage(lp.name, n, p["n_in"], p["n_out"], t.get("alias", p["alias"]), w)
+             "coef": width_of(lp.weights["w"][1]), "agg": width_of(t["agg_t"]), "accum": width_of(t["accum_t"]),
+             "bias": width_of(t["bias_t"])}
+        return nano_2to2_stage(lp.name, n, p["n_in"], p["n_out"], t.get("alias", p["alias"]), w, p["bias_tables"])
     if lp.keras_class == "LinEq2to0":
         w = {"n": width_of(t["n_t"]), "total": width_of(t["total_t"]), "trace": width_of(t["trace_t"]),
              "tables": [width_of(t["table0_t"]), width_of(t["table1_t"])], "coef": width_of(lp.weights["w"][1]),
-             "agg": width_of(t["agg_t"]), "accum": width_of(t["accum_t"])}
-        return readout_stage(lp.name, n, p["n_in"], p["n_out"], w)
+             "agg": width_of(t["agg_t"]), "accum": width_of(t["accum_t"]), "bias": width_of(t["bias_t"])}
+        return readout_stage(lp.name, n, p["n_in"], p["n_out"], w, p["bias_tables"])
     return None
 
 
@@ -336,8 +346,9 @@ def _nominal_2to2(layer, n, wx):
     alias = {k: k for k in range(5)} if layer.alpha else {0: 0, 1: 0, 2: 0, 3: 3, 4: 3}
     w = {"n": n.bit_length(), "x": _nom(wx), "sum": _grow(wx, _clog2(n - 1)), "total": _grow(wx, _clog2(n * (n - 1))),
          "tables": [_table_bits(layer)] * 5, "coef": _nom(wc), "agg": _nom(wa),
-         "accum": _grow(_widest(_prod(wc, wx), _prod(wc, wa), _bits(layer.bias_format)), _clog2(6 * ci + 2))}
-    return nano_2to2_stage(layer.name, n, ci, co, alias, w)
+         "accum": _grow(_widest(_prod(wc, wx), _prod(wc, wa), _bits(layer.bias_format)), _clog2(6 * ci + 2)),
+         "bias": _nom(_bits(layer.bias_format))}
+    return nano_2to2_stage(layer.name, n, ci, co, alias, w, layer.input_shift)
 
 
 def _full_2to2(layer, n, wx):
@@ -359,8 +370,9 @@ def _nominal_2to0(layer, n, wx):
     wc, wa = _bits(layer.coefficient_format), _bits(layer.aggregate_format)
     w = {"n": n.bit_length(), "total": _grow(wx, _clog2(n * n)), "trace": _grow(wx, _clog2(n)),
          "tables": [_table_bits(layer)] * 2, "coef": _nom(wc), "agg": _nom(wa),
-         "accum": _grow(_widest(_prod(wc, wa), _bits(layer.bias_format)), _clog2(2 * ci + 1))}
-    return readout_stage(layer.name, n, ci, co, w)
+         "accum": _grow(_widest(_prod(wc, wa), _bits(layer.bias_format)), _clog2(2 * ci + 1)),
+         "bias": _nom(_bits(layer.bias_format))}
+    return readout_stage(layer.name, n, ci, co, w, layer.input_shift)
 
 
 def _dense(layer, count, ci, units, wk, wx, kind="dense"):

@@ -9,7 +9,12 @@ uses them) and the C++ types:
   (:meth:`qpelican.nn.quant.FixedFormat.ap_type`: ``AP_RND_CONV, AP_SAT``, as QKeras rounds);
 * everything Keras computes exactly (Minkowski products, particle sums, aggregate products,
   pre-activations) is kept exact in the firmware, in the narrowest type that holds every value
-  it can take for momenta anywhere in the input format's range (:mod:`qpelican.hw.fixed`).
+  it can take for momenta anywhere in the input format's range (:mod:`qpelican.hw.fixed`);
+* a quantized nanoPELICAN with ``batchnorm`` has its BatchNorms folded into the equivariant layers
+  (``input_shift``, :mod:`qpelican.nn.fold`): their biases are tables over the multiplicity n, which
+  the firmware stores like the normaliser tables (weights ``b``, ``bd`` of (N+1) x C_out entries laid
+  out [n][h], param ``bias_tables``), in a type fitted to the entries: they are on the bias
+  quantizer's step but not in its range. A float model's ``MaskedBatchNorm`` is refused.
 
 The plan is pure Python/numpy (no hls4ml): the exporter, the report and the tests share it.
 """
@@ -20,6 +25,7 @@ import numpy as np
 import tf_keras
 
 from qpelican.core.errors import ExportError
+from qpelican.core.formats import FLOAT32_BITS
 from qpelican.hw import fixed
 from qpelican.hw.fixed import Fx, const, fit_values, from_format
 from qpelican.nn.layers import LAYERS
@@ -36,11 +42,16 @@ IR_NAMES = {
     "L1Invariants": "QPL1Invariants",
 }
 FLOAT64_BITS = 53
+SKIPPED = ("InputLayer", "Dropout", "PairDropout")  # no firmware function: the input, identities at inference
 
 NANO_FIX = ("Export supports the nanoPELICAN graph (MomentumInput -> ParticleMask, LorentzInvariants "
             "-> [Dropout] -> LinEq2to2 nano -> [Dropout] -> LinEq2to0; with data.format l1: L1CandidateInput "
             "-> CandidateMask, L1Invariants -> ...) with every tensor quantized; "
-            "use a nano recipe with batchnorm: false (architecture: nano).")
+            "use a quantized nano recipe (architecture: nano; with batchnorm: true its BatchNorms are folded "
+            "into the equivariant layers).")
+BATCHNORM_FIX = ("A quantized nano recipe with batchnorm: true (training.qat: finetune) trains the BatchNorm in "
+                 "the float pre-training and folds it into the fixed-point equivariant layers (qpelican.nn.fold), "
+                 "which the firmware exports: export that quantized model, or train with batchnorm: false.")
 
 
 @dataclass
@@ -133,6 +144,44 @@ def _accum_bound(coef, operands, c_in, n_biases, bias):
     return _sum_terms(terms)
 
 
+def _bias_rows(layer, n, bias, constants, tables):
+    """The biases the firmware stores, as (rows, C_out) float64 arrays, their range and C++ type.
+
+    Without ``input_shift``: the constants Q_bias(beta) (one row each), in the bias format. With it
+    (a folded BatchNorm): ``tables()``, the Keras layer's bias tables over the multiplicity n
+    (N+1 rows, the index of the normaliser tables), whose entries are on the bias step but may be
+    far outside the bias range: the type is fitted to the entries (:func:`fit_values`).
+
+    Args:
+      constants: the quantized bias vectors (used without input_shift).
+      tables: callable returning the layer's bias tables (tf tensors).
+    Returns (list of arrays, Fx of all their entries, ap type string).
+    """
+    if not layer.input_shift:
+        rows = [np.asarray(c, np.float64).reshape(1, -1) for c in constants]
+        return rows, from_format(bias), bias.ap_type()
+    rows = [np.asarray(t.numpy(), np.float64) for t in tables()]
+    for r in rows:
+        if r.shape != (n + 1, layer.channels):
+            raise ExportError(f"layer {layer.name!r}: bias table of shape {r.shape}, expected {(n + 1, layer.channels)}.")
+        if not np.all(np.isfinite(r)) or np.any(np.round(r * 2.0 ** bias.frac) != r * 2.0 ** bias.frac):
+            raise ExportError(f"layer {layer.name!r}: its folded-BatchNorm bias table is not on the bias step "
+                              f"2^-{bias.frac} (a non-finite shift?); retrain or refold the model.")
+    rng = fit_values(np.concatenate([r.ravel() for r in rows]))
+    return rows, rng, rng.ap_type()
+
+
+def _bias_term(column, bias):
+    """Range of one output channel's bias on the bias step: a constant, or a bias table's range over n."""
+    return Fx(Fraction(float(np.min(column))), Fraction(float(np.max(column))), bias.frac)
+
+
+def _note_bias_tables(plan, layer, bias):
+    if layer.input_shift:
+        plan.notes.append(f"folded BatchNorm: biases tabulated over the multiplicity n ({plan.n + 1} rows), "
+                          f"{type_str(plan.types['bias_t'])} (the bias format is {bias.ap_type()})")
+
+
 def _check_float64(plan, width, what):
     if width > FLOAT64_BITS:
         plan.notes.append(f"{what} needs {width} bits > 53: the QKeras reference (float64) is not exact there; "
@@ -144,8 +193,8 @@ def _refuse(layer, cls):
     """ExportError for a layer the firmware does not implement (Dropout and planned classes pass)."""
     if cls == "MaskedBatchNorm":
         raise ExportError(
-            f"layer {layer.name!r} (MaskedBatchNorm) cannot be exported: masked batch normalisation has no "
-            f"bit-exact fixed-point form here. {NANO_FIX}")
+            f"layer {layer.name!r} (MaskedBatchNorm) cannot be exported: a float masked BatchNorm has no "
+            f"bit-exact fixed-point form. {BATCHNORM_FIX}")
     if cls in ("EdgeDense", "QDense", "Dense"):
         raise ExportError(
             f"layer {layer.name!r} ({cls}) belongs to full PELICAN, which the firmware exporter does not "
@@ -300,6 +349,11 @@ def make_plan(model):
     if "layers" not in cfg:
         raise ExportError("only functional qpelican models (built by qpelican.build_model) can be exported.")
     inbound = _inbound(cfg)
+    # what the firmware does not implement is refused first, before any format check: a float model
+    # with BatchNorm is told about its BatchNorm, not about its first float tensor
+    for layer in model.layers:
+        if type(layer).__name__ not in SKIPPED:
+            _refuse(layer, type(layer).__name__)
     layers, by_name, input_plan = [], {}, None
     state = {}  # tensor name -> dict(range=Fx, fmt=FixedFormat|None, n=int, kind=...)
 
@@ -320,7 +374,6 @@ def make_plan(model):
         if cls in ("Dropout", "PairDropout"):
             state[layer.name] = {"alias": ins[0]}
             continue
-        _refuse(layer, cls)
         p, state[layer.name] = PLANNERS[cls](layer, ins, state)
         layers.append(p)
         by_name[p.name] = p
@@ -345,8 +398,8 @@ def _plan_2to2(layer, ins, x):
     s_rng = xr.times(n - 1)  # S_j = sum_{k != j} x_kj (zero diagonal)
     t_rng = s_rng.times(n)  # T = sum_j S_j
     w = _weights(layer, "kernel", "coefficient")  # (c_in, h, 6)
-    b = _weights(layer, "bias", "bias")
     bd = _weights(layer, "diag_bias_weight", "bias") if layer.diag_bias_weight is not None else np.zeros(h)
+    (b, bd), bias_rng, bias_type = _bias_rows(layer, n, bias, [_weights(layer, "bias", "bias"), bd], layer.bias_tables)
     table = _table_columns(layer, n, c_in)  # (n+1, 5, c_in)
     # kernel ops: 0 elem x_ij, 1 S diag, 2 S col, 3 S row, 4 T scalar, 5 T diagscalar; table column = op - 1
     tables, alias = {}, {}
@@ -364,35 +417,44 @@ def _plan_2to2(layer, ins, x):
             terms.append(const(w[c, hh, 0], coef.frac) * xr)
             for op in range(1, 6):
                 terms.append(const(w[c, hh, op], coef.frac) * agg_rng)
-        terms += [const(b[hh], bias.frac), const(bd[hh], bias.frac)]
+        terms += [_bias_term(b[:, hh], bias), _bias_term(bd[:, hh], bias)]
         z = _sum_terms(terms)
         accum = z if accum is None else accum.union(z)
     prods = {k: (s_rng if k < 3 else t_rng) * tab_rng[k] for k in range(5)}
-    bounds = {"accum_t": _accum_bound(coef, [xr] + [agg_rng] * 5, c_in, 1 + (layer.diag_bias_weight is not None), bias)}
+    # a folded BatchNorm's shift has no grid: the recipe bound keeps the bias format's range for its tables
+    n_biases = 1 + (layer.diag_bias_weight is not None or layer.input_shift)
+    bounds = {"accum_t": _accum_bound(coef, [xr] + [agg_rng] * 5, c_in, n_biases, bias), "bias_t": from_format(bias)}
     if layer.alpha:  # tables follow the trained exponents: table_bits wide, no two alike
         bounds.update({f"table{k}_t": layer.table_bits for k in range(5)}, alias={k: k for k in range(5)})
     weights = {
         "w": (w.reshape(-1), coef.ap_type()),
-        "b": (b.reshape(-1), bias.ap_type()),
-        "bd": (bd.reshape(-1), bias.ap_type()),
+        "b": (b.reshape(-1), bias_type),  # [n][h] with bias tables, else [h]
+        "bd": (bd.reshape(-1), bias_type),
     }
     for k in range(5):
         weights[f"t{k}"] = (tables[k], tab_rng[k].ap_type())
     p = LayerPlan(
         layer.name, "LinEq2to2", IR_NAMES["LinEq2to2"], ins, n, (n, n, h), out.ap_type(),
         types={"x": x["fmt"].ap_type(), "n_t": fixed.uint_type(n), "sum_t": s_rng, "total_t": t_rng,
-               "agg_t": agg.ap_type(), "accum_t": accum, **{f"table{k}_t": tab_rng[k] for k in range(5)},
+               "agg_t": agg.ap_type(), "accum_t": accum, "bias_t": bias_rng,
+               **{f"table{k}_t": tab_rng[k] for k in range(5)},
                **{f"agg_product{k}": prods[k] for k in range(5)}},
         weights=weights,
         params={"n": n, "n_in": c_in, "n_out": h, "relu": act == "relu", "zero_diagonal": True,
                 "alias": alias, "table_bits": layer.table_bits, "alpha": bool(layer.alpha),
-                "aggregation": layer.aggregation, "nbar": layer.nbar},
+                "aggregation": layer.aggregation, "nbar": layer.nbar, "bias_tables": layer.input_shift},
         bounds=bounds,
     )
     for k in range(5):
         _check_float64(p, prods[k].width, f"aggregate product {k}")
     _check_float64(p, accum.width, "the pre-activation")
     _check_float64(p, t_rng.width, "the total sum")
+    if getattr(layer.elementwise_dtype, "name", None) == "float32" and accum.width > FLOAT32_BITS + 1:
+        # Keras chose float32 for z_ij from the formats; bias tables far outside the bias range can exceed it
+        p.notes.append(f"the pre-activation needs {accum.width} bits, but Keras sums it in float32 (24 bits): "
+                       "the QKeras reference is not exact there.")
+        p.params["keras_exact"] = False
+    _note_bias_tables(p, layer, bias)
     return p
 
 
@@ -409,7 +471,8 @@ def _plan_2to0(layer, ins, x):
     tot_rng = xr.times(n * n)
     tr_rng = xr.times(n)
     w = _weights(layer, "kernel", "coefficient")  # (c_in, 2, h)
-    b = _weights(layer, "bias", "bias")
+    (b,), bias_rng, bias_type = _bias_rows(layer, n, bias, [_weights(layer, "bias", "bias")],
+                                           lambda: [layer.bias_table()])
     table = np.asarray(layer.scale_table().numpy(), dtype=np.float64)  # (n+1, 2, 1)
     if table.shape != (n + 1, 2, 1):
         raise ExportError(f"layer {layer.name!r}: unexpected normaliser table shape {table.shape}.")
@@ -419,10 +482,10 @@ def _plan_2to0(layer, ins, x):
     accum = None
     for hh in range(h):
         terms = [const(w[c, k, hh], coef.frac) * agg_rng for c in range(c_in) for k in range(2)]
-        terms.append(const(b[hh], bias.frac))
+        terms.append(_bias_term(b[:, hh], bias))
         z = _sum_terms(terms)
         accum = z if accum is None else accum.union(z)
-    bounds = {"accum_t": _accum_bound(coef, [agg_rng, agg_rng], c_in, 1, bias)}
+    bounds = {"accum_t": _accum_bound(coef, [agg_rng, agg_rng], c_in, 1, bias), "bias_t": from_format(bias)}
     if layer.alpha:
         bounds.update(table0_t=layer.table_bits, table1_t=layer.table_bits)
     if out is None:
@@ -432,16 +495,17 @@ def _plan_2to0(layer, ins, x):
     p = LayerPlan(
         layer.name, "LinEq2to0", IR_NAMES["LinEq2to0"], ins, n, (h,), out_type,
         types={"x": x["fmt"].ap_type(), "n_t": fixed.uint_type(n), "total_t": tot_rng, "trace_t": tr_rng,
-               "agg_t": agg.ap_type(), "accum_t": accum, "table0_t": r0, "table1_t": r1,
+               "agg_t": agg.ap_type(), "accum_t": accum, "bias_t": bias_rng, "table0_t": r0, "table1_t": r1,
                "agg_product0": tot_rng * r0, "agg_product1": tr_rng * r1},
-        weights={"w": (w.reshape(-1), coef.ap_type()), "b": (b.reshape(-1), bias.ap_type()),
+        weights={"w": (w.reshape(-1), coef.ap_type()), "b": (b.reshape(-1), bias_type),  # [n][h] with bias tables
                  "t0": (t0, r0.ap_type()), "t1": (t1, r1.ap_type())},
         params={"n": n, "n_in": c_in, "n_out": h, "relu": act == "relu", "float_output": out is None,
-                "table_bits": layer.table_bits, "alpha": bool(layer.alpha)},
+                "table_bits": layer.table_bits, "alpha": bool(layer.alpha), "bias_tables": layer.input_shift},
         bounds=bounds,
     )
     _check_float64(p, (tot_rng * r0).width, "the total-sum product")
     _check_float64(p, accum.width, "the output sum")
+    _note_bias_tables(p, layer, bias)
     return p
 
 

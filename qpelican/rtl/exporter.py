@@ -137,8 +137,9 @@ def inventory_check(traced):
                          "operand, e.g. the beams, are folded at trace time)")
         if c["rtl_lookups"] != c["inventory_lookups"]:
             diffs.append(f"{name}: {c['rtl_lookups']} table lookups in the RTL vs {c['inventory_lookups']} in the "
-                         "inventory: a normaliser table that does not depend on n (sum aggregation without alpha) "
-                         "is a constant, and one lookup of a table serves every channel")
+                         "inventory: a table that does not depend on n (a normaliser with sum aggregation without "
+                         "alpha, a folded BatchNorm's bias table over the n that occur) is a constant, and one lookup "
+                         "of a normaliser table serves every channel")
     if any(c["rtl_split_partial_products"] for c in stages.values()):
         diffs.append("products wider than one DSP48E2 (27 x 18 bits) are traced as DSP-sized partial products: "
                      "rtl_variable_products counts the pieces, rtl_split_partial_products the extra ones")

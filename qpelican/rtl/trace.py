@@ -11,7 +11,9 @@ plan that ``export-hls`` writes its C++ from, so both back ends compute the same
 * each rounding is :func:`qpelican.rtl.rounding.quantize_conv` (half to even, saturate);
 * normaliser tables indexed by the multiplicity n are lookup tables, or constants when the table
   does not depend on n (sum aggregation without alpha), which turns those products into shifts
-  and additions.
+  and additions;
+* biases are constants, or with a folded BatchNorm (the plan's ``bias_tables``) one lookup per
+  output channel in its table over n, added to the pre-activation like the constant it replaces.
 
 The graph is cut at the plan's stage boundaries (invariants, 2->2, 2->0) so that each stage can be
 estimated, pipelined and synthesised on its own.
@@ -203,6 +205,19 @@ def _table(n_var, values, n_max, counter, what):
     return n_var.lookup(values, original_qint=(0.0, float(n_max), 1.0))
 
 
+def _biases(p, key, n_var, counter):
+    """Bias of each output channel: a float constant, or with ``bias_tables`` (a folded BatchNorm) the
+    entry of its table over the multiplicity n (a lookup; a constant where the table does not vary
+    over the n that occur)."""
+    co = p.params["n_out"]
+    values = np.asarray(p.weights[key][0], np.float64)
+    if not p.params["bias_tables"]:
+        return [float(v) for v in values]
+    table = values.reshape(p.params["n"] + 1, co)
+    out = [_table(n_var, table[:, h], p.params["n"], counter, "bias table lookups") for h in range(co)]
+    return [float(t.low) if t.low == t.high else t for t in out]
+
+
 def _mask(bit, value):
     """value if bit else 0 (bit: a one-bit traced value or a constant 0/1)."""
     if bit.low == bit.high:
@@ -325,7 +340,7 @@ def _trace_2to2(p, d, mask, n_var, counter):
     hw = n_var.hwconf
     n, ci, co = p.params["n"], p.params["n_in"], p.params["n_out"]
     w = np.asarray(p.weights["w"][0]).reshape(ci, co, 6)
-    b, bd = np.asarray(p.weights["b"][0]), np.asarray(p.weights["bd"][0])
+    b, bd = _biases(p, "b", n_var, counter), _biases(p, "bd", n_var, counter)
     agg = kif(p.params["aggregate_format"])
     alias = p.params["alias"]
     # column sums S_j = sum_{k != j} x_kj (= row sums, x is symmetric) and the total T, exact
@@ -352,9 +367,9 @@ def _trace_2to2(p, d, mask, n_var, counter):
         src = alias[k - 1] + 1
         sca[k] = sca[src] if src != k else [aggregate(k - 1, T[c], c) for c in range(ci)]
     what = "row/column/diagonal coefficients"
-    sc = [_sum_or_zero([_cmul(sca[4][c], w[c, h, 4], counter, what) for c in range(ci)], hw) + float(b[h])
+    sc = [_sum_or_zero([_cmul(sca[4][c], w[c, h, 4], counter, what) for c in range(ci)], hw) + b[h]
           for h in range(co)]
-    dsc = [_sum_or_zero([_cmul(sca[5][c], w[c, h, 5], counter, what) for c in range(ci)], hw) + float(bd[h])
+    dsc = [_sum_or_zero([_cmul(sca[5][c], w[c, h, 5], counter, what) for c in range(ci)], hw) + bd[h]
            for h in range(co)]
     row = [[_sum_or_zero([sc[h]] + [_cmul(vec[3][i][c], w[c, h, 3], counter, what) for c in range(ci)], hw)
             for h in range(co)] for i in range(n)]
@@ -387,7 +402,7 @@ def _trace_2to0(p, y, n_var, counter):
     hw = n_var.hwconf
     n, ci, co = p.params["n"], p.params["n_in"], p.params["n_out"]
     w = np.asarray(p.weights["w"][0]).reshape(ci, 2, co)
-    b = np.asarray(p.weights["b"][0])
+    b = _biases(p, "b", n_var, counter)
     agg = kif(p.params["aggregate_format"])
     t0 = _table(n_var, p.weights["t0"][0], n, counter, "normaliser lookups")
     t1 = _table(n_var, p.weights["t1"][0], n, counter, "normaliser lookups")
@@ -404,7 +419,7 @@ def _trace_2to0(p, y, n_var, counter):
     for h in range(co):
         terms = [_cmul(u1[c], w[c, 0, h], counter, "output coefficients") for c in range(ci)]
         terms += [_cmul(u2[c], w[c, 1, h], counter, "output coefficients") for c in range(ci)]
-        z = _sum_or_zero(terms, hw) + float(b[h])
+        z = _sum_or_zero(terms, hw) + b[h]
         out.append(_act_quantize(z, p.params["output_format"], p.params["relu"], p.params["float_output"]))
     return out
 
