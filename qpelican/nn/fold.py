@@ -8,9 +8,10 @@ this way the float model and its folded twin agree up to float rounding, before 
 
 The scales a BatchNorm removes are then put back where the fixed-point formats want them: ReLU
 commutes with a positive scale (``relu(k z) = k relu(z)``), so each hidden channel h is multiplied
-by a ``k_h`` that brings its activations into the activation format's range without leaving the
-coefficient format, and the readout's coefficients on channel h are divided by it. The logit does
-not change.
+by a ``k_h`` and the readout's coefficients on channel h are divided by it; the logit does not
+change. ``k_h`` makes the largest coefficient on channel h the same size in both layers (both then
+keep as many significant bits on the coefficient grid), unless that would saturate the activations
+or the coefficients.
 """
 import numpy as np
 import tf_keras
@@ -71,19 +72,24 @@ def _eq_weights(layer):
     return w
 
 
-def _hidden_scales(src, w22, dst22, x_sample):
-    """k_h of each hidden channel (see the module docstring)."""
+def _hidden_scales(src, w22, w20, dst22, x_sample):
+    """k_h of each hidden channel (see the module docstring): the scale that gives the two layers'
+    largest coefficients on channel h the same size (each then has as many significant bits as the
+    other), lowered where the 99.9th percentile of the activations would pass ACTIVATION_FILL of the
+    activation range or a coefficient would leave the coefficient range."""
     h = tf_keras.Model(src.inputs, src.get_layer("lineq_2to2").output).predict(x_sample, batch_size=512, verbose=0)
     h = h.reshape(-1, h.shape[-1])
-    k = np.ones(h.shape[-1])
     fmt_a, fmt_c = dst22.output_format, dst22.coefficient_format
+    k = np.ones(h.shape[-1])
     for c in range(h.shape[-1]):
+        w_in, w_out = np.max(np.abs(w22["kernel"][:, c, :])), np.max(np.abs(w20["kernel"][c]))
+        if w_in > 0 and w_out > 0:
+            k[c] = np.sqrt(w_out / w_in)
         pos = h[:, c][h[:, c] > 0]
         if fmt_a is not None and pos.size:
-            k[c] = ACTIVATION_FILL * fmt_a.max / np.percentile(pos, PERCENTILE)
-        wmax = np.max(np.abs(w22["kernel"][:, c, :]))
-        if fmt_c is not None and wmax > 0:
-            k[c] = min(k[c], COEFFICIENT_FILL * fmt_c.max / wmax)
+            k[c] = min(k[c], ACTIVATION_FILL * fmt_a.max / np.percentile(pos, PERCENTILE))
+        if fmt_c is not None and w_in > 0:
+            k[c] = min(k[c], COEFFICIENT_FILL * fmt_c.max / w_in)
     return k
 
 
@@ -101,7 +107,7 @@ def fold_batchnorm(src, dst, x_sample):
         a, b = _affine(src, bn_name) or (np.ones(layer.kernel.shape[0]), np.zeros(layer.kernel.shape[0]))
         w[eq_name]["kernel"] *= a[:, None, None]  # the input channel is the kernel's first axis in both layers
         w[eq_name]["shift"] = b / a
-    k = _hidden_scales(src, w["lineq_2to2"], dst.get_layer("lineq_2to2"), x_sample)
+    k = _hidden_scales(src, w["lineq_2to2"], w["lineq_2to0"], dst.get_layer("lineq_2to2"), x_sample)
     w22, w20 = w["lineq_2to2"], w["lineq_2to0"]
     w22["kernel"] *= k[None, :, None]
     w22["bias"] *= k

@@ -106,13 +106,14 @@ def build_model(cfg=None):
 
 
 def count_parameters(model, batchnorm=False, alpha=False):
-    """Trainable parameters, by default without BatchNorm and alpha exponents (paper Table 1)."""
+    """Trainable parameters, by default without BatchNorm (or its folded shifts) and alpha exponents
+    (paper Table 1)."""
     total = 0
     for layer in model.layers:
         if isinstance(layer, MaskedBatchNorm) and not batchnorm:
             continue
         for w in layer.trainable_weights:
-            if "alpha" in w.name and not alpha:
+            if ("alpha" in w.name and not alpha) or ("shift" in w.name and not batchnorm):
                 continue
             total += int(np.prod(w.shape))
     return total
