@@ -254,6 +254,8 @@ class LinEq2to2(_EquivariantBase):
         c_in = self.kernel.shape[0]
         n_elem = sum(1 for _, p, w in self.ops if w == 0)
         n_agg = len(self.ops) - n_elem
+        if self.input_shift:  # the bias tables are not bounded by the bias format (nor known while tracing)
+            return tf.float64
         terms = [(c_in * n_elem, max_abs(fc) * max_abs(fx)), (c_in * n_agg, max_abs(fc) * max_abs(fa)),
                  (2, max_abs(fb))]
         frac = max(fc.frac + fx.frac, fc.frac + fa.frac, fb.frac)
