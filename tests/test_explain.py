@@ -41,7 +41,8 @@ def _model(seed=0, **cfg):
     {"channels": 3, "aggregation": "mean", "alpha": True},
     {"beams": True, "quantization": Q8},
     {"batchnorm": True},
-], ids=["float", "8bit", "alpha-8bit", "c3-mean-alpha", "beams-8bit", "batchnorm"])
+    {"batchnorm": True, "alpha": True, "quantization": Q8},
+], ids=["float", "8bit", "alpha-8bit", "c3-mean-alpha", "beams-8bit", "batchnorm", "batchnorm-folded-8bit"])
 def test_formula_reproduces_model(cfg, jets):
     from qpelican.analysis.explain import explain_model
 
@@ -62,6 +63,8 @@ def test_formula_reproduces_model(cfg, jets):
         assert f"{10 * C + 1} trained (10C+1) -> {9 * C + 1} effective" in text
     else:
         assert "22 effective" in text and "BatchNorm" in text  # 9C+4 for C=2 (paper section 3)
+    if cfg.get("batchnorm") and "quantization" in cfg:
+        assert "β1(n)" in text and "tabulated over the multiplicity n" in text
     if cfg.get("alpha"):
         assert check["effective_parameters"]["alpha"] == 7
 

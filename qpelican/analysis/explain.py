@@ -87,6 +87,7 @@ def nano_parts(model):
     if act != "relu":
         raise QpelicanError(f"explain: hidden activation is {act!r}; the analytic form is written for ReLU.")
     k22 = l22.q("coefficient", l22.kernel).numpy()[0]  # (C, 6)
+    folded = l22.input_shift or l20.input_shift  # a folded BatchNorm: biases are tables over n
     p = {
         "C": int(k22.shape[0]),
         "c": k22.astype(np.float64),
@@ -105,6 +106,7 @@ def nano_parts(model):
         "beam_energy": None if l1 else mom.beam_energy,
         "l1": {"shift": inv.shift, "form": inv.form, "angle_range": mom.angle_range} if l1 else None,
         "bn_in": bns.get("bn_in"), "bn_hidden": bns.get("bn_hidden"),
+        "folded_shifts": (bool(l22.input_shift), bool(l20.input_shift)),
         "fmt": {"input": mom.input_format, "invariant": inv.invariant_format,
                 "aggregate": l22.aggregate_format, "activation": l22.output_format,
                 "aggregate20": l20.aggregate_format, "output": l20.output_format},
@@ -112,6 +114,9 @@ def nano_parts(model):
                                                   l22.output_format, l20.aggregate_format, l20.output_format,
                                                   l22.coefficient_format, l20.coefficient_format)),
     }
+    if folded:  # (N+1, C) and (N+1,) arrays indexed by the multiplicity n replace the constants
+        p["beta"], p["beta_diag"] = (t.numpy().astype(np.float64) for t in l22.bias_tables())
+        p["b"] = l20.bias_table().numpy()[:, 0].astype(np.float64)
     return p
 
 
@@ -152,7 +157,9 @@ def effective_parameters(p):
     n = 9 * C + 1
     n_alpha = (0 if p["alpha22"] is None else p["alpha22"].size) + (0 if p["alpha20"] is None else p["alpha20"].size)
     # paper section 3: a folded BatchNorm adds min(C_in, 4 C_out) (before 2->2) and min(C_in, 2 C_out) (before 2->0)
-    n_bn = (min(1, 4 * C) if p["bn_in"] is not None else 0) + (min(C, 2) if p["bn_hidden"] is not None else 0)
+    bn_in, bn_hidden = (p["bn_in"] is not None or p["folded_shifts"][0]), (p["bn_hidden"] is not None
+                                                                          or p["folded_shifts"][1])
+    n_bn = (min(1, 4 * C) if bn_in else 0) + (min(C, 2) if bn_hidden else 0)
     return {"raw": 10 * C + 1, "effective": n + n_bn, "alpha": n_alpha, "batchnorm": n_bn,
             "total_effective": n + n_bn + n_alpha}
 
@@ -222,6 +229,9 @@ def _formula_rest(p, f, m, d):
     A5 = qa(T * t[:, 3])
     A6 = qa(T * t[:, 4])
     eye = np.eye(n_part)[None, :, :, None]
+    beta, beta_diag = p["beta"], p["beta_diag"]
+    if np.ndim(beta) == 2:  # a folded BatchNorm's biases: tables over n, read at each jet's n
+        beta, beta_diag = beta[n][:, None, None, :], beta_diag[n][:, None, None, :]
     c = p["c"]  # (C, 6)
     z = (d[..., None] * c[:, 0]
          + eye * A2[:, None, :, None] * c[:, 1]
@@ -229,14 +239,14 @@ def _formula_rest(p, f, m, d):
          + A4[:, :, None, None] * c[:, 3]
          + A5[:, None, None, None] * c[:, 4]
          + eye * A6[:, None, None, None] * c[:, 5]
-         + p["beta"] + eye * p["beta_diag"])
+         + beta + eye * beta_diag)
     h = _q_np(np.maximum(z, 0.0), f["activation"]) * mm[..., None]  # (B, N, N, C)
     if p["bn_hidden"] is not None:
         h = (p["bn_hidden"][0] * h + p["bn_hidden"][1]) * mm[..., None]
     t2 = p["t20"][n][:, :, 0]  # (B, 2)
     u1 = _q_np(h.sum(axis=(1, 2)) * t2[:, 0:1], f["aggregate20"])
     u2 = _q_np(np.einsum("biic->bc", h) * t2[:, 1:2], f["aggregate20"])
-    w = u1 @ p["v"][:, 0] + u2 @ p["v"][:, 1] + p["b"]
+    w = u1 @ p["v"][:, 0] + u2 @ p["v"][:, 1] + (p["b"][n] if np.ndim(p["b"]) else p["b"])
     return _q_np(w, f["output"])
 
 
@@ -255,7 +265,7 @@ def formula_text(p, lam=None, dead=None):
     a20 = p["alpha20"]
     s1 = f" (n/{nb:g})^{a20[0]:.3f}" if a20 is not None else ""
     s2 = f" (n/{nb:g})^{a20[1]:.3f}" if a20 is not None else ""
-    terms = [f"{p['b']:+.4g}"]
+    terms = ["b(n)" if np.ndim(p["b"]) else f"{p['b']:+.4g}"]
     gain = p["bn_hidden"][0] if p["bn_hidden"] is not None else np.ones(C)
     for h in range(C):
         if dead is not None and dead[h]:
@@ -284,10 +294,25 @@ def formula_text(p, lam=None, dead=None):
             continue
         ops_h = [o.replace("d_ij", "x_ij") for o in op] if p["bn_in"] is not None else op
         parts = [f"{_num(p['c'][h, b])}·{ops_h[b]}" for b in range(6)]
-        parts.append(f"{_num(p['beta'][h])}")
-        parts.append(f"{_num(p['beta_diag'][h])}·δ_ij")
+        if np.ndim(p["beta"]) == 2:
+            parts += [f"+ β{h + 1}(n) + β'{h + 1}(n)·δ_ij"]
+        else:
+            parts += [f"{_num(p['beta'][h])}", f"{_num(p['beta_diag'][h])}·δ_ij"]
         lines.append(f"z{h + 1}_ij = " + " ".join(parts))
+    if np.ndim(p["b"]):
+        lines.append(_tables_text(p))
     return "\n".join(lines)
+
+
+def _tables_text(p):
+    """The folded BatchNorm's biases over n, at a few multiplicities."""
+    n_max = len(p["b"]) - 1
+    ns = sorted({1, max(1, n_max // 2), n_max})
+    rows = [f"  n = {n}: b = {p['b'][n]:+.4g}; " + "; ".join(
+        f"β{h + 1} = {p['beta'][n, h]:+.4g}, β'{h + 1} = {p['beta_diag'][n, h]:+.4g}" for h in range(p["C"]))
+        for n in ns]
+    return ("biases tabulated over the multiplicity n (BatchNorm folded into the fixed-point layers: its shift "
+            "s adds w·s·n^k terms), e.g.\n" + "\n".join(rows))
 
 
 def explain_model(model, p4, log=print):
