@@ -12,8 +12,8 @@ Every run of a kind is scored on that kind's test jets, so each column compares 
   on each kind's training jets (cached in ``DIR/mass_baselines.json``);
 * ``--cross ROW``: ROW trained on one kind and scored on the test jets of every kind
   (``qpelican evaluate``'s JSON in ``DIR/cross/<ROW>_<train>_on_<test>.json``);
-* ``--scan KIND``: the Level-1 rows against N (``l1_<N>``; ``l1_16`` for N = 16) with both mass
-  baselines from the same N candidates (each run's results.json) and, where ``RTLDIR/<kind>_<row>``
+* ``--scan KIND``: the Level-1 rows against N (``l1_<N>``; ``l1_16`` for N = 16; N = 80 from the
+  float ``alpha80_float`` row, whose firmware would not fit) with both mass baselines from the same N candidates (each run's results.json) and, where ``RTLDIR/<kind>_<row>``
   holds an export-rtl report, its LUT/FF/DSP and latency;
 * ``--plot OUT.png --rtl RTLDIR``: test AUC against LUTs (``RTLDIR/<kind>_<row>/report.json``
   of ``qpelican export-rtl``), one marker per kind.
@@ -29,19 +29,23 @@ from qpelican.training.splits import load_splits
 RECIPES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "recipes")
 KINDS = {"contained": "contained", "top": "top-matched", "topmpi": "top-matched, MPI on"}
 ROWS = {  # row directory -> label
-    "flagship": "**flagship `c2_8bit`** (p4, alpha, N = Nbar = 16, 8 bits), 120 + 20 epochs",
-    "flagship3": "flagship, seeds 1 and 2 (recipe with `seed: 1`, `seeds: 2`): mean ± std; best by validation loss",
-    "float16": "its float (`c2_alpha_float`, N = Nbar = 16), 140 epochs",
-    "plain16": "flagship without alpha (`--set model.alpha=false`)",
-    "c10_16": "C = 10, alpha, N = 16, 8 bits (`c10_8bit`)",
+    "flagship_bn": "**flagship `c2_8bit`** (p4, alpha, N = Nbar = 16, masked BatchNorm folded into the 8-bit layers), 120 + 20 epochs",
+    "float16_bn": "its float (`c2_alpha_float`, N = Nbar = 16, `--set model.batchnorm=true`), 140 epochs",
+    "plain16_bn": "flagship without alpha (`--set model.alpha=false`)",
+    "c10_16_bn": "flagship with C = 10 (`c10_8bit`, N = 16, alpha, BatchNorm)",
     "ref16": "reference configuration (`c2_reference_float`: beams, masked BatchNorm, dropout 0.05) at N = 16, float",
+    "flagship": "`c2_8bit` without BatchNorm (`--set model.batchnorm=false`, the flagship before)",
+    "flagship3": "the same, seeds 1 and 2 (recipe with `seed: 1`, `seeds: 2`): mean ± std; best by validation loss",
+    "float16": "its float (`c2_alpha_float`, N = Nbar = 16), 140 epochs",
+    "plain16": "without BatchNorm and alpha",
+    "c10_16": "C = 10, alpha, N = 16, 8 bits, no BatchNorm (`c10_8bit`)",
+    "flagship_do": "without BatchNorm, with the paper's dropout 0.05 (`--set model.dropout=0.05`)",
+    "alpha80_float": "`c2_alpha_float` on 80 constituents (Nbar = 49), float",
     "l1_16": "`l1_c2_16` (Level-1 candidates, N = 16, 8 bits)",
     "l1_16_float": "`l1_c2_16` in float",
     "l1_8": "`l1_c2_16` at N = 8", "l1_12": "`l1_c2_16` at N = 12", "l1_24": "`l1_c2_16` at N = 24",
     "l1_32": "`l1_c2_16` at N = 32",
-    "flagship_do": "flagship with the paper's dropout 0.05 (`--set model.dropout=0.05`)",
-    "float16_bn": "its float with masked BatchNorm (`--set model.batchnorm=true`)",
-    "alpha80_float": "`c2_alpha_float` on 80 constituents (Nbar = 49), float",
+    "tuned": "`qpelican tune recipes/l1_c2_16.yaml --cost luts` best point, retrained (120 + 20 epochs)",
 }
 
 
@@ -112,8 +116,7 @@ def cross(d, row):
 
 def scan(d, kind, rtl):
     rows = []
-    for n in (8, 12, 16, 24, 32):
-        row = f"l1_{n}"
+    for n, row in [(n, f"l1_{n}") for n in (8, 12, 16, 24, 32)] + [("80, p4 `c2_alpha_float`, float", "alpha80_float")]:
         m = _load(f"{d}/runs/{kind}/{row}/results.json")
         if not m:
             continue

@@ -74,8 +74,9 @@ def variant(recipe, space, values, epochs=None, name=None):
     d["seeds"] = 1
     if name:
         d["name"] = name
-    if d["model"].get("batchnorm"):
-        d["model"]["batchnorm"] = False  # quantized recipes cannot fold BatchNorm
+    m = d["model"]
+    if m.get("batchnorm") and (d["training"].get("qat") != "finetune" or (m.get("architecture") or "nano") != "nano"):
+        m["batchnorm"] = False  # a quantized variant folds BatchNorm only after float pre-training (nano, finetune)
     return recipe_from_dict(d, source="search variant"), widths
 
 
