@@ -43,6 +43,7 @@ ROWS = {  # row directory -> label
     "alpha80_float": "`c2_alpha_float` on 80 constituents (Nbar = 49), float",
     "l1_16": "`l1_c2_16` (Level-1 candidates, N = 16, 8 bits)",
     "l1_16_float": "`l1_c2_16` in float",
+    "bnl1_16": "`l1_c2_16` with masked BatchNorm folded into the 8-bit layers (`--set model.batchnorm=true`)",
     "l1_8": "`l1_c2_16` at N = 8", "l1_12": "`l1_c2_16` at N = 12", "l1_24": "`l1_c2_16` at N = 24",
     "l1_32": "`l1_c2_16` at N = 32",
     "tuned": "`qpelican tune recipes/l1_c2_16.yaml --cost luts` best point, retrained (120 + 20 epochs)",
