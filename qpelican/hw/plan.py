@@ -25,7 +25,6 @@ import numpy as np
 import tf_keras
 
 from qpelican.core.errors import ExportError
-from qpelican.core.formats import FLOAT32_BITS
 from qpelican.hw import fixed
 from qpelican.hw.fixed import Fx, const, fit_values, from_format
 from qpelican.nn.layers import LAYERS
@@ -449,11 +448,6 @@ def _plan_2to2(layer, ins, x):
         _check_float64(p, prods[k].width, f"aggregate product {k}")
     _check_float64(p, accum.width, "the pre-activation")
     _check_float64(p, t_rng.width, "the total sum")
-    if getattr(layer.elementwise_dtype, "name", None) == "float32" and accum.width > FLOAT32_BITS + 1:
-        # Keras chose float32 for z_ij from the formats; bias tables far outside the bias range can exceed it
-        p.notes.append(f"the pre-activation needs {accum.width} bits, but Keras sums it in float32 (24 bits): "
-                       "the QKeras reference is not exact there.")
-        p.params["keras_exact"] = False
     _note_bias_tables(p, layer, bias)
     return p
 
