@@ -11,6 +11,7 @@ from qkeras import QDense
 from qpelican.core.errors import DataError
 from qpelican.core.formats import is_float
 from qpelican.core.inputs import check_candidates, check_momenta
+from qpelican.nn import fastpath
 from qpelican.nn.layers import (CandidateMask, EdgeDense, L1CandidateInput, L1Invariants, LinEq2to0, LinEq2to2,
                              LorentzInvariants, MaskedBatchNorm, MomentumInput, PairDropout, ParticleMask)
 from qpelican.config.model import model_config
@@ -189,8 +190,20 @@ def _padded(chunk, size):
 
 
 def predict(model, p4, batch_size=4096):
-    """Logits (jets,) of a model for momenta already of its N (no validation): the fast path of
-    fit, tune, evaluate and explain (:func:`inference_function`).
+    """Logits (jets,) of a model for momenta already of its N (no validation): the inference of
+    fit, tune, evaluate and explain.
+
+    A nanoPELICAN goes through the fused numba kernel of :mod:`qpelican.nn.fastpath` (bit-identical
+    to the model when quantized); any other model (full PELICAN, another graph: see
+    ``fastpath.plan``) through :func:`xla_predict`."""
+    fast = fastpath.model_plan(model)
+    if isinstance(fast, str):  # the reason the kernel does not compute this model
+        return xla_predict(model, p4, batch_size)
+    return fastpath.predict_fast(fast, p4)
+
+
+def xla_predict(model, p4, batch_size=4096):
+    """Logits (jets,) of a model through :func:`inference_function`, for any model.
 
     Jets go through in batches of ``batch_size``; the last partial batch is padded with empty jets
     to the next power of two (at most ``batch_size``), so only a few shapes are ever compiled.

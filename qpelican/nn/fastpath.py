@@ -1,0 +1,412 @@
+"""Inference fast path of nanoPELICAN: one fused numba kernel per jet, parallel over jets.
+
+For each jet the kernel computes, on its n real particles only,
+
+    d_ij      invariants (i < j, mirrored; d_ii = 0), optionally a float BatchNorm a d + b
+    S_j, T    column sums and total                                   (exact)
+    A         aggregates Q_agg(S_j t_b(n)), Q_agg(T t_b(n))          (LinEq2to2, nano basis)
+    z^h_ij    w0 d_ij + R^h_i + C^h_j + delta_ij D^h_i               (R, C, D: O(n) per channel)
+    h^h_ij    Q_act(relu(z^h_ij))       summed at once into sum_ij h and sum_i h_ii
+    U, logit  Q_agg(t(n) sum), Q_out(sum_h v U + b(n))                (LinEq2to0)
+
+so the n x n array of one jet stays in cache and no (B, N, N, C) tensor is ever written. Every
+weight, table and format is read from the Keras layers (:func:`plan`): the layers' own quantizers
+round the coefficients, ``scale_table()`` / ``bias_tables()`` give the tables, the front layer
+(``MomentumInput`` or ``L1CandidateInput``) puts the inputs on their grid by running itself.
+
+Exactness (docs/fixed_point.md): a quantized model's every sum is exact in float64, so the kernel
+computes in float64 and rounds half to even (``np.rint``, as ``tf.round``) exactly where the layers
+round: its logits are bit-identical to ``model(x, training=False)``. A float model is computed in
+float64 (the layers use float32): equal to about 1e-6 relative.
+
+Supported (:func:`plan` says why not otherwise, and ``predict`` then takes the XLA path): the
+nanoPELICAN graph of :func:`qpelican.nn.models.build_nanopelican` in the p4 or l1 (collider) input
+format, with or without beams, any channels, sum/mean aggregation, alpha tables, folded-BatchNorm
+bias tables (``input_shift``), dropout (identity in inference), and masked BatchNorms in float
+models; fully float or fully quantized (every quantizer of the chain set).
+"""
+import os
+from dataclasses import dataclass
+
+import numba
+import numpy as np
+import tensorflow as tf
+import tf_keras
+from numba import njit, prange
+
+from qpelican.nn.fold import _affine
+from qpelican.nn.layers import (CandidateMask, L1CandidateInput, L1Invariants, LinEq2to0, LinEq2to2,
+                                LorentzInvariants, MaskedBatchNorm, MomentumInput, PairDropout, ParticleMask)
+
+INVARIANT, AGG2, ACT2, AGG0, OUT0 = range(5)  # rows of the quantizer table: where the kernel rounds
+CHUNK = 16384  # jets per front-layer call: memory stays one chunk's, whatever the number of jets
+
+
+@dataclass
+class Plan:
+    """Everything the kernel reads, as float64 arrays (built by :func:`plan`)."""
+
+    l1: bool                 # Level-1 candidates (collider form) instead of 4-momenta
+    front_scale: float       # p4: the float32 factor 1/scale of MomentumInput
+    beams: np.ndarray        # (0 or 2, 4) the beam rows MomentumInput prepends
+    qin: np.ndarray          # (6,) float32 input grid (see _front)
+    quantized: bool
+    l1_shift: float          # 2^-shift of the l1 invariants
+    bn_in: np.ndarray        # (2,): a, b of the input BatchNorms (1, 0 without)
+    w2: np.ndarray           # (C, 6) LinEq2to2 coefficients of the nano basis, per hidden channel
+    tab2: np.ndarray         # (N+1, 5) LinEq2to2 normalisers of ops 1..5
+    bias2: np.ndarray        # (N+1, C) bias off the diagonal, per multiplicity
+    dbias2: np.ndarray       # (N+1, C) bias on the diagonal
+    bn_h: np.ndarray         # (2, C): a, b of the hidden BatchNorms
+    w0: np.ndarray           # (C, 2) LinEq2to0 coefficients of (total, trace)
+    tab0: np.ndarray         # (N+1, 2) LinEq2to0 normalisers
+    bias0: np.ndarray        # (N+1,) LinEq2to0 bias per multiplicity
+    relu0: bool              # ReLU on the logit (else linear)
+    qgrid: np.ndarray        # (5, 4): step scale 2^F, min, max, on — per rounding point
+
+
+# ----------------------------------------------------------------------------------- the model
+def _graph(model):
+    """{layer name: (layer, [inbound layer names])} of a functional model, or None."""
+    try:
+        cfg = model.get_config()
+    except NotImplementedError:  # subclassed models have no config
+        return None
+    if not isinstance(cfg, dict) or "layers" not in cfg or len(cfg.get("output_layers", [])) != 1 \
+            or len(cfg.get("input_layers", [])) != 1:
+        return None
+    out = {}
+    for entry in cfg["layers"]:
+        nodes = entry.get("inbound_nodes") or [[]]
+        if len(nodes) != 1:  # a layer called twice is not the nano chain
+            return None
+        out[entry["name"]] = (model.get_layer(entry["name"]), [n[0] for n in nodes[0]])
+    return out, cfg["output_layers"][0][0]
+
+
+def _walk_back(graph, name, mask_name, regs):
+    """Follow dropout / BatchNorm layers upstream of ``name``; returns the first other layer's name,
+    collecting the BatchNorms (outermost last) in ``regs``."""
+    while True:
+        layer, ins = graph[name]
+        if type(layer) is PairDropout and len(ins) == 1:
+            name = ins[0]
+        elif type(layer) is MaskedBatchNorm and len(ins) == 2 and ins[1] == mask_name:
+            regs.insert(0, layer)
+            name = ins[0]
+        else:
+            return name
+
+
+def _chain(model):
+    """The layers of a nanoPELICAN chain (a dict), or a string saying why the model is not one."""
+    g = _graph(model)
+    if g is None:
+        return "not a functional model"
+    graph, out_name = g
+    eq0, ins = graph[out_name]
+    if type(eq0) is not LinEq2to0 or len(ins) != 2:
+        return f"output layer {out_name!r} is not a LinEq2to0"
+    mask_name = ins[1]
+    bn_h, bn_in = [], []
+    eq2, ins2 = graph[_walk_back(graph, ins[0], mask_name, bn_h)]
+    if type(eq2) is not LinEq2to2 or len(ins2) != 2 or ins2[1] != mask_name:
+        return "the readout's input is not a LinEq2to2 (full PELICAN or another graph)"
+    inv, ins_inv = graph[_walk_back(graph, ins2[0], mask_name, bn_in)]
+    mask, ins_mask = graph[mask_name]
+    if type(inv) not in (LorentzInvariants, L1Invariants) or len(ins_inv) != 1 or ins_mask != ins_inv:
+        return "the 2->2 layer's input is not the invariants of the masked inputs"
+    front, ins_front = graph[ins_inv[0]]
+    kinds = {MomentumInput: (ParticleMask, LorentzInvariants), L1CandidateInput: (CandidateMask, L1Invariants)}
+    if kinds.get(type(front)) != (type(mask), type(inv)) or len(ins_front) != 1:
+        return "the input layers are not MomentumInput/ParticleMask or L1CandidateInput/CandidateMask"
+    if type(graph[ins_front[0]][0]) is not tf_keras.layers.InputLayer:
+        return "the input layer is not the model's input"
+    used = {out_name, mask_name, ins_front[0]} | {layer.name for layer in (eq2, inv, front, *bn_h, *bn_in)}
+    if any(n not in used and type(graph[n][0]) is not PairDropout for n in graph):
+        return "the model has layers outside the nanoPELICAN chain"
+    return dict(front=front, inv=inv, eq2=eq2, eq0=eq0, bn_in=bn_in, bn_h=bn_h)
+
+
+def _why_not(ch):
+    """Why the layers of a chain are outside what the kernel computes, or None."""
+    eq2, eq0, inv = ch["eq2"], ch["eq0"], ch["inv"]
+    if eq2.basis != "nano" or eq2.kernel.shape[0] != 1:
+        return "the 2->2 layer is not the nano basis on one input channel"
+    if eq2.activation is not tf_keras.activations.relu:
+        return "the 2->2 layer's activation is not ReLU"
+    if eq0.activation not in (tf_keras.activations.linear, tf_keras.activations.relu) or eq0.channels != 1:
+        return "the readout is not one linear or ReLU output"
+    if type(inv) is L1Invariants and inv.form != "collider":
+        return "the l1 invariants are not the collider form"
+    if type(inv) is LorentzInvariants and not inv.zero_diagonal:
+        return "the invariants keep their diagonal"
+    layers = (ch["front"], inv, eq2, eq0)
+    formats = [getattr(layer, f"{n}_format") for layer in layers for n in layer.QUANTIZERS]
+    if any(f is None for f in formats) and any(f is not None for f in formats):
+        return "the model is partly quantized (its exactness in Keras depends on float32 rounding)"
+    if formats[0] is not None and (ch["bn_in"] or ch["bn_h"]):
+        return "a quantized model with a BatchNorm layer"
+    return None
+
+
+def _grid(fmt):
+    """(2^F, min, max, on) of a format: the grid the kernel rounds onto (none: off)."""
+    if fmt is None:
+        return [1.0, 0.0, 0.0, 0.0]
+    return [2.0 ** fmt.frac, fmt.min, fmt.max, 1.0]
+
+
+def _bn(model, layers, channels):
+    """The inference affine map (a, b) of BatchNorms applied in sequence, (2, channels) float64."""
+    a, b = np.ones(channels), np.zeros(channels)
+    for bn in layers:
+        a_k, b_k = _affine(model, bn.name)
+        a, b = a * a_k, b * a_k + b_k
+    return np.stack([a, b])
+
+
+def _front_constants(front):
+    """The front layer's constants: its scale, beam rows and the grids of its inputs."""
+    if type(front) is L1CandidateInput:
+        lo, hi = front.angle_range
+        return dict(front_scale=1.0, beams=np.zeros((0, 3)), qin=np.array(_grid(front.input_format) + [lo, hi], np.float32))
+    beams = np.zeros((0, 4))
+    if front.beams:  # MomentumInput.call's constant rows
+        e = front.beam_energy
+        beams = np.array([[e, 0.0, 0.0, e], [e, 0.0, 0.0, -e]], np.float32).astype(np.float64)
+    return dict(front_scale=1.0 / front.scale, beams=beams, qin=np.array(_grid(front.input_format) + [0, 0], np.float32))
+
+
+def _np(x):
+    return np.asarray(tf.cast(x, tf.float64).numpy(), np.float64)
+
+
+def _tables2(eq2):
+    """(bias, diagonal bias) of LinEq2to2 per multiplicity, (N+1, C) each, as its call() forms them."""
+    rows = eq2.n_max + 1
+    if eq2.input_shift:
+        return tuple(_np(t) for t in eq2.bias_tables(tf.float64))
+    bias = _np(eq2.q("bias", eq2.bias))
+    dbias = _np(eq2.q("bias", eq2.diag_bias_weight)) if eq2.diag_bias_weight is not None else 0.0 * bias
+    return np.tile(bias, (rows, 1)), np.tile(dbias, (rows, 1))
+
+
+def _bias0(eq0):
+    if eq0.input_shift:
+        return _np(eq0.bias_table(tf.float64))[:, 0]
+    return np.full(eq0.n_max + 1, _np(eq0.q("bias", eq0.bias))[0])
+
+
+def plan(model):
+    """A :class:`Plan` of a supported model's weights (read now), or a string saying why the model
+    takes the XLA path instead."""
+    ch = _chain(model)
+    if isinstance(ch, str):
+        return ch
+    why = _why_not(ch)
+    if why:
+        return why
+    eq2, eq0, inv = ch["eq2"], ch["eq0"], ch["inv"]
+    bias2, dbias2 = _tables2(eq2)
+    c = eq2.channels
+    return Plan(
+        l1=type(inv) is L1Invariants, quantized=eq2.quantized, **_front_constants(ch["front"]),
+        l1_shift=2.0 ** -inv.shift if type(inv) is L1Invariants else 1.0,
+        bn_in=_bn(model, ch["bn_in"], 1)[:, 0],
+        w2=_np(eq2.q("coefficient", eq2.kernel))[0],
+        tab2=_np(eq2.scale_table())[:, :, 0],
+        bias2=bias2, dbias2=dbias2,
+        bn_h=_bn(model, ch["bn_h"], c),
+        w0=_np(eq0.q("coefficient", eq0.kernel))[:, :, 0],
+        tab0=_np(eq0.scale_table())[:, :, 0],
+        bias0=_bias0(eq0),
+        relu0=eq0.activation is tf_keras.activations.relu,
+        qgrid=np.array([_grid(f) for f in (inv.invariant_format, eq2.aggregate_format, eq2.output_format,
+                                           eq0.aggregate_format, eq0.output_format)]),
+    )
+
+
+def model_plan(model):
+    """:func:`plan` of a model, kept on the model while its weights stay the same (fit evaluates a
+    model whose weights change between epochs)."""
+    key = tuple(w.tobytes() for w in model.get_weights())
+    cached = getattr(model, "_qpelican_fastplan", None)
+    if cached is not None and cached[0] == key:
+        return cached[1]
+    p = plan(model)
+    model._qpelican_fastplan = (key, p)
+    return p
+
+
+# ---------------------------------------------------------------------------------- the kernel
+@njit(parallel=True, cache=True)
+def _front(x, l1, scale, beams, g, out):
+    """The front layer's output (float32 arithmetic, as the layer; no fast-math: every float32
+    product here is rounded, and the order is the layer's) into out (B, M, F) float64.
+
+    p4 (``MomentumInput``): ``Q_input(p * (1/scale))``, after the constant ``beams`` rows.
+    l1 (``L1CandidateInput``): ``Q_input(pT)`` and the angles clipped to g's angle range and
+    rounded to integers. ``g`` = (2^F, min, max, on, angle min, angle max) float32."""
+    nb = beams.shape[0]
+    for b in prange(x.shape[0]):
+        for k in range(nb):
+            for f in range(x.shape[2]):
+                out[b, k, f] = beams[k, f]
+        for k in range(x.shape[1]):
+            for f in range(x.shape[2]):
+                v = x[b, k, f]
+                if l1 and f > 0:
+                    v = np.rint(min(max(v, g[4]), g[5]))
+                else:
+                    if not l1:
+                        v = v * scale
+                    if g[3] != 0.0:
+                        v = min(max(np.rint(v * g[0]) / g[0], g[1]), g[2])
+                out[b, nb + k, f] = v
+
+
+@njit(inline="always")
+def _q(x, g):
+    """Round x onto grid g = (2^F, min, max, on): half to even, saturating (qpelican.nn.quant)."""
+    if g[3] == 0.0:
+        return x
+    return min(max(np.rint(x * g[0]) / g[0], g[1]), g[2])
+
+
+@njit(inline="always")
+def _invariants(p, idx, n, l1, shift, bn, g, q, x, s):
+    """x[i, j] = a d_ij + b over the real particles idx[:n] (d_ii = 0), s[i] = sum_j x[i, j].
+
+    The particles are first copied to contiguous columns q (F, n), so that each row of x is one
+    vectorised loop; computing both triangles costs twice the arithmetic of i < j, but the mirrored
+    stores of the half would be scalar and strided, which is slower."""
+    for k in range(n):
+        for f in range(p.shape[1]):
+            q[f, k] = p[idx[k], f]
+    a, b = bn[0], bn[1]
+    for i in range(n):
+        xi = x[i]
+        acc = 0.0
+        if l1:  # (pT_i pT_j) R_ij 2^-shift, R exact on the integer angle grid
+            pt, eta, phi = q[0, i], q[1, i], q[2, i]
+            for j in range(n):
+                de, dp = eta - q[1, j], phi - q[2, j]
+                v = a * _q((pt * q[0, j]) * (de * de + dp * dp) * shift, g) + b
+                xi[j] = v
+                acc += v
+        else:  # E_i E_j - px px - py py - pz pz, the layer's order
+            e, px, py, pz = q[0, i], q[1, i], q[2, i], q[3, i]
+            for j in range(n):
+                v = a * _q(e * q[0, j] - px * q[1, j] - py * q[2, j] - pz * q[3, j], g) + b
+                xi[j] = v
+                acc += v
+        s[i] = acc - xi[i] + b  # x is symmetric: row sums are the column sums S_j
+        xi[i] = b
+
+
+@njit(inline="always")
+def _hidden_sums(x, n, w, r, c, dg, top, quant, tot, tr):
+    """tot[h] = sum_ij h_ij, tr[h] = sum_i h_ii of h = Q_act(relu(w_h x_ij + r_hi + c_hj + delta_ij dg_hi)).
+
+    Quantized, r, c, dg and w come scaled by the activation's 2^F, so that h is counted in units of
+    its LSB (integers, exact sums) and the inner loop is one fused multiply-add, a round and a clip
+    per pair. Rows run to the next multiple of 8 (c is -1e300 there: h = 0) to skip the scalar
+    remainder of the vectorised loop."""
+    npad = (n + 7) // 8 * 8
+    for h in range(w.shape[0]):
+        wk = w[h, 0]
+        ch = c[h]
+        t_all, t_diag = 0.0, 0.0
+        for i in range(n):
+            xi = x[i]
+            rk = r[h, i]
+            acc = 0.0
+            z = wk * xi[i] + rk + ch[i]
+            zd = z + dg[h, i]
+            if quant:
+                for j in range(npad):
+                    acc += min(max(np.rint(wk * xi[j] + rk + ch[j]), 0.0), top)
+                hd = min(max(np.rint(zd), 0.0), top)
+                acc += hd - min(max(np.rint(z), 0.0), top)
+            else:
+                for j in range(npad):
+                    acc += max(wk * xi[j] + rk + ch[j], 0.0)
+                hd = max(zd, 0.0)
+                acc += hd - max(z, 0.0)
+            t_all += acc
+            t_diag += hd
+        tot[h] = t_all
+        tr[h] = t_diag
+
+
+@njit(parallel=True, cache=True, fastmath={"reassoc", "contract", "nsz"})
+def _forward(p, l1, shift, bn_in, w2, tab2, bias2, dbias2, bn_h, w0, tab0, bias0, relu0, qg, n_chunks, out):
+    """Logits of the jets p (B, M, F) on their input grid into out (B,), float64 (see the module),
+    in ``n_chunks`` runs of consecutive jets shared among the threads.
+
+    fast-math lets the sums be reordered and products fused: a quantized model's sums and products
+    are exact, so neither changes a value (and a float model's change at the 1e-16 level)."""
+    n_jets, m, nf = p.shape[0], p.shape[1], p.shape[2]
+    mpad = (m + 7) // 8 * 8
+    ch = w2.shape[0]
+    ga = qg[ACT2]
+    quant = ga[3] != 0.0
+    k = ga[0] if quant else 1.0  # the activation's 2^F: hidden sums in units of its LSB
+    wk = w2 * k
+    for chunk in prange(n_chunks):
+        x = np.zeros((m, mpad))
+        q = np.empty((nf, m))
+        s = np.empty(m)
+        idx = np.empty(m, np.int64)
+        r, dg = np.empty((ch, m)), np.empty((ch, m))
+        c = np.full((ch, mpad), -1e300)
+        tot, tr = np.empty(ch), np.empty(ch)
+        for jet in range(chunk * n_jets // n_chunks, (chunk + 1) * n_jets // n_chunks):
+            pj = p[jet]
+            n = 0
+            for i in range(m):
+                if pj[i, 0] != 0.0:  # the particle mask: E (or pT) on its grid is not zero
+                    idx[n] = i
+                    n += 1
+            _invariants(pj, idx, n, l1, shift, bn_in, qg[INVARIANT], q, x, s)
+            t = tab2[n]
+            tsum = 0.0
+            for j in range(n):
+                tsum += s[j]
+            a_ts, a_td = _q(tsum * t[3], qg[AGG2]), _q(tsum * t[4], qg[AGG2])
+            for j in range(n):  # nano basis: x, delta S, S_j (col), S_i (row), T, delta T
+                a_d, a_c, a_r = _q(s[j] * t[0], qg[AGG2]), _q(s[j] * t[1], qg[AGG2]), _q(s[j] * t[2], qg[AGG2])
+                for h in range(ch):
+                    r[h, j] = (a_r * w2[h, 3] + (bias2[n, h] + a_ts * w2[h, 4])) * k
+                    c[h, j] = a_c * w2[h, 2] * k
+                    dg[h, j] = (a_d * w2[h, 1] + a_td * w2[h, 5] + dbias2[n, h]) * k
+            for i in range(n):  # the padding of the rows: x = 0 and c = -1e300 give h = 0
+                x[i, n:] = 0.0
+            c[:, n:] = -1e300
+            _hidden_sums(x, n, wk, r, c, dg, ga[2] * ga[0], quant, tot, tr)
+            t0 = tab0[n]
+            z = 0.0
+            for h in range(ch):  # hidden BatchNorm on real entries: n^2 of them in the total, n on the trace
+                u1 = _q((bn_h[0, h] * tot[h] / k + bn_h[1, h] * n * n) * t0[0], qg[AGG0])
+                u2 = _q((bn_h[0, h] * tr[h] / k + bn_h[1, h] * n) * t0[1], qg[AGG0])
+                z += u1 * w0[h, 0] + u2 * w0[h, 1]
+            z += bias0[n]
+            out[jet] = _q(max(z, 0.0) if relu0 else z, qg[OUT0])
+
+
+def predict_fast(p, x):
+    """Logits (jets,) float32 of plan ``p`` for inputs ``x`` already of the model's N (no validation)."""
+    out = np.zeros(len(x), np.float64)
+    for a in range(0, len(x), CHUNK):
+        chunk = np.ascontiguousarray(x[a:a + CHUNK], np.float32)
+        grid = np.empty((len(chunk), chunk.shape[1] + len(p.beams), chunk.shape[2]))
+        _front(chunk, p.l1, np.float32(p.front_scale), p.beams, p.qin, grid)
+        _forward(grid, p.l1, p.l1_shift, p.bn_in, p.w2, p.tab2, p.bias2, p.dbias2, p.bn_h, p.w0, p.tab0, p.bias0,
+                 p.relu0, p.qgrid, min(len(grid), 64 * numba.get_num_threads()), out[a:a + len(grid)])
+    return out.astype(np.float32)
+
+
+def threads():
+    """numba's worker threads (``NUMBA_NUM_THREADS``, default: the CPUs)."""
+    return int(os.environ.get("NUMBA_NUM_THREADS", numba.config.NUMBA_NUM_THREADS))
