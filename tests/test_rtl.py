@@ -151,6 +151,38 @@ def test_folded_batchnorm_bias_tables_traced_bit_exact(fmt):
         assert np.any(out != ref), wrong
 
 
+def _constant_bias_plan(model):
+    """The firmware plan with every bias table read at n = N: constant biases, the same graph otherwise."""
+    from qpelican.hw.plan import make_plan
+
+    plan = make_plan(model)
+    for lp in (plan["by_name"]["lineq_2to2"], plan["by_name"]["lineq_2to0"]):
+        for key in [k for k in ("b", "bd") if k in lp.weights]:
+            t = lp.weights[key][0].reshape(lp.n + 1, -1)
+            lp.weights[key] = (np.broadcast_to(t[-1], t.shape).reshape(-1), lp.weights[key][1])
+    return plan
+
+
+@pytest.mark.parametrize("fmt, seed", [("p4", 2), ("p4", 3), ("p4", 5), ("l1", 2), ("l1", 3), ("l1", 5)])
+def test_folded_batchnorm_bias_lookups_add_no_latency(fmt, seed):
+    """A looked-up bias b(n) is ready since the invariants stage: the trace adds it where the sum is early
+    (the 2->2 column and diagonal terms), not after the T aggregates, so LinEq 2->2 pipelines as deep as
+    with constant biases (added without delay). The flagship's shape (p4, alpha) and l1_c2_16's (l1,
+    constant normalisers); before, the lookups added a unit to the critical path of each."""
+    from qpelican.hw.plan import make_plan
+
+    if fmt == "p4":
+        model = folded(8, Q8, seed=seed, shift_seed=3, alpha=True)
+    else:
+        model = folded(6, QL1, seed=seed, shift_seed=0, shifts=(200.0, 5.0), format="l1", alpha=False)
+
+    def depth(plan):
+        sched, _ = dsp_schedule(restart(trace_model(model, plan).stages["lineq2to2"]), 5)
+        return max(sched.ops[i].latency for i in sched.out_idxs)
+
+    assert depth(make_plan(model)) == depth(_constant_bias_plan(model))
+
+
 @pytest.mark.parametrize("cfg, match", [
     ({"quantization": {**Q8, "aggregates": "float"}}, "aggregates is float"),
     ({"quantization": {k: "float" for k in Q8}}, "float"),

@@ -13,7 +13,10 @@ plan that ``export-hls`` writes its C++ from, so both back ends compute the same
   does not depend on n (sum aggregation without alpha), which turns those products into shifts
   and additions;
 * biases are constants, or with a folded BatchNorm (the plan's ``bias_tables``) one lookup per
-  output channel in its table over n, added to the pre-activation like the constant it replaces.
+  output channel in its table over n. n is known in the invariants stage, so a looked-up bias is
+  added where the sum is early (2->2: to each particle's column and diagonal terms; 2->0: in the
+  adder tree, beside the trace terms), not after the late T or total-sum aggregates where the
+  constant it replaces costs nothing: the folded BatchNorm adds no pipeline stage.
 
 The graph is cut at the plan's stage boundaries (invariants, 2->2, 2->0) so that each stage can be
 estimated, pipelined and synthesised on its own.
@@ -367,21 +370,30 @@ def _trace_2to2(p, d, mask, n_var, counter):
         src = alias[k - 1] + 1
         sca[k] = sca[src] if src != k else [aggregate(k - 1, T[c], c) for c in range(ci)]
     what = "row/column/diagonal coefficients"
-    sc = [_sum_or_zero([_cmul(sca[4][c], w[c, h, 4], counter, what) for c in range(ci)], hw) + b[h]
-          for h in range(co)]
-    dsc = [_sum_or_zero([_cmul(sca[5][c], w[c, h, 5], counter, what) for c in range(ci)], hw) + bd[h]
-           for h in range(co)]
+    # Where the biases go. The T aggregates (sca) end the critical path, the S_j aggregates (vec) are
+    # ready several adders earlier. A constant bias joins the scalar terms sc/dsc (da4ml adds a constant
+    # without delay); a folded BatchNorm's b(n), bd(n) is a lookup of n, ready since the invariants
+    # stage, so it joins the early per-particle sums (col, the diagonal's early terms) instead: one
+    # adder per particle and channel more, none on the critical path. Every sum is exact, so the order
+    # of the additions does not change a bit.
+    b_var, bd_var = ([None if isinstance(v, float) else v for v in t] for t in (b, bd))
+    sc = [_sum_or_zero([_cmul(sca[4][c], w[c, h, 4], counter, what) for c in range(ci)], hw)
+          + (0.0 if b_var[h] is not None else b[h]) for h in range(co)]
+    dsc = [_sum_or_zero([_cmul(sca[5][c], w[c, h, 5], counter, what) for c in range(ci)], hw)
+           + (0.0 if bd_var[h] is not None else bd[h]) for h in range(co)]
     row = [[_sum_or_zero([sc[h]] + [_cmul(vec[3][i][c], w[c, h, 3], counter, what) for c in range(ci)], hw)
             for h in range(co)] for i in range(n)]
-    col = [[_sum_or_zero([_cmul(vec[2][i][c], w[c, h, 2], counter, what) for c in range(ci)], hw)
+    col = [[_sum_or_zero([_cmul(vec[2][i][c], w[c, h, 2], counter, what) for c in range(ci)]
+                         + ([b_var[h]] if b_var[h] is not None else []), hw)
             for h in range(co)] for i in range(n)]
-    dia = [[_sum_or_zero([dsc[h]] + [_cmul(vec[1][i][c], w[c, h, 1], counter, what) for c in range(ci)], hw)
-            for h in range(co)] for i in range(n)]
+    # diagonal term: c_2 * vec1 (+ bd(n), both early, added first by tree_sum) + dsc
+    dia = [[[dsc[h]] + [_cmul(vec[1][i][c], w[c, h, 1], counter, what) for c in range(ci)]
+            + ([bd_var[h]] if bd_var[h] is not None else []) for h in range(co)] for i in range(n)]
     out_fmt, relu = p.params["output_format"], p.params["relu"]
     y = [[[None] * co for _ in range(n)] for _ in range(n)]
     for i in range(n):
         for h in range(co):
-            z = row[i][h] + col[i][h] + dia[i][h]
+            z = row[i][h] + col[i][h] + _sum_or_zero(dia[i][h], hw)
             y[i][i][h] = _mask(mask[i], _act_quantize(z, out_fmt, relu, False))
         for j in range(i + 1, n):
             mij = _and(mask[i], mask[j])
@@ -419,7 +431,9 @@ def _trace_2to0(p, y, n_var, counter):
     for h in range(co):
         terms = [_cmul(u1[c], w[c, 0, h], counter, "output coefficients") for c in range(ci)]
         terms += [_cmul(u2[c], w[c, 1, h], counter, "output coefficients") for c in range(ci)]
-        z = _sum_or_zero(terms, hw) + b[h]
+        # a constant bias is added without delay; a lookup b(n) joins the adder tree, where it meets the
+        # early trace terms rather than the late total sum
+        z = _sum_or_zero(terms, hw) + b[h] if isinstance(b[h], float) else _sum_or_zero(terms + [b[h]], hw)
         out.append(_act_quantize(z, p.params["output_format"], p.params["relu"], p.params["float_output"]))
     return out
 
