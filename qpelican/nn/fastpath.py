@@ -276,32 +276,46 @@ def _q(x, g):
 
 @njit(inline="always")
 def _invariants(p, idx, n, l1, shift, bn, g, q, x, s):
-    """x[i, j] = a d_ij + b over the real particles idx[:n] (d_ii = 0), s[i] = sum_j x[i, j].
+    """x[i, j] = a d_ij + b over the real particles idx[:n] (x_ii = b: d_ii = 0), s[i] = sum_j x[i, j].
 
-    The particles are first copied to contiguous columns q (F, n), so that each row of x is one
-    vectorised loop; computing both triangles costs twice the arithmetic of i < j, but the mirrored
-    stores of the half would be scalar and strided, which is slower."""
-    for k in range(n):
-        for f in range(p.shape[1]):
+    The particles are first copied to contiguous rows q (F, n), zero beyond n, and each row of x
+    is one vectorised loop to the next multiple of 8 (longer than n: the scalar remainder of a
+    vectorised loop costs more than the few padded entries; x is there b, removed from the sum).
+    Both triangles are computed: storing the mirror image of one would be a scalar, strided loop,
+    which costs more than the arithmetic it saves."""
+    npad = (n + 7) // 8 * 8
+    for f in range(q.shape[0]):
+        for k in range(n):
             q[f, k] = p[idx[k], f]
+        for k in range(n, npad):
+            q[f, k] = 0.0
     a, b = bn[0], bn[1]
+    sc, lo, hi, quant = g[0], g[1], g[2], g[3] != 0.0
+    q0, q1, q2 = q[0], q[1], q[2]
+    q3 = q[3] if q.shape[0] > 3 else q[2]
     for i in range(n):
         xi = x[i]
         acc = 0.0
         if l1:  # (pT_i pT_j) R_ij 2^-shift, R exact on the integer angle grid
-            pt, eta, phi = q[0, i], q[1, i], q[2, i]
-            for j in range(n):
-                de, dp = eta - q[1, j], phi - q[2, j]
-                v = a * _q((pt * q[0, j]) * (de * de + dp * dp) * shift, g) + b
+            pt, eta, phi = q0[i], q1[i], q2[i]
+            for j in range(npad):
+                de, dp = eta - q1[j], phi - q2[j]
+                d = (pt * q0[j]) * (de * de + dp * dp) * shift
+                if quant:
+                    d = min(max(np.rint(d * sc) / sc, lo), hi)
+                v = a * d + b
                 xi[j] = v
                 acc += v
         else:  # E_i E_j - px px - py py - pz pz, the layer's order
-            e, px, py, pz = q[0, i], q[1, i], q[2, i], q[3, i]
-            for j in range(n):
-                v = a * _q(e * q[0, j] - px * q[1, j] - py * q[2, j] - pz * q[3, j], g) + b
+            e, px, py, pz = q0[i], q1[i], q2[i], q3[i]
+            for j in range(npad):
+                d = e * q0[j] - px * q1[j] - py * q2[j] - pz * q3[j]
+                if quant:
+                    d = min(max(np.rint(d * sc) / sc, lo), hi)
+                v = a * d + b
                 xi[j] = v
                 acc += v
-        s[i] = acc - xi[i] + b  # x is symmetric: row sums are the column sums S_j
+        s[i] = acc - xi[i] - (npad - n - 1) * b
         xi[i] = b
 
 
@@ -310,9 +324,10 @@ def _hidden_sums(x, n, w, r, c, dg, top, quant, tot, tr):
     """tot[h] = sum_ij h_ij, tr[h] = sum_i h_ii of h = Q_act(relu(w_h x_ij + r_hi + c_hj + delta_ij dg_hi)).
 
     Quantized, r, c, dg and w come scaled by the activation's 2^F, so that h is counted in units of
-    its LSB (integers, exact sums) and the inner loop is one fused multiply-add, a round and a clip
-    per pair. Rows run to the next multiple of 8 (c is -1e300 there: h = 0) to skip the scalar
-    remainder of the vectorised loop."""
+    its LSB (integers, exact sums) and each h is one fused multiply-add, an add, a round and a clip.
+    Rows run to the next multiple of 8 (c is -1e300 there: h = 0), as in :func:`_invariants`. The
+    symmetric form (x_ij serving h_ij and h_ji over i < j) was slower: rows starting at i + 1 leave
+    a long scalar remainder."""
     npad = (n + 7) // 8 * 8
     for h in range(w.shape[0]):
         wk = w[h, 0]
@@ -320,18 +335,18 @@ def _hidden_sums(x, n, w, r, c, dg, top, quant, tot, tr):
         t_all, t_diag = 0.0, 0.0
         for i in range(n):
             xi = x[i]
-            rk = r[h, i]
-            acc = 0.0
-            z = wk * xi[i] + rk + ch[i]
+            ri = r[h, i]
+            z = wk * xi[i] + ri + ch[i]
             zd = z + dg[h, i]
+            acc = 0.0
             if quant:
                 for j in range(npad):
-                    acc += min(max(np.rint(wk * xi[j] + rk + ch[j]), 0.0), top)
+                    acc += min(max(np.rint(wk * xi[j] + ri + ch[j]), 0.0), top)
                 hd = min(max(np.rint(zd), 0.0), top)
                 acc += hd - min(max(np.rint(z), 0.0), top)
             else:
                 for j in range(npad):
-                    acc += max(wk * xi[j] + rk + ch[j], 0.0)
+                    acc += max(wk * xi[j] + ri + ch[j], 0.0)
                 hd = max(zd, 0.0)
                 acc += hd - max(z, 0.0)
             t_all += acc
@@ -356,7 +371,7 @@ def _forward(p, l1, shift, bn_in, w2, tab2, bias2, dbias2, bn_h, w0, tab0, bias0
     wk = w2 * k
     for chunk in prange(n_chunks):
         x = np.zeros((m, mpad))
-        q = np.empty((nf, m))
+        q = np.empty((nf, mpad))
         s = np.empty(m)
         idx = np.empty(m, np.int64)
         r, dg = np.empty((ch, m)), np.empty((ch, m))
@@ -381,9 +396,7 @@ def _forward(p, l1, shift, bn_in, w2, tab2, bias2, dbias2, bn_h, w0, tab0, bias0
                     r[h, j] = (a_r * w2[h, 3] + (bias2[n, h] + a_ts * w2[h, 4])) * k
                     c[h, j] = a_c * w2[h, 2] * k
                     dg[h, j] = (a_d * w2[h, 1] + a_td * w2[h, 5] + dbias2[n, h]) * k
-            for i in range(n):  # the padding of the rows: x = 0 and c = -1e300 give h = 0
-                x[i, n:] = 0.0
-            c[:, n:] = -1e300
+            c[:, n:] = -1e300  # the padding of the rows: c = -1e300 gives h = 0 whatever x there
             _hidden_sums(x, n, wk, r, c, dg, ga[2] * ga[0], quant, tot, tr)
             t0 = tab0[n]
             z = 0.0
