@@ -1,13 +1,16 @@
 """Training and inference throughput of nanoPELICAN, with peak memory and the machine load.
 
 Uses exactly the paths of `qpelican fit` (same model build, optimizer, XLA choice and tf.data
-pipeline) and of fit's / tune's / evaluate's scoring (`qpelican.nn.models.predict`), on N
-constituents per jet (default 80, the paper's), the recipe's batch (512).
+pipeline) and of fit's / tune's / evaluate's scoring (`qpelican.nn.models.predict`: the numba fast
+path for nanoPELICAN), on N constituents per jet (default 80, the paper's), the recipe's batch
+(512). Inference is also timed through the XLA path (`xla_predict`, what predict used before the
+fast path and still uses for other models), on the same jets, for comparison.
 
     python bench/bench_train.py                 # c2, c10, alpha; float and 8-bit; synthetic jets
     python bench/bench_train.py --data /tmp/sim125k      # real jets (train split)
     python bench/bench_train.py --recipes recipes/c2_8bit.yaml --set model.dropout=0.05
     python bench/bench_train.py --compare /tmp/old      # alternate with another checkout (before/after)
+    python bench/bench_train.py --no-train              # inference only (fast path vs XLA), untrained weights
 
 Each recipe runs in its own process, so the peak RSS printed is that recipe's. The machines this
 is run on are shared: every row prints the 1-minute load average before it, and the CPU seconds
@@ -61,6 +64,12 @@ def bench_one(a):
     from qpelican.nn.models import build_model, predict
     from qpelican.training.session import build_training, epoch_dataset
 
+    try:
+        from qpelican.nn import fastpath
+        from qpelican.nn.models import xla_predict
+    except ImportError:  # a checkout from before the fast path (--compare): its predict is the XLA path
+        fastpath, xla_predict = None, predict
+
     if a.data:
         from qpelican.data.readers import open_dataset, resolve_splits
 
@@ -76,29 +85,39 @@ def bench_one(a):
     r = load_recipe(path)
     bs, quantized = r.training.batch_size, r.quantized
     load = os.getloadavg()[0]
-    model, _, _, jit = build_training(r, quantized, 0, math.ceil(len(y) / bs), r.training.epochs,
-                                      r.training.learning_rate)
-    ds = epoch_dataset(tf.constant(p4), tf.constant(y), len(y), bs, 0, 0).repeat()
-    compile_s, _ = _timed(lambda: model.fit(ds, steps_per_epoch=a.warmup, epochs=1, verbose=0))
-    train_s, train_cpu = _timed(lambda: model.fit(ds, steps_per_epoch=a.steps, epochs=1, verbose=0))
-    rss_train = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    # inference: a fresh model of the recipe, the predict of fit / tune / evaluate
+    row = {"recipe": os.path.basename(a.one), "repo": os.path.abspath(a.repo), "quantized": quantized, "batch": bs,
+           "n_constituents": a.n, "overrides": a.set, "load_before": load}
     infer = build_model(r.to_model_config(quantized=quantized))
-    infer.set_weights(model.get_weights())
-    predict(infer, p4[:4096])
-    predict(infer, p4[:len(p4) % 4096 or 4096])  # compile the padded last batch's shape too
-    inf_s, inf_cpu = _timed(lambda: predict(infer, p4))
-    trained = a.steps * bs
-    return {"recipe": os.path.basename(a.one), "repo": os.path.abspath(a.repo), "quantized": quantized, "xla": jit,
-            "batch": bs, "n_constituents": a.n, "overrides": a.set, "load_before": load,
-            "train_jets_per_second": round(trained / train_s, 1),
-            "train_jets_per_cpu_second": round(trained / train_cpu, 1),
-            "ms_per_batch": round(1000 * train_s / a.steps, 2), "first_steps_seconds": round(compile_s, 2),
-            "infer_jets_per_second": round(len(p4) / inf_s, 1),
-            "infer_jets_per_cpu_second": round(len(p4) / inf_cpu, 1),
-            "peak_rss_mb_train": round(rss_train, 1),
-            "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
-            "load_after": os.getloadavg()[0], "cpus": os.cpu_count()}
+    if not a.no_train:
+        model, _, _, jit = build_training(r, quantized, 0, math.ceil(len(y) / bs), r.training.epochs,
+                                          r.training.learning_rate)
+        ds = epoch_dataset(tf.constant(p4), tf.constant(y), len(y), bs, 0, 0).repeat()
+        compile_s, _ = _timed(lambda: model.fit(ds, steps_per_epoch=a.warmup, epochs=1, verbose=0))
+        train_s, train_cpu = _timed(lambda: model.fit(ds, steps_per_epoch=a.steps, epochs=1, verbose=0))
+        trained = a.steps * bs
+        row.update(xla=jit, train_jets_per_second=round(trained / train_s, 1),
+                   train_jets_per_cpu_second=round(trained / train_cpu, 1),
+                   ms_per_batch=round(1000 * train_s / a.steps, 2), first_steps_seconds=round(compile_s, 2),
+                   peak_rss_mb_train=round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1))
+        infer.set_weights(model.get_weights())  # inference: a fresh model of the recipe with the trained weights
+    plan = fastpath.model_plan(infer) if fastpath else "no fast path in this checkout"
+    row["infer_path"] = "fast" if not isinstance(plan, str) else f"xla ({plan})"
+    for name, fn in (("infer", predict), ("xla_infer", xla_predict)):  # predict's path, then XLA's
+        fn(infer, p4[:4096])
+        fn(infer, p4[:len(p4) % 4096 or 4096])  # compile the padded last batch's shape too
+        row[f"load_{name}"] = os.getloadavg()[0]
+        s, cpu = _timed(lambda: fn(infer, p4))
+        row[f"{name}_jets_per_second"] = round(len(p4) / s, 1)
+        row[f"{name}_jets_per_cpu_second"] = round(len(p4) / cpu, 1)
+    row.update(peak_rss_mb=round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+               load_after=os.getloadavg()[0], cpus=os.cpu_count(),
+               threads=fastpath.threads() if fastpath else None)
+    return row
+
+
+def _fmt(row, key, width):
+    v = row.get(key)
+    return f"{'-':>{width}}" if v is None else f"{v:>{width},.0f}"
 
 
 def main():
@@ -114,6 +133,7 @@ def main():
     ap.add_argument("--compare", default=None, metavar="REPO",
                     help="another checkout of qpelican (e.g. `git worktree add /tmp/old HEAD~5`) run in alternation")
     ap.add_argument("--rounds", type=int, default=1, help="alternations with --compare")
+    ap.add_argument("--no-train", action="store_true", help="inference only (untrained weights)")
     ap.add_argument("--repo", default=os.path.join(HERE, ".."), help=argparse.SUPPRESS)
     ap.add_argument("--one", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--out", default=None)
@@ -123,13 +143,14 @@ def main():
         return
     repos = [a.repo] + ([a.compare] if a.compare else [])
     rows = []
-    print(f"{'recipe':<22} {'code':<10} {'load':>5}  {'train jets/s':>12} {'(per CPU-s)':>11}  "
-          f"{'infer jets/s':>12} {'(per CPU-s)':>11}  {'peak RSS':>8}")
+    print(f"{'recipe':<22} {'code':<10} {'load':>5}  {'train jets/s':>12} {'(per CPU-s)':>11}  {'load':>5}  "
+          f"{'infer jets/s':>12} {'(per CPU-s)':>11}  {'XLA jets/s':>10} {'(per CPU-s)':>11}  {'peak RSS':>8}")
     for _ in range(a.rounds if a.compare else 1):
         for recipe in a.recipes:
             for repo in repos:
                 cmd = [sys.executable, os.path.abspath(__file__), "--one", recipe, "--repo", repo, "--n", str(a.n),
                        "--jets", str(a.jets), "--steps", str(a.steps), "--warmup", str(a.warmup)]
+                cmd += ["--no-train"] if a.no_train else []
                 cmd += [f"--set={s}" for s in a.set] + (["--data", a.data] if a.data else [])
                 res = subprocess.run(cmd, capture_output=True, text=True)
                 if res.returncode != 0:
@@ -138,10 +159,13 @@ def main():
                 row = json.loads(res.stdout.strip().splitlines()[-1])
                 rows.append(row)
                 code = "this" if repo == a.repo else os.path.basename(os.path.normpath(repo))
+                path = "" if row["infer_path"] == "fast" else row["infer_path"]
                 print(f"{row['recipe'][:22]:<22} {code[:10]:<10} {row['load_before']:>5.1f}  "
-                      f"{row['train_jets_per_second']:>12,.0f} {row['train_jets_per_cpu_second']:>11,.0f}  "
+                      f"{_fmt(row, 'train_jets_per_second', 12)} {_fmt(row, 'train_jets_per_cpu_second', 11)}  "
+                      f"{row['load_infer']:>5.1f}  "
                       f"{row['infer_jets_per_second']:>12,.0f} {row['infer_jets_per_cpu_second']:>11,.0f}  "
-                      f"{row['peak_rss_mb']:>6,.0f} MB {' '.join(a.set)}", flush=True)
+                      f"{row['xla_infer_jets_per_second']:>10,.0f} {row['xla_infer_jets_per_cpu_second']:>11,.0f}  "
+                      f"{row['peak_rss_mb']:>6,.0f} MB {' '.join(a.set)} {path}", flush=True)
     if a.out:
         with open(a.out, "w") as f:
             json.dump(rows, f, indent=2)

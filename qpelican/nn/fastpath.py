@@ -39,7 +39,7 @@ from qpelican.nn.layers import (CandidateMask, L1CandidateInput, L1Invariants, L
                                 LorentzInvariants, MaskedBatchNorm, MomentumInput, PairDropout, ParticleMask)
 
 INVARIANT, AGG2, ACT2, AGG0, OUT0 = range(5)  # rows of the quantizer table: where the kernel rounds
-CHUNK = 16384  # jets per front-layer call: memory stays one chunk's, whatever the number of jets
+CHUNK = 1 << 16  # jets per kernel call: memory stays one chunk's, whatever the number of jets
 
 
 @dataclass
@@ -240,32 +240,6 @@ def model_plan(model):
 
 
 # ---------------------------------------------------------------------------------- the kernel
-@njit(parallel=True, cache=True)
-def _front(x, l1, scale, beams, g, out):
-    """The front layer's output (float32 arithmetic, as the layer; no fast-math: every float32
-    product here is rounded, and the order is the layer's) into out (B, M, F) float64.
-
-    p4 (``MomentumInput``): ``Q_input(p * (1/scale))``, after the constant ``beams`` rows.
-    l1 (``L1CandidateInput``): ``Q_input(pT)`` and the angles clipped to g's angle range and
-    rounded to integers. ``g`` = (2^F, min, max, on, angle min, angle max) float32."""
-    nb = beams.shape[0]
-    for b in prange(x.shape[0]):
-        for k in range(nb):
-            for f in range(x.shape[2]):
-                out[b, k, f] = beams[k, f]
-        for k in range(x.shape[1]):
-            for f in range(x.shape[2]):
-                v = x[b, k, f]
-                if l1 and f > 0:
-                    v = np.rint(min(max(v, g[4]), g[5]))
-                else:
-                    if not l1:
-                        v = v * scale
-                    if g[3] != 0.0:
-                        v = min(max(np.rint(v * g[0]) / g[0], g[1]), g[2])
-                out[b, nb + k, f] = v
-
-
 @njit(inline="always")
 def _q(x, g):
     """Round x onto grid g = (2^F, min, max, on): half to even, saturating (qpelican.nn.quant)."""
@@ -275,18 +249,47 @@ def _q(x, g):
 
 
 @njit(inline="always")
-def _invariants(p, idx, n, l1, shift, bn, g, q, x, s):
-    """x[i, j] = a d_ij + b over the real particles idx[:n] (x_ii = b: d_ii = 0), s[i] = sum_j x[i, j].
+def _front(xj, l1, scale, beams, g, q):
+    """The front layer's output of one jet, real particles only, into the columns of q (F, M):
+    returns their number n. The layer's arithmetic is float32, and so is this: p4
+    (``MomentumInput``) ``Q_input(p * (1/scale))`` after the constant ``beams`` rows; l1
+    (``L1CandidateInput``) ``Q_input(pT)`` and the angles clipped to the angle range and rounded.
+    A particle is real when its first feature (E or pT) on the grid is not zero (``ParticleMask``,
+    ``CandidateMask``). ``g`` = (2^F, min, max, on, angle min, angle max), float32."""
+    nf = q.shape[0]
+    n = 0
+    for k in range(beams.shape[0]):
+        if beams[k, 0] != 0.0:
+            for f in range(nf):
+                q[f, n] = beams[k, f]
+            n += 1
+    for k in range(xj.shape[0]):
+        for f in range(nf):
+            v = xj[k, f]
+            if l1 and f > 0:
+                v = np.rint(min(max(v, g[4]), g[5]))
+            else:
+                if not l1:
+                    v = v * scale
+                if g[3] != 0.0:
+                    v = min(max(np.rint(v * g[0]) / g[0], g[1]), g[2])
+            q[f, n] = v
+        if q[0, n] != 0.0:  # else the next particle overwrites this padded one
+            n += 1
+    return n
 
-    The particles are first copied to contiguous rows q (F, n), zero beyond n, and each row of x
-    is one vectorised loop to the next multiple of 8 (longer than n: the scalar remainder of a
-    vectorised loop costs more than the few padded entries; x is there b, removed from the sum).
+
+@njit(inline="always")
+def _invariants(q, n, l1, shift, bn, g, x, s):
+    """x[i, j] = a d_ij + b over the real particles q[:, :n] (x_ii = b: d_ii = 0), s[i] = sum_j x[i, j].
+
+    Each row of x is one vectorised loop over the contiguous rows of q, to the next multiple of 8
+    (longer than n: the scalar remainder of a vectorised loop costs more than the few padded
+    entries; q is zero there, x is b, removed from the sum).
     Both triangles are computed: storing the mirror image of one would be a scalar, strided loop,
     which costs more than the arithmetic it saves."""
     npad = (n + 7) // 8 * 8
     for f in range(q.shape[0]):
-        for k in range(n):
-            q[f, k] = p[idx[k], f]
         for k in range(n, npad):
             q[f, k] = 0.0
     a, b = bn[0], bn[1]
@@ -356,13 +359,15 @@ def _hidden_sums(x, n, w, r, c, dg, top, quant, tot, tr):
 
 
 @njit(parallel=True, cache=True, fastmath={"reassoc", "contract", "nsz"})
-def _forward(p, l1, shift, bn_in, w2, tab2, bias2, dbias2, bn_h, w0, tab0, bias0, relu0, qg, n_chunks, out):
-    """Logits of the jets p (B, M, F) on their input grid into out (B,), float64 (see the module),
+def _forward(p, l1, scale, beams, qin, shift, bn_in, w2, tab2, bias2, dbias2, bn_h, w0, tab0, bias0, relu0, qg,
+             n_chunks, out):
+    """Logits of the jets p (B, N, F) (float32 model inputs) into out (B,), float64 (see the module),
     in ``n_chunks`` runs of consecutive jets shared among the threads.
 
     fast-math lets the sums be reordered and products fused: a quantized model's sums and products
     are exact, so neither changes a value (and a float model's change at the 1e-16 level)."""
-    n_jets, m, nf = p.shape[0], p.shape[1], p.shape[2]
+    n_jets, nf = p.shape[0], p.shape[2]
+    m = p.shape[1] + beams.shape[0]
     mpad = (m + 7) // 8 * 8
     ch = w2.shape[0]
     ga = qg[ACT2]
@@ -373,18 +378,12 @@ def _forward(p, l1, shift, bn_in, w2, tab2, bias2, dbias2, bn_h, w0, tab0, bias0
         x = np.zeros((m, mpad))
         q = np.empty((nf, mpad))
         s = np.empty(m)
-        idx = np.empty(m, np.int64)
         r, dg = np.empty((ch, m)), np.empty((ch, m))
         c = np.full((ch, mpad), -1e300)
         tot, tr = np.empty(ch), np.empty(ch)
         for jet in range(chunk * n_jets // n_chunks, (chunk + 1) * n_jets // n_chunks):
-            pj = p[jet]
-            n = 0
-            for i in range(m):
-                if pj[i, 0] != 0.0:  # the particle mask: E (or pT) on its grid is not zero
-                    idx[n] = i
-                    n += 1
-            _invariants(pj, idx, n, l1, shift, bn_in, qg[INVARIANT], q, x, s)
+            n = _front(p[jet], l1, scale, beams, qin, q)
+            _invariants(q, n, l1, shift, bn_in, qg[INVARIANT], x, s)
             t = tab2[n]
             tsum = 0.0
             for j in range(n):
@@ -411,12 +410,11 @@ def _forward(p, l1, shift, bn_in, w2, tab2, bias2, dbias2, bn_h, w0, tab0, bias0
 def predict_fast(p, x):
     """Logits (jets,) float32 of plan ``p`` for inputs ``x`` already of the model's N (no validation)."""
     out = np.zeros(len(x), np.float64)
-    for a in range(0, len(x), CHUNK):
+    for a in range(0, len(x), CHUNK):  # an array in memory is not copied; an HDF5 dataset is read a chunk at a time
         chunk = np.ascontiguousarray(x[a:a + CHUNK], np.float32)
-        grid = np.empty((len(chunk), chunk.shape[1] + len(p.beams), chunk.shape[2]))
-        _front(chunk, p.l1, np.float32(p.front_scale), p.beams, p.qin, grid)
-        _forward(grid, p.l1, p.l1_shift, p.bn_in, p.w2, p.tab2, p.bias2, p.dbias2, p.bn_h, p.w0, p.tab0, p.bias0,
-                 p.relu0, p.qgrid, min(len(grid), 64 * numba.get_num_threads()), out[a:a + len(grid)])
+        _forward(chunk, p.l1, np.float32(p.front_scale), p.beams, p.qin, p.l1_shift, p.bn_in, p.w2, p.tab2, p.bias2,
+                 p.dbias2, p.bn_h, p.w0, p.tab0, p.bias0, p.relu0, p.qgrid,
+                 min(len(chunk), 64 * numba.get_num_threads()), out[a:a + len(chunk)])
     return out.astype(np.float32)
 
 
