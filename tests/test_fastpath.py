@@ -202,6 +202,8 @@ def test_weights_changed_after_the_first_call_are_used(sim_dir):
     assert not np.array_equal(first, second)
     np.testing.assert_array_equal(second, reference(model, x))
     assert predict(model, x[:0]).shape == (0,)
+    with pytest.raises(ValueError, match="the model takes"):  # the kernel indexes its tables by n <= N
+        predict(model, np.concatenate([x, x], axis=1))
 
 
 def test_other_models_take_the_xla_path(sim_dir):

@@ -46,6 +46,7 @@ CHUNK = 1 << 16  # jets per kernel call: memory stays one chunk's, whatever the 
 class Plan:
     """Everything the kernel reads, as float64 arrays (built by :func:`plan`)."""
 
+    shape: tuple             # (N, F): the model's input shape per jet
     l1: bool                 # Level-1 candidates (collider form) instead of 4-momenta
     front_scale: float       # p4: the float32 factor 1/scale of MomentumInput
     beams: np.ndarray        # (0 or 2, 4) the beam rows MomentumInput prepends
@@ -211,7 +212,7 @@ def plan(model):
     bias2, dbias2 = _tables2(eq2)
     c = eq2.channels
     return Plan(
-        l1=type(inv) is L1Invariants, quantized=eq2.quantized, **_front_constants(ch["front"]),
+        shape=tuple(int(d) for d in model.inputs[0].shape[1:]), l1=type(inv) is L1Invariants, quantized=eq2.quantized, **_front_constants(ch["front"]),
         l1_shift=2.0 ** -inv.shift if type(inv) is L1Invariants else 1.0,
         bn_in=_bn(model, ch["bn_in"], 1)[:, 0],
         w2=_np(eq2.q("coefficient", eq2.kernel))[0],
@@ -408,7 +409,10 @@ def _forward(p, l1, scale, beams, qin, shift, bn_in, w2, tab2, bias2, dbias2, bn
 
 
 def predict_fast(p, x):
-    """Logits (jets,) float32 of plan ``p`` for inputs ``x`` already of the model's N (no validation)."""
+    """Logits (jets,) float32 of plan ``p`` for inputs ``x`` already of the model's N (no validation of
+    the values; the shape is checked, as the kernel indexes its tables by the multiplicity)."""
+    if tuple(np.shape(x)[1:]) != p.shape:
+        raise ValueError(f"inputs of shape {np.shape(x)}; the model takes (jets, {p.shape[0]}, {p.shape[1]}).")
     out = np.zeros(len(x), np.float64)
     for a in range(0, len(x), CHUNK):  # an array in memory is not copied; an HDF5 dataset is read a chunk at a time
         chunk = np.ascontiguousarray(x[a:a + CHUNK], np.float32)
