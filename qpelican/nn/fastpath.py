@@ -246,7 +246,7 @@ def _q(x, g):
     """Round x onto grid g = (2^F, min, max, on): half to even, saturating (qpelican.nn.quant)."""
     if g[3] == 0.0:
         return x
-    return min(max(np.rint(x * g[0]) / g[0], g[1]), g[2])
+    return min(max(np.rint(x * g[0]) * (1.0 / g[0]), g[1]), g[2])
 
 
 @njit(inline="always")
@@ -294,31 +294,41 @@ def _invariants(q, n, l1, shift, bn, g, x, s):
         for k in range(n, npad):
             q[f, k] = 0.0
     a, b = bn[0], bn[1]
-    sc, lo, hi, quant = g[0], g[1], g[2], g[3] != 0.0
+    sc, lo, hi, quant = g[0], g[1] * g[0], g[2] * g[0], g[3] != 0.0
+    a_sc = a / sc  # the grid's 2^-F folded into a: exact (a power of two, or a float model's BatchNorm)
     q0, q1, q2 = q[0], q[1], q[2]
     q3 = q[3] if q.shape[0] > 3 else q[2]
     for i in range(n):
         xi = x[i]
         acc = 0.0
+        # one loop per case, so that each is a plain vectorised loop (rounded onto the grid in units
+        # of its LSB: clip(rint(d 2^F)) 2^-F, with 2^-F a product, as a division costs more)
         if l1:  # (pT_i pT_j) R_ij 2^-shift, R exact on the integer angle grid
             pt, eta, phi = q0[i], q1[i], q2[i]
-            for j in range(npad):
-                de, dp = eta - q1[j], phi - q2[j]
-                d = (pt * q0[j]) * (de * de + dp * dp) * shift
-                if quant:
-                    d = min(max(np.rint(d * sc) / sc, lo), hi)
-                v = a * d + b
-                xi[j] = v
-                acc += v
+            if quant:
+                for j in range(npad):
+                    de, dp = eta - q1[j], phi - q2[j]
+                    v = a_sc * min(max(np.rint((pt * q0[j]) * (de * de + dp * dp) * shift * sc), lo), hi) + b
+                    xi[j] = v
+                    acc += v
+            else:
+                for j in range(npad):
+                    de, dp = eta - q1[j], phi - q2[j]
+                    v = a * ((pt * q0[j]) * (de * de + dp * dp) * shift) + b
+                    xi[j] = v
+                    acc += v
         else:  # E_i E_j - px px - py py - pz pz, the layer's order
             e, px, py, pz = q0[i], q1[i], q2[i], q3[i]
-            for j in range(npad):
-                d = e * q0[j] - px * q1[j] - py * q2[j] - pz * q3[j]
-                if quant:
-                    d = min(max(np.rint(d * sc) / sc, lo), hi)
-                v = a * d + b
-                xi[j] = v
-                acc += v
+            if quant:
+                for j in range(npad):
+                    v = a_sc * min(max(np.rint((e * q0[j] - px * q1[j] - py * q2[j] - pz * q3[j]) * sc), lo), hi) + b
+                    xi[j] = v
+                    acc += v
+            else:
+                for j in range(npad):
+                    v = a * (e * q0[j] - px * q1[j] - py * q2[j] - pz * q3[j]) + b
+                    xi[j] = v
+                    acc += v
         s[i] = acc - xi[i] - (npad - n - 1) * b
         xi[i] = b
 
