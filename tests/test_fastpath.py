@@ -23,7 +23,7 @@ NANO = [r for r in RECIPES if load_recipe(r).model.architecture == "nano"]
 QUANTIZED = [r for r in NANO if load_recipe(r).quantized]
 # the float models the recipes build (the float pre-training of a quantized recipe), each once
 FLOAT = list({repr(load_recipe(r).to_model_config(quantized=False)): r for r in NANO}.values())
-REAL_JETS = 96
+REAL_JETS = 64
 
 
 def on_grids(model, rng, steps=3):
@@ -207,8 +207,7 @@ def test_weights_changed_after_the_first_call_are_used(sim_dir):
 
 
 def test_other_models_take_the_xla_path(sim_dir):
-    """Full PELICAN is not a nanoPELICAN chain: plan says why, predict is the XLA path; the XLA
-    path itself still equals the eager model on a quantized nano model."""
+    """Full PELICAN is not a nanoPELICAN chain: plan says why, and predict is the XLA path."""
     model = build_model({"architecture": "pelican", "n_constituents": 16, "blocks": [3], "embedding": 3, "mlp": [4],
                          "scale": 1.0})
     float_weights(model, np.random.default_rng(5))
@@ -216,5 +215,3 @@ def test_other_models_take_the_xla_path(sim_dir):
     assert isinstance(why, str) and "LinEq2to0" in why
     x = inputs(sim_dir, model, "p4", np.random.default_rng(6))
     np.testing.assert_array_equal(predict(model, x), xla_predict(model, x))
-    model, x = recipe_model([p for p in QUANTIZED if p.endswith("c2_8bit.yaml")][0], True, sim_dir, seed=8)
-    np.testing.assert_array_equal(xla_predict(model, x), reference(model, x))
