@@ -2,7 +2,8 @@
 
 For each jet the kernel computes, on its n real particles only,
 
-    d_ij      invariants (i < j, mirrored; d_ii = 0), optionally a float BatchNorm a d + b
+    p         the inputs on their grid (the front layer's float32 arithmetic), real particles kept
+    d_ij      invariants (d_ii = 0), optionally a float BatchNorm a d + b
     S_j, T    column sums and total                                   (exact)
     A         aggregates Q_agg(S_j t_b(n)), Q_agg(T t_b(n))          (LinEq2to2, nano basis)
     z^h_ij    w0 d_ij + R^h_i + C^h_j + delta_ij D^h_i               (R, C, D: O(n) per channel)
@@ -11,13 +12,23 @@ For each jet the kernel computes, on its n real particles only,
 
 so the n x n array of one jet stays in cache and no (B, N, N, C) tensor is ever written. Every
 weight, table and format is read from the Keras layers (:func:`plan`): the layers' own quantizers
-round the coefficients, ``scale_table()`` / ``bias_tables()`` give the tables, the front layer
-(``MomentumInput`` or ``L1CandidateInput``) puts the inputs on their grid by running itself.
+round the coefficients, ``scale_table()`` / ``bias_tables()`` give the tables, the formats give
+the grids (``FixedFormat``: 2^F, min, max), a float model's BatchNorms their inference affine map
+(``qpelican.nn.fold``). The rounding itself, clip(rint(x 2^F) 2^-F), is ``qpelican.nn.quant.quantize``
+written for numba (tested bit for bit against the layers).
+
+Where the time goes (N = 80, 30-79 constituents, one thread, a loaded 2-core machine): about
+3.5 us per jet for the inputs, invariants and aggregates, then about 0.9 us (float) or 1.3 us
+(8-bit) per hidden channel: c2 5-6 us, c10 12-17 us. The pair loops are vectorised (rows padded to
+a multiple of 8); what is left is their arithmetic (a fused multiply-add, an add, a round and a
+clip per pair and channel). Computing d_ij for i < j only and mirroring it would save about a
+third of the invariants, but the mirror is a strided copy that costs about as much.
 
 Exactness (docs/fixed_point.md): a quantized model's every sum is exact in float64, so the kernel
 computes in float64 and rounds half to even (``np.rint``, as ``tf.round``) exactly where the layers
 round: its logits are bit-identical to ``model(x, training=False)``. A float model is computed in
-float64 (the layers use float32): equal to about 1e-6 relative.
+float64 (the layers use float32): within 1e-7 of a float64 evaluation, 1e-5 of the Keras model
+(1e-3 with a float BatchNorm, whose centring costs the float32 sums digits).
 
 Supported (:func:`plan` says why not otherwise, and ``predict`` then takes the XLA path): the
 nanoPELICAN graph of :func:`qpelican.nn.models.build_nanopelican` in the p4 or l1 (collider) input
@@ -44,7 +55,7 @@ CHUNK = 1 << 16  # jets per kernel call: memory stays one chunk's, whatever the 
 
 @dataclass
 class Plan:
-    """Everything the kernel reads, as float64 arrays (built by :func:`plan`)."""
+    """Everything the kernel reads (built by :func:`plan`); arrays are float64 unless noted."""
 
     shape: tuple             # (N, F): the model's input shape per jet
     l1: bool                 # Level-1 candidates (collider form) instead of 4-momenta
@@ -159,7 +170,8 @@ def _grid(fmt):
 
 
 def _bn(model, layers, channels):
-    """The inference affine map (a, b) of BatchNorms applied in sequence, (2, channels) float64."""
+    """The inference affine map (a, b) of BatchNorms applied in sequence, (2, channels) float64
+    (each from ``qpelican.nn.fold``, the home of a BatchNorm's inference form)."""
     a, b = np.ones(channels), np.zeros(channels)
     for bn in layers:
         a_k, b_k = _affine(model, bn.name)
@@ -212,7 +224,8 @@ def plan(model):
     bias2, dbias2 = _tables2(eq2)
     c = eq2.channels
     return Plan(
-        shape=tuple(int(d) for d in model.inputs[0].shape[1:]), l1=type(inv) is L1Invariants, quantized=eq2.quantized, **_front_constants(ch["front"]),
+        shape=tuple(int(d) for d in model.inputs[0].shape[1:]), quantized=eq2.quantized,
+        l1=type(inv) is L1Invariants, **_front_constants(ch["front"]),
         l1_shift=2.0 ** -inv.shift if type(inv) is L1Invariants else 1.0,
         bn_in=_bn(model, ch["bn_in"], 1)[:, 0],
         w2=_np(eq2.q("coefficient", eq2.kernel))[0],
