@@ -12,7 +12,7 @@ from qpelican.nn.compat import layer_generator
 from qpelican.nn.layers import PairDropout
 from qpelican.nn.layers.dropout import keep_mask
 from qpelican.nn.layers.lineq import relu_pair_map
-from qpelican.nn.models import build_model, predict
+from qpelican.nn.models import build_model, predict, xla_predict
 from qpelican.nn.quant import quantize
 from qpelican.core.formats import parse_format
 
@@ -43,22 +43,23 @@ def randomise(model, rng, scale=0.5):
     {"channels": 2, "alpha": True, "batchnorm": True, "dropout": 0.05},
     {"architecture": "pelican", "blocks": [3], "embedding": 3, "mlp": [4]},
 ])
-def test_xla_predict_equals_the_eager_model(cfg):
-    """predict (XLA, padded last batch) == the model run op by op: bit for bit when quantized,
-    1e-5 relative in float."""
+@pytest.mark.parametrize("path", [xla_predict, predict])
+def test_predict_paths_equal_the_eager_model(cfg, path):
+    """xla_predict (padded last batch) and predict (the fused fast path for nano models) == the
+    model run op by op: bit for bit when quantized, 1e-5 relative in float."""
     rng = np.random.default_rng(0)
     model = build_model({"n_constituents": 40, **cfg})
     randomise(model, rng, 0.3)
     p4 = jets(rng, 300, 40)
     ref = np.concatenate([model(tf.constant(p4[a:a + 64]), training=False).numpy().reshape(-1)
                           for a in range(0, len(p4), 64)])
-    got = predict(model, p4, batch_size=128)  # 128, 128 and a 44-jet batch padded to 64
+    got = path(model, p4, batch_size=128)  # 128, 128 and a 44-jet batch (XLA: padded to 64)
     assert got.shape == (300,) and np.count_nonzero(got) > 0
     if "quantization" in cfg:
         np.testing.assert_array_equal(got, ref)
     else:
         np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-5 * np.abs(ref).max())
-    assert predict(model, p4[:0]).shape == (0,)
+    assert path(model, p4[:0]).shape == (0,)
 
 
 def reference_hidden(x, w, r, c, d, m, fmt):
