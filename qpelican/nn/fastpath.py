@@ -45,7 +45,7 @@ import tensorflow as tf
 import tf_keras
 from numba import njit, prange
 
-from qpelican.nn.fold import _affine
+from qpelican.nn.fold import batchnorm_affine
 from qpelican.nn.layers import (CandidateMask, L1CandidateInput, L1Invariants, LinEq2to0, LinEq2to2,
                                 LorentzInvariants, MaskedBatchNorm, MomentumInput, PairDropout, ParticleMask)
 
@@ -174,7 +174,7 @@ def _bn(model, layers, channels):
     (each from ``qpelican.nn.fold``, the home of a BatchNorm's inference form)."""
     a, b = np.ones(channels), np.zeros(channels)
     for bn in layers:
-        a_k, b_k = _affine(model, bn.name)
+        a_k, b_k = batchnorm_affine(model, bn.name)
         a, b = a * a_k, b * a_k + b_k
     return np.stack([a, b])
 

@@ -44,7 +44,7 @@ def transfer_weights(src, dst, x_sample):
     dst.set_weights(a)
 
 
-def _affine(model, name):
+def batchnorm_affine(model, name):
     """(a, b) of BatchNorm ``name`` in inference (identity when the model has none)."""
     try:
         bn = model.get_layer(name)
@@ -104,7 +104,7 @@ def fold_batchnorm(src, dst, x_sample):
         if not isinstance(target, (LinEq2to2, LinEq2to0)) or not target.input_shift:
             raise QpelicanError(f"layer {eq_name!r} of the quantized model takes no folded BatchNorm (input_shift).")
         w[eq_name] = _eq_weights(layer)
-        a, b = _affine(src, bn_name) or (np.ones(layer.kernel.shape[0]), np.zeros(layer.kernel.shape[0]))
+        a, b = batchnorm_affine(src, bn_name) or (np.ones(layer.kernel.shape[0]), np.zeros(layer.kernel.shape[0]))
         w[eq_name]["kernel"] *= a[:, None, None]  # the input channel is the kernel's first axis in both layers
         w[eq_name]["shift"] = b / a
     k = _hidden_scales(src, w["lineq_2to2"], w["lineq_2to0"], dst.get_layer("lineq_2to2"), x_sample)
