@@ -102,6 +102,15 @@ def test_overrides_validate():
     short = flag.with_overrides(epochs=4)  # QAT epochs; the float pre-training keeps its proportion
     assert short.training.epochs == 4
     assert short.training.pretrain_epochs == round(4 * flag.training.pretrain_epochs / flag.training.epochs)
+    # the starts keep their share of the float pre-training (the flagship: 24 of 120 epochs)
+    assert flag.training.starts > 1 and short.training.starts == flag.training.starts
+    assert short.training.start_epochs == round(flag.training.start_epochs * short.training.pretrain_epochs
+                                                / flag.training.pretrain_epochs)
+    assert flag.with_overrides(epochs=1).training.start_epochs >= 1
+    kept = flag.with_overrides(epochs=4, sets=["training.start_epochs=3"])
+    assert kept.training.start_epochs == 3  # named on the command line: kept as given
+    with pytest.raises(RecipeError, match="start_epochs between 1 and"):
+        flag.with_overrides(sets=["training.start_epochs=121"])
 
 
 def test_paper_schedule_shape():
@@ -136,8 +145,11 @@ def test_set_overrides_apply_and_fail_clearly():
     r = load_recipe("recipes/c2_8bit.yaml").with_overrides(
         sets=["model.dropout=0", "quantization.activation=quantized_relu(6,3)", "training.batch_size=256"])
     assert r.model.dropout == 0 and r.training.batch_size == 256
+    s = load_recipe("recipes/c2_8bit.yaml").with_overrides(sets=["seed=3", "seeds=2"])
+    assert (s.seed, s.seed_list()) == (3, [3, 4])
     assert "quantized_relu(6,3)" in str(r.quantization.activation)
     for bad, match in [("model.dropout", "SECTION.KEY=VALUE"), ("dropout=0", "SECTION.KEY=VALUE"),
+                       ("seed=-1", "seed"), ("seed=[1", "not valid YAML"),
                        ("modle.dropout=0", "unknown section 'modle'"), ("model.dropuot=0", "unknown key 'model.dropuot'"),
                        ("model.channels=[1", "not valid YAML"), ("training.batch_size=big", "batch_size")]:
         with pytest.raises(RecipeError, match=match):

@@ -151,3 +151,47 @@ def test_cli_recipe_errors(tmp_path, capsys, text, needle):
 def test_usage_errors_exit_2_without_traceback(argv, match, capsys):
     code, out, err = _run(argv, capsys)
     assert code == 2 and match in out + err and "Traceback" not in out + err
+
+
+def test_starts_keep_the_best_initialisation(tmp_path, sim_dir, capsys):
+    """training.starts 3, start_epochs 1: each start trains 1 float epoch, the one of lowest validation
+    loss trains on, and ends with exactly the weights of a plain run of its seed. Interrupted during the
+    second start and resumed, the run reaches the same choice and weights."""
+    from qpelican.config.recipe import load_recipe
+    from qpelican.training.train import fit_recipe, load_splits, start_seed, train_one
+
+    recipe = _recipe(tmp_path, sim_dir, quantization=Q8, model={"batchnorm": True, "dropout": 0.0},
+                     training={"qat": "finetune", "pretrain_epochs": 2, "epochs": 1, "starts": 3, "start_epochs": 1})
+    r = load_recipe(recipe)
+    run = tmp_path / "run"
+    seen = []
+
+    def stop_in_second_start(row):
+        seen.append(row["seed"])
+        if row["seed"] == start_seed(0, 1):
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        fit_recipe(r, run, progress=False, on_epoch=stop_in_second_start)
+    assert seen == [0, start_seed(0, 1)] and not (run / "seeds" / "0" / "starts" / "chosen.json").exists()
+    code, out, err = _run(["fit", recipe, "--out", str(run), "--resume"], capsys)
+    assert code == 0, err
+    assert "start 3/3" in out and "continues" in out
+    chosen = json.loads((run / "seeds" / "0" / "starts" / "chosen.json").read_text())
+    losses = [s["val_loss"] for s in chosen["starts"]]
+    assert len(losses) == 3 and len(set(losses)) == 3, "the starts should differ"
+    k = chosen["start"]
+    assert losses[k] == min(losses)
+    res = json.loads((run / "results.json").read_text())
+    assert res["seed"] == 0 and res["seeds"][0]["start"] == k and res["seeds"][0]["start_seed"] == start_seed(0, k)
+    hist = json.loads((run / "seeds" / "0" / "history.json").read_text())
+    assert [h["phase"] for h in hist] == ["float", "float", "qat"] and hist[0]["val_loss"] == losses[k]
+    plain = r.model_copy(update={"training": r.training.model_copy(update={"starts": 1, "start_epochs": 0})})
+    ref, _ = train_one(plain, load_splits(plain), start_seed(0, k), str(tmp_path / "ref"), progress=False)
+    got = qpelican.load_model(str(run / "model.keras"))
+    for a, b in zip(ref.get_weights(), got.get_weights()):
+        np.testing.assert_array_equal(a, b)
+    # starts without start_epochs: a short error naming both keys
+    bad = _recipe(tmp_path, sim_dir, name="bad", training={"starts": 2})
+    code, out, err = _run(["fit", bad, "--out", str(tmp_path / "bad")], capsys)
+    assert code == 2 and "start_epochs" in err and "Traceback" not in err

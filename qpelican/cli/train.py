@@ -31,7 +31,7 @@ def fit(
                                        help="simulated sample size (or cap on training jets with a dataset)"),
     resume: bool = typer.Option(False, "--resume", help="continue an interrupted run in --out"),
     sets: Optional[list[str]] = typer.Option(None, "--set", metavar="SECTION.KEY=VALUE",
-                                             help="override any recipe key, e.g. --set model.dropout=0 (repeatable)"),
+                                             help="override any recipe key, e.g. --set model.dropout=0 or --set seed=3 (repeatable)"),
 ):
     """Train a model (or several seeds) from a YAML recipe and write the run directory."""
     from qpelican.config.recipe import load_recipe

@@ -58,6 +58,8 @@ A recipe has five sections and two top-level keys; every key is optional except 
       jit_compile: auto            # auto (XLA) | true | false
       init_from: null              # run directory or .keras model whose weights start the training
                                    # (e.g. a float run, for QAT fine-tuning with pretrain_epochs: 0)
+      starts: 1                    # initialisations tried per seed: each trains start_epochs epochs,
+      start_epochs: 0              # the one of lowest validation loss then trains to the end
     seeds: 1                       # number of seeds; seed k uses seed + k
     seed: 0                        # first training seed
 
@@ -161,6 +163,24 @@ class TrainingSection(_Section):
     finetune_learning_rate: Optional[float] = Field(default=None, gt=0)
     jit_compile: Union[Literal["auto"], bool] = "auto"
     init_from: Optional[str] = None
+    starts: int = Field(default=1, ge=1)
+    start_epochs: int = Field(default=0, ge=0)
+
+    def first_phase_epochs(self) -> int:
+        """Epochs of the first phase: the float pre-training of a finetune recipe, else all."""
+        return self.pretrain_epochs if self.qat == "finetune" and self.pretrain_epochs > 0 else self.epochs
+
+
+def first_phase_epochs(training: dict) -> int:
+    """Epochs of the first phase of a training section (dict): see TrainingSection.first_phase_epochs."""
+    return TrainingSection.model_validate(training).first_phase_epochs()
+
+
+def rescale_start_epochs(training: dict, first_before: int) -> None:
+    """Keep the starts' share of the first phase after its length changed from ``first_before``
+    (a training section dict, changed in place)."""
+    if training.get("start_epochs") and first_before:
+        training["start_epochs"] = max(1, round(training["start_epochs"] * first_phase_epochs(training) / first_before))
 
 
 class Recipe(_Section):
@@ -238,9 +258,15 @@ class Recipe(_Section):
         explicit = set()
         for kv in sets:
             key, eq, val = str(kv).partition("=")
+            if eq and key.strip() in _TOP_LEVEL_SETS:  # --set seed=3
+                try:
+                    d[key.strip()] = yaml.safe_load(val)
+                except yaml.YAMLError:
+                    raise RecipeError(f"--set {kv!r}: the value is not valid YAML.") from None
+                continue
             sec, dot, k = key.strip().partition(".")
             if not eq or not dot or not k:
-                raise RecipeError(f"--set {kv!r}: expected SECTION.KEY=VALUE, e.g. model.dropout=0.")
+                raise RecipeError(f"--set {kv!r}: expected SECTION.KEY=VALUE (e.g. model.dropout=0) or seed=S / seeds=K.")
             if sec not in _SECTIONS:
                 raise RecipeError(f"--set {kv!r}: unknown section {sec!r}; allowed: {', '.join(_SECTIONS)}.")
             try:
@@ -251,11 +277,14 @@ class Recipe(_Section):
         if epochs is not None:
             t = d["training"]
             scale = "training.pretrain_epochs" not in explicit and isinstance(t["pretrain_epochs"], int)
+            first = first_phase_epochs(t)
             if scale and t["qat"] == "finetune" and t["pretrain_epochs"] > 0 and isinstance(t["epochs"], int) \
                     and t["epochs"] > 0:
                 # keep the float : QAT proportion of the recipe
                 t["pretrain_epochs"] = max(1, round(t["pretrain_epochs"] * epochs / t["epochs"]))
             t["epochs"] = epochs
+            if "training.start_epochs" not in explicit:
+                rescale_start_epochs(t, first)
         if data is not None:
             d["data"]["path"] = str(data)
         if seeds is not None:
@@ -266,6 +295,7 @@ class Recipe(_Section):
 
 
 # ---------------------------------------------------------------------- loading / errors
+_TOP_LEVEL_SETS = ("seed", "seeds")
 _SECTIONS = {"data": DataSection, "model": ModelSection, "quantization": QuantizationSection,
              "training": TrainingSection}
 
@@ -336,6 +366,10 @@ def _check_semantics(recipe, source):
         if t.pretrain_epochs < 1 and not t.init_from:
             raise RecipeError(f"{source}: training.qat = 'finetune' needs training.pretrain_epochs >= 1 "
                               "(float epochs before quantization-aware fine-tuning).")
+    if t.starts > 1 and not 1 <= t.start_epochs <= t.first_phase_epochs():
+        raise RecipeError(f"{source}: training.starts = {t.starts} needs training.start_epochs between 1 and "
+                          f"{t.first_phase_epochs()} (the epochs of the first phase, after which the best start is "
+                          "kept); set start_epochs, or starts: 1.")
     try:
         model_config(recipe.to_model_config())
     except QpelicanError as exc:

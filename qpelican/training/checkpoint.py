@@ -41,13 +41,18 @@ def open_state(out_dir, seed, total_epochs, n_train, resume):
                 f"{n_train} jets. Resume with the same recipe and data, or start a new --out directory.")
         return state
     if not resume:
-        for name in os.listdir(out_dir):
-            p = os.path.join(out_dir, name)
-            if name.startswith("ckpt-"):
-                shutil.rmtree(p, ignore_errors=True)
-            elif name in OUTPUTS:
-                os.remove(p)
+        clear_outputs(out_dir)
     return new_state(seed, total_epochs, n_train)
+
+
+def clear_outputs(out_dir):
+    """Remove a seed's checkpoints and outputs (a fresh run in an old directory)."""
+    for name in os.listdir(out_dir):
+        p = os.path.join(out_dir, name)
+        if name.startswith("ckpt-"):
+            shutil.rmtree(p, ignore_errors=True)
+        elif name in OUTPUTS:
+            os.remove(p)
 
 
 def save_best(model, out_dir):

@@ -29,6 +29,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import time
 
 import numpy as np
@@ -67,8 +68,9 @@ def _fmt_rate(x):
 class _Run:
     """What the epochs of one seed share: recipe, data on the device, phases, directory, log."""
 
-    def __init__(self, recipe, splits, seed, out_dir, progress, log):
+    def __init__(self, recipe, splits, seed, out_dir, progress, log, label=None):
         self.recipe, self.splits, self.seed, self.out_dir = recipe, splits, seed, out_dir
+        self.label = seed if label is None else label  # how the log names it
         self.progress, self.log = progress, log
         self.n_train = len(splits.train[1])
         self.batch_size = recipe.training.batch_size
@@ -100,7 +102,7 @@ class _Run:
 
     def announce(self, pi, jit):
         pname, quantized, pepochs, plr = self.phases[pi]
-        self.log(f"seed {self.seed}: phase {pname} ({'quantized' if quantized else 'float'}), {pepochs} epochs, "
+        self.log(f"seed {self.label}: phase {pname} ({'quantized' if quantized else 'float'}), {pepochs} epochs, "
                  f"{self.n_train} training jets, batch {self.batch_size}, lr {plr:g}, XLA {'on' if jit else 'off'}")
 
     def train_epoch(self, model, opt, epoch, pname):
@@ -120,7 +122,7 @@ class _Run:
         return row, t_train, t_eval
 
     def report_epoch(self, row, improved):
-        self.log(f"seed {self.seed} epoch {row['epoch']:>3}/{self.total_epochs} [{row['phase']}] lr {row['lr']:.2e}  "
+        self.log(f"seed {self.label} epoch {row['epoch']:>3}/{self.total_epochs} [{row['phase']}] lr {row['lr']:.2e}  "
                  f"loss {row['loss']:.4f}  val_loss {row['val_loss']:.4f} acc {row['val_accuracy']:.4f} "
                  f"auc {row['val_auc']:.4f}  {row['train_seconds']:.1f}s {_fmt_rate(row['jets_per_second'])} jets/s"
                  + ("  *best" if improved else ""))
@@ -174,6 +176,10 @@ def _finished(out_dir):
 def train_one(recipe, splits, seed, out_dir, resume=False, progress=True, log=None, on_epoch=None, baseline=None):
     """Train one seed of a recipe; return ``(model, metrics)``.
 
+    With ``training.starts`` K > 1 the seed first tries K initialisations (:func:`best_start`): each
+    trains the first ``start_epochs`` epochs in ``out_dir/starts/<k>/``, and the one of lowest
+    validation loss trains on to the end; its outputs are then copied into ``out_dir``.
+
     Args:
       recipe: a :class:`qpelican.config.recipe.Recipe`.
       splits: a :class:`Splits` (e.g. from :func:`load_splits`; reuse it across seeds/trials).
@@ -188,7 +194,8 @@ def train_one(recipe, splits, seed, out_dir, resume=False, progress=True, log=No
 
     Returns: the best model (tf-keras, weights of the epoch with the lowest validation loss in the
     final phase) and its metrics dict: test ``accuracy, auc, rej30, rej50, loss``, ``val_loss``,
-    ``best_epoch``, ``epochs``, ``seed``, ``n_params``, ``bops``, ``cost``, ``timing``.
+    ``best_epoch``, ``epochs``, ``seed``, ``n_params``, ``bops``, ``cost``, ``timing`` (and, with
+    starts, ``start``, ``start_seed`` and ``starts``).
     """
     log = log or (lambda s: print(s, flush=True))
     os.makedirs(out_dir, exist_ok=True)
@@ -196,11 +203,82 @@ def train_one(recipe, splits, seed, out_dir, resume=False, progress=True, log=No
         if progress:
             log(f"seed {seed}: already finished (results in {os.path.join(out_dir, 'results.json')})")
         return done
-    run = _Run(recipe, splits, seed, out_dir, progress, log)
+    if recipe.training.starts == 1:
+        return _train(recipe, splits, seed, out_dir, resume, progress, log, on_epoch, baseline)
+    chosen = best_start(recipe, splits, seed, out_dir, resume, progress, log, on_epoch)
+    k = chosen["start"]
+    start_dir = os.path.join(out_dir, STARTS, str(k))
+    model, metrics = _train(recipe, splits, start_seed(seed, k), start_dir, True, progress, log, on_epoch, baseline,
+                            label=f"{seed} start {k}")
+    metrics.update(seed=seed, start=k, start_seed=start_seed(seed, k), starts=chosen["starts"])
+    metrics["timing"]["start_seconds"] = chosen["seconds"]
+    for name in ("history.json", "test_logits.npy", "model.keras"):
+        with atomic_path(os.path.join(out_dir, name)) as tmp:
+            shutil.copyfile(os.path.join(start_dir, name), tmp)
+    write_json(os.path.join(out_dir, "results.json"), metrics)  # last: it marks the seed finished
+    return model, metrics
+
+
+STARTS = "starts"
+START_STRIDE = 1_000_003  # start k of seed s trains with seed s + k * START_STRIDE (start 0 is seed s itself)
+
+
+def start_seed(seed, k):
+    """The training seed of start ``k`` of ``seed``."""
+    return int(seed) + START_STRIDE * int(k)
+
+
+def best_start(recipe, splits, seed, out_dir, resume, progress, log, on_epoch):
+    """Train each of ``training.starts`` initialisations for ``training.start_epochs`` epochs (in
+    ``out_dir/starts/<k>/``) and return the choice, committed to ``out_dir/starts/chosen.json``:
+    ``{"start": k, "starts": [{"start", "seed", "val_loss"}...], "seconds"}``.
+
+    A float training with BatchNorm can settle in a poor solution that later epochs do not leave
+    (its validation loss stays flat); the validation loss after the first epochs tells it apart, at
+    a fraction of the cost of training whole seeds. Resumed runs reuse the committed choice."""
+    t = recipe.training
+    root = os.path.join(out_dir, STARTS)
+    chosen_path = os.path.join(root, "chosen.json")
+    if not resume:
+        shutil.rmtree(root, ignore_errors=True)
+        checkpoint.clear_outputs(out_dir)
+    elif os.path.exists(chosen_path):
+        with open(chosen_path) as f:
+            return json.load(f)
+    rows, seconds = [], 0.0
+    for k in range(t.starts):
+        sdir = os.path.join(root, str(k))
+        os.makedirs(sdir, exist_ok=True)
+        if progress:
+            log(f"seed {seed}: start {k + 1}/{t.starts} (seed {start_seed(seed, k)}), {t.start_epochs} epochs")
+        _train(recipe, splits, start_seed(seed, k), sdir, True, progress, log, on_epoch, None,
+               label=f"{seed} start {k}", until=t.start_epochs)
+        with open(os.path.join(sdir, checkpoint.STATE)) as f:
+            state = json.load(f)
+        v = state["history"][t.start_epochs - 1]["val_loss"]
+        rows.append({"start": k, "seed": start_seed(seed, k), "val_loss": v if np.isfinite(v) else None})
+        seconds += state["train_seconds"]
+    best = min(rows, key=lambda r: math.inf if r["val_loss"] is None else r["val_loss"])
+    chosen = {"start": best["start"], "starts": rows, "seconds": round(seconds, 3)}
+    write_json(chosen_path, chosen)
+    if progress:
+        log(f"seed {seed}: start {best['start'] + 1} continues (validation loss after {t.start_epochs} epochs: "
+            + ", ".join("-" if r["val_loss"] is None else f"{r['val_loss']:.4f}" for r in rows) + ")")
+    for r in rows:  # the other starts' checkpoints are not needed any more
+        if r["start"] != best["start"]:
+            for name in os.listdir(os.path.join(root, str(r["start"]))):
+                if name.startswith("ckpt-"):
+                    shutil.rmtree(os.path.join(root, str(r["start"]), name), ignore_errors=True)
+    return chosen
+
+
+def _train(recipe, splits, seed, out_dir, resume, progress, log, on_epoch, baseline, label=None, until=None):
+    """Epochs of one training seed up to ``until`` (None: to the end, then the results)."""
+    run = _Run(recipe, splits, seed, out_dir, progress, log, label)
     state = checkpoint.open_state(out_dir, seed, run.total_epochs, run.n_train, resume)
     model = opt = ckpt = None
     cur_phase = None
-    for epoch in range(state["epochs_done"], run.total_epochs):
+    for epoch in range(state["epochs_done"], run.total_epochs if until is None else min(until, run.total_epochs)):
         pi, pstart = phase_at(run.phases, epoch)
         if cur_phase != pi:
             model, opt, ckpt, jit = run.enter_phase(pi, state, model)
@@ -219,6 +297,8 @@ def train_one(recipe, splits, seed, out_dir, resume=False, progress=True, log=No
             run.report_epoch(row, improved)
         if on_epoch is not None:
             on_epoch(dict(row, seed=seed))
+    if until is not None:
+        return None
     return run.finish(model, state, baseline)
 
 

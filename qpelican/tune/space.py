@@ -6,7 +6,7 @@ the space (hyperparameter values) becomes a recipe variant with the sampled form
 import keras_tuner as kt
 import tf_keras
 
-from qpelican.config.recipe import recipe_from_dict
+from qpelican.config.recipe import first_phase_epochs, recipe_from_dict, rescale_start_epochs
 from qpelican.config.search import DEFAULT_COST_AXIS, TENSORS, base_format, parse_search
 from qpelican.core.formats import quantizer_string
 from qpelican.hw.cost import model_cost
@@ -70,7 +70,9 @@ def variant(recipe, space, values, epochs=None, name=None):
     if "n_constituents" in values:
         d["data"]["n_constituents"] = int(values["n_constituents"])
     if epochs is not None:
+        first = first_phase_epochs(d["training"])
         d["training"]["epochs"] = int(epochs)
+        rescale_start_epochs(d["training"], first)
     d["seeds"] = 1
     if name:
         d["name"] = name

@@ -15,7 +15,7 @@ import keras_tuner as kt
 import numpy as np
 import tf_keras
 
-from qpelican.config.recipe import recipe_from_dict
+from qpelican.config.recipe import first_phase_epochs, recipe_from_dict, rescale_start_epochs
 from qpelican.config.search import DEFAULT_COST_AXIS, TENSORS
 from qpelican.core.errors import QpelicanError
 from qpelican.core.io import write_json, write_text
@@ -96,7 +96,8 @@ def with_shared_pretraining(ctx, rec):
     """A finetune variant starts from the float pre-training shared by its C (trained once)."""
     pre_dir = ensure_pretrain(ctx, rec.resolved_model_config()["channels"])
     d = rec.model_dump()
-    d["training"].update(pretrain_epochs=0, init_from=pre_dir)
+    # the shared pre-training chose among the starts; the variant fine-tunes its weights
+    d["training"].update(pretrain_epochs=0, init_from=pre_dir, starts=1, start_epochs=0)
     return recipe_from_dict(d, source="search variant")
 
 
@@ -188,8 +189,10 @@ def ensure_pretrain(ctx, channels):
         d.pop("search", None)
         d["quantization"] = {t: None for t in TENSORS}
         d["model"]["channels"] = int(channels)
+        first = first_phase_epochs(d["training"])
         d["training"].update(qat="from_scratch", pretrain_epochs=0, epochs=int(s["pretrain_epochs"]),
                              finetune_learning_rate=None)
+        rescale_start_epochs(d["training"], first)
         d["seeds"] = 1
         d["name"] = f"{ctx.recipe.name or 'recipe'}_float_c{channels}"
         rec = recipe_from_dict(d, source="float pre-training")
