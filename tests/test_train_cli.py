@@ -161,7 +161,8 @@ def test_starts_keep_the_best_initialisation(tmp_path, sim_dir, capsys):
     from qpelican.training.train import fit_recipe, load_splits, start_seed, train_one
 
     recipe = _recipe(tmp_path, sim_dir, quantization=Q8, model={"batchnorm": True, "dropout": 0.0},
-                     training={"qat": "finetune", "pretrain_epochs": 2, "epochs": 1, "starts": 3, "start_epochs": 1})
+                     training={"qat": "finetune", "pretrain_epochs": 2, "epochs": 1, "starts": 3, "start_epochs": 1,
+                               "jit_compile": False})  # 8 short trainings: compiling each would dominate
     r = load_recipe(recipe)
     run = tmp_path / "run"
     seen = []
