@@ -107,6 +107,8 @@ def test_overrides_validate():
     assert short.training.start_epochs == round(flag.training.start_epochs * short.training.pretrain_epochs
                                                 / flag.training.pretrain_epochs)
     assert flag.with_overrides(epochs=1).training.start_epochs >= 1
+    pre = flag.with_overrides(epochs=4, sets=["training.pretrain_epochs=3"])  # scaled with the named length
+    assert (pre.training.pretrain_epochs, pre.training.start_epochs) == (3, 1)
     kept = flag.with_overrides(epochs=4, sets=["training.start_epochs=3"])
     assert kept.training.start_epochs == 3  # named on the command line: kept as given
     with pytest.raises(RecipeError, match="start_epochs between 1 and"):

@@ -178,9 +178,15 @@ def first_phase_epochs(training: dict) -> int:
 
 def rescale_start_epochs(training: dict, first_before: int) -> None:
     """Keep the starts' share of the first phase after its length changed from ``first_before``
-    (a training section dict, changed in place)."""
-    if training.get("start_epochs") and first_before:
-        training["start_epochs"] = max(1, round(training["start_epochs"] * first_phase_epochs(training) / first_before))
+    (a training section dict, changed in place; left as is when the section is invalid, which
+    the recipe's validation then reports)."""
+    if not (training.get("start_epochs") and first_before):
+        return
+    try:
+        first = first_phase_epochs(training)
+    except ValidationError:
+        return
+    training["start_epochs"] = max(1, round(training["start_epochs"] * first / first_before))
 
 
 class Recipe(_Section):
@@ -255,6 +261,7 @@ class Recipe(_Section):
         which is then kept as given. ``sets`` are ``"section.key=value"`` strings (``--set``), the
         value read as YAML (``model.dropout=0``, ``quantization.input=float``), applied first."""
         d = self.model_dump()
+        first_before = self.training.first_phase_epochs()
         explicit = set()
         for kv in sets:
             key, eq, val = str(kv).partition("=")
@@ -277,14 +284,13 @@ class Recipe(_Section):
         if epochs is not None:
             t = d["training"]
             scale = "training.pretrain_epochs" not in explicit and isinstance(t["pretrain_epochs"], int)
-            first = first_phase_epochs(t)
             if scale and t["qat"] == "finetune" and t["pretrain_epochs"] > 0 and isinstance(t["epochs"], int) \
                     and t["epochs"] > 0:
                 # keep the float : QAT proportion of the recipe
                 t["pretrain_epochs"] = max(1, round(t["pretrain_epochs"] * epochs / t["epochs"]))
             t["epochs"] = epochs
-            if "training.start_epochs" not in explicit:
-                rescale_start_epochs(t, first)
+        if "training.start_epochs" not in explicit:  # the starts keep their share of a changed first phase
+            rescale_start_epochs(d["training"], first_before)
         if data is not None:
             d["data"]["path"] = str(data)
         if seeds is not None:
