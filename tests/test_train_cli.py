@@ -177,12 +177,12 @@ def test_starts_keep_the_best_initialisation(tmp_path, sim_dir, capsys):
     assert seen == [0, start_seed(0, 1)] and not (run / "seeds" / "0" / "starts" / "chosen.json").exists()
     code, out, err = _run(["fit", recipe, "--out", str(run), "--resume"], capsys)
     assert code == 0, err
-    assert "start 3/3" in out and "continues" in out
+    assert "start 2 of starts 0-2" in out
     chosen = json.loads((run / "seeds" / "0" / "starts" / "chosen.json").read_text())
     losses = [s["val_loss"] for s in chosen["starts"]]
     assert len(losses) == 3 and len(set(losses)) == 3, "the starts should differ"
     k = chosen["start"]
-    assert losses[k] == min(losses)
+    assert losses[k] == min(losses) and f"start {k} continues" in out
     res = json.loads((run / "results.json").read_text())
     assert res["seed"] == 0 and res["seeds"][0]["start"] == k and res["seeds"][0]["start_seed"] == start_seed(0, k)
     hist = json.loads((run / "seeds" / "0" / "history.json").read_text())

@@ -250,7 +250,8 @@ def best_start(recipe, splits, seed, out_dir, resume, progress, log, on_epoch):
         sdir = os.path.join(root, str(k))
         os.makedirs(sdir, exist_ok=True)
         if progress:
-            log(f"seed {seed}: start {k + 1}/{t.starts} (seed {start_seed(seed, k)}), {t.start_epochs} epochs")
+            log(f"seed {seed}: start {k} of starts 0-{t.starts - 1} (seed {start_seed(seed, k)}), "
+                f"{t.start_epochs} epochs")
         _train(recipe, splits, start_seed(seed, k), sdir, True, progress, log, on_epoch, None,
                label=f"{seed} start {k}", until=t.start_epochs)
         with open(os.path.join(sdir, checkpoint.STATE)) as f:
@@ -262,8 +263,8 @@ def best_start(recipe, splits, seed, out_dir, resume, progress, log, on_epoch):
     chosen = {"start": best["start"], "starts": rows, "seconds": round(seconds, 3)}
     write_json(chosen_path, chosen)
     if progress:
-        log(f"seed {seed}: start {best['start'] + 1} continues (validation loss after {t.start_epochs} epochs: "
-            + ", ".join("-" if r["val_loss"] is None else f"{r['val_loss']:.4f}" for r in rows) + ")")
+        log(f"seed {seed}: start {best['start']} continues (validation loss of starts 0-{t.starts - 1} after "
+            f"{t.start_epochs} epochs: " + ", ".join("-" if r["val_loss"] is None else f"{r['val_loss']:.4f}" for r in rows) + ")")
     for r in rows:  # the other starts' checkpoints are not needed any more
         if r["start"] != best["start"]:
             for name in os.listdir(os.path.join(root, str(r["start"]))):
