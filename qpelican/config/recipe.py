@@ -55,7 +55,7 @@ A recipe has five sections and two top-level keys; every key is optional except 
       qat: from_scratch            # from_scratch | finetune (float pre-training, then QAT)
       pretrain_epochs: 0           # float epochs before QAT when qat = finetune
       finetune_learning_rate: null # initial LR of the QAT phase (null = learning_rate / 4)
-      jit_compile: auto            # auto (XLA) | true | false
+      jit_compile: auto            # auto (XLA for phases of >= 500 steps) | true | false
       init_from: null              # run directory or .keras model whose weights start the training
                                    # (e.g. a float run, for QAT fine-tuning with pretrain_epochs: 0)
       starts: 1                    # initialisations tried per seed: each trains start_epochs epochs,

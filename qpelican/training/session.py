@@ -34,6 +34,13 @@ def phase_at(phases, epoch):
     return len(phases) - 1, start - phases[-1][2]
 
 
+# XLA makes a training step ~2x (float) to ~1.3x (QAT) faster, but compiling it costs 5-12 s per
+# phase. Measured on the flagship at N = 16 (3,200 jets, 7 steps per epoch, loaded 2-core machine):
+# 0.5 s per epoch with XLA, 1.0 s without, so compiling pays off after ~150 steps and clearly after
+# a few hundred. Below XLA_MIN_STEPS a phase (and each start of it) trains without XLA.
+XLA_MIN_STEPS = 500
+
+
 def build_training(recipe, quantized, seed, steps_per_epoch, epochs, lr):
     """(compiled model, optimizer, checkpoint, XLA on) of one training phase."""
     # Dropout draws from a tf.random.Generator whose state is a variable: it is checkpointed with
@@ -51,7 +58,7 @@ def build_training(recipe, quantized, seed, steps_per_epoch, epochs, lr):
     opt.build(model.trainable_variables)  # create slots now so checkpoints restore into them
     jit = t.jit_compile
     if jit == "auto":
-        jit = True  # XLA: ~2.5x float, ~1.3x quantized (QAT trains in float32; see qpelican.nn.layers.base)
+        jit = steps_per_epoch * epochs >= XLA_MIN_STEPS
     model.compile(optimizer=opt, loss=tf_keras.losses.BinaryCrossentropy(from_logits=True), jit_compile=bool(jit))
     ckpt = tf.train.Checkpoint(model=model, optimizer=opt)
     return model, opt, ckpt, bool(jit)
