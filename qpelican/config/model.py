@@ -15,6 +15,9 @@ over them. :mod:`qpelican.nn.models` builds a Keras model from the result. The k
     aggregation     "sum" | "mean"
     nbar            normaliser Nbar (paper: 49)
     alpha           (n/Nbar)^alpha scaling of the aggregators (nPELICAN_N)
+    symmetric       nano: one coefficient (and alpha) for the S_i and S_j terms of LinEq2->2, so
+                    the hidden array is symmetric, h_ij = h_ji, and firmware computes each unordered
+                    pair once (about half the LinEq2->2 logic)
     batchnorm       masked BatchNorm before each equivariant layer
     dropout         dropout rate before each equivariant layer
     table_bits      significant bits of the normaliser tables (quantized models)
@@ -45,6 +48,7 @@ DEFAULTS = {
     "aggregation": "sum",
     "nbar": 49.0,
     "alpha": False,
+    "symmetric": False,
     "batchnorm": False,
     "dropout": 0.0,
     "table_bits": 18,
@@ -78,6 +82,9 @@ def model_config(cfg=None):
     if out["format"] == "l1" and out["beams"]:
         raise QpelicanError("format 'l1' takes no beam particles (they have no Level-1 candidate form and break the "
                             "boost invariance the l1 invariants keep exactly); set data.beams: false.")
+    if out["symmetric"] and out["architecture"] != "nano":
+        raise QpelicanError("model.symmetric ties the nano basis's S_i and S_j coefficients; the full PELICAN "
+                            "basis has no such pair. Set model.symmetric: false or architecture: nano.")
     for v in out["quantization"].values():
         parse_format(v)  # fail early with a clear message
     return out

@@ -27,6 +27,7 @@ A recipe has five sections and two top-level keys; every key is optional except 
       aggregation: sum             # sum | mean
       nbar: 49.0
       alpha: false                 # (n/Nbar)^alpha scaled aggregators (nPELICAN_N)
+      symmetric: false             # nano: h_ij = h_ji (S_i, S_j share a coefficient): half the 2->2 firmware
       scale: 8.0                   # input momenta enter as p / scale (GeV)
       batchnorm: false             # masked BatchNorm; quantized: folded (see below)
       dropout: 0.0
@@ -116,6 +117,7 @@ class ModelSection(_Section):
     aggregation: Optional[Literal["sum", "mean"]] = None
     nbar: Optional[float] = Field(default=None, gt=0)
     alpha: Optional[bool] = None
+    symmetric: Optional[bool] = None
     scale: Optional[float] = Field(default=None, gt=0)
     batchnorm: Optional[bool] = None
     dropout: Optional[float] = Field(default=None, ge=0, lt=1)

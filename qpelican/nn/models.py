@@ -69,7 +69,8 @@ def build_nanopelican(cfg):
     fold = folded_batchnorm(cfg)
     x_q = None if cfg["batchnorm"] and not fold else q["invariants"]
     h_q = None if cfg["batchnorm"] and not fold else q["activation"]
-    h = LinEq2to2(cfg["channels"], basis="nano", activation="relu", output_quantizer=q["activation"],
+    h = LinEq2to2(cfg["channels"], basis="nano", symmetric=cfg["symmetric"], activation="relu",
+                  output_quantizer=q["activation"],
                   input_quantizer=x_q, input_shift=fold, name="lineq_2to2", **_eq_kwargs(cfg, q))([x, m])
     h = _regularise(h, m, cfg, "hidden")
     w = LinEq2to0(1, output_quantizer=q["output"], input_quantizer=h_q, input_shift=fold, name="lineq_2to0",

@@ -48,6 +48,37 @@ NANO_BASIS = (
     ("S", "row", 1), ("T", "scalar", 2), ("T", "diagscalar", 2),
 )
 BASES = {"nano": NANO_BASIS, "full": FULL_BASIS}
+# symmetric nano layer: ops 2 (S_j) and 3 (S_i) share a coefficient, and their normalisers (rows 1 and
+# 2 of the alpha exponents, which exist for ops 1..5) share an exponent
+SYMMETRIC_OPS, SYMMETRIC_ALPHAS = (2, 3), (1, 2)
+
+
+class TiedSlices(tf_keras.constraints.Constraint):
+    """Keeps slices ``a`` and ``b`` of a weight along ``axis`` equal, at their mean.
+
+    Two equal slices get equal gradients where the layer is symmetric, so the mean only removes
+    float rounding differences between the two sums that computed them; it leaves equal slices
+    exactly as they are ((v + v) / 2 = v).
+    """
+
+    def __init__(self, axis, a, b):
+        self.axis, self.a, self.b = int(axis), int(a), int(b)
+
+    def __call__(self, w):
+        parts = tf.unstack(w, axis=self.axis)
+        parts[self.a] = parts[self.b] = (parts[self.a] + parts[self.b]) / 2
+        return tf.stack(parts, axis=self.axis)
+
+    def tie(self, var):
+        """Copy slice ``a`` into slice ``b`` (an untrained weight: no rounding to undo)."""
+        parts = tf.unstack(var, axis=self.axis)
+        parts[self.b] = parts[self.a]
+        var.assign(tf.stack(parts, axis=self.axis))
+
+    def get_config(self):
+        return {"axis": self.axis, "a": self.a, "b": self.b}
+
+
 AGGREGATIONS = ("sum", "mean")
 
 
@@ -140,8 +171,9 @@ class _EquivariantBase(QuantizedLayer):
     def _formats_known(self):
         return None not in (self.input_format, self.coefficient_format, self.bias_format, self.aggregate_format)
 
-    def _build_common(self, input_shape, kernel_shape, n_ops):
-        """Check inputs [(B, N, N, C_in), (B, N)]; make kernel (C_in first; "channels" = C_out) and bias."""
+    def _build_common(self, input_shape, kernel_shape, n_ops, kernel_tie=None):
+        """Check inputs [(B, N, N, C_in), (B, N)]; make kernel (C_in first; "channels" = C_out) and bias
+        (``kernel_tie``: a :class:`TiedSlices` the kernel starts and stays under)."""
         x_shape, m_shape = input_shape
         if len(x_shape) != 4 or len(m_shape) != 2:
             raise QpelicanError(f"{self.name}: expected inputs [(B, N, N, C), (B, N)], got {input_shape}.")
@@ -149,15 +181,17 @@ class _EquivariantBase(QuantizedLayer):
         c_in = int(x_shape[-1])
         shape = tuple(c_in if d is None else self.channels if d == "channels" else d for d in kernel_shape)
         bound = 1.0 / math.sqrt(c_in * n_ops)
-        self.kernel = self.add_weight(name="kernel", shape=shape,
+        self.kernel = self.add_weight(name="kernel", shape=shape, constraint=kernel_tie,
                                       initializer=tf_keras.initializers.RandomUniform(-bound, bound))
+        if kernel_tie is not None:
+            kernel_tie.tie(self.kernel)
         self.bias = self.add_weight(name="bias", shape=(self.channels,), initializer="zeros")
         self.shift = (self.add_weight(name="shift", shape=(c_in,), initializer="zeros")
                       if self.input_shift else None)
         return c_in
 
-    def _build_alpha(self, shape):
-        self.alphas = (self.add_weight(name="alpha", shape=shape, initializer="zeros", trainable=True)
+    def _build_alpha(self, shape, tie=None):
+        self.alphas = (self.add_weight(name="alpha", shape=shape, initializer="zeros", trainable=True, constraint=tie)
                        if self.alpha else None)
 
     def scale_table(self):
@@ -217,6 +251,8 @@ class LinEq2to2(_EquivariantBase):
       nbar: normaliser Nbar (paper: 49).
       alpha: if True, each aggregating op b and input channel c is scaled by (n/Nbar)^alpha[b,c].
       diag_bias: add the diagonal bias beta_diag.
+      symmetric: nano basis only: ops S_j (column) and S_i (row) share their coefficient and alpha,
+        so that y_ij = y_ji for a symmetric input (:class:`TiedSlices` keeps them equal).
       activation: Keras activation applied before the output quantizer.
       table_bits: significant bits of the normaliser table (quantized layers only).
       input_shift: learn an offset s_c added to every real entry of input channel c (a folded
@@ -227,20 +263,24 @@ class LinEq2to2(_EquivariantBase):
     Output shape: (B, N, N, C_out).
     """
 
-    def __init__(self, channels, basis="nano", diag_bias=True, **kwargs):
+    def __init__(self, channels, basis="nano", diag_bias=True, symmetric=False, **kwargs):
         if basis not in BASES:
             raise QpelicanError(f"basis {basis!r} is not supported; use 'nano' (6 ops) or 'full' (15 ops).")
+        if symmetric and basis != "nano":
+            raise QpelicanError("symmetric=True ties the nano basis's S_i and S_j ops; the full basis has no such pair.")
         super().__init__(channels, **kwargs)
         self.basis = basis
+        self.symmetric = bool(symmetric)
         self.diag_bias = bool(diag_bias)
         self.ops = BASES[basis]
         self.powers = [p for _, _, p in self.ops if p > 0]
 
     def build(self, input_shape):
-        c_in = self._build_common(input_shape, (None, "channels", len(self.ops)), len(self.ops))
+        ties = (TiedSlices(2, *SYMMETRIC_OPS), TiedSlices(0, *SYMMETRIC_ALPHAS)) if self.symmetric else (None, None)
+        c_in = self._build_common(input_shape, (None, "channels", len(self.ops)), len(self.ops), kernel_tie=ties[0])
         self.diag_bias_weight = (self.add_weight(name="diag_bias", shape=(self.channels,), initializer="zeros")
                                  if self.diag_bias else None)
-        self._build_alpha((len(self.powers), c_in))
+        self._build_alpha((len(self.powers), c_in), tie=ties[1])
         super().build(input_shape)
 
     @property
@@ -348,7 +388,7 @@ class LinEq2to2(_EquivariantBase):
 
     def get_config(self):
         cfg = super().get_config()
-        cfg.update(basis=self.basis, diag_bias=self.diag_bias)
+        cfg.update(basis=self.basis, diag_bias=self.diag_bias, symmetric=self.symmetric)
         return cfg
 
 
