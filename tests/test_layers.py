@@ -41,6 +41,8 @@ def randomise(model, rng, scale=0.5):
         if "moving" in w.name:
             continue
         w.assign(rng.normal(size=w.shape).astype(np.float32) * (0.1 if "alpha" in w.name else scale))
+        if hasattr(w.constraint, "tie"):  # tied slices (model.symmetric) stay tied
+            w.constraint.tie(w)
 
 
 def minkowski(p):
@@ -266,6 +268,37 @@ def test_parameter_counts(c, expected, expected_alpha):
     with_bn = build_model({"channels": c, "batchnorm": True, "dropout": 0.05})
     assert count_parameters(with_bn) == expected
     assert count_parameters(with_bn, batchnorm=True) == expected + 2 + 2 * c
+    # symmetric: the S_i and S_j ops share one coefficient per channel and one alpha
+    assert count_parameters(build_model({"channels": c, "symmetric": True})) == expected - c
+    assert count_parameters(build_model({"channels": c, "alpha": True, "symmetric": True}), alpha=True) == \
+        expected_alpha - c - 1
+
+
+def test_symmetric_layer_stays_tied_and_symmetric():
+    """model.symmetric: the tied coefficients and alphas stay equal through training (float and
+    QAT), and the quantized hidden array is exactly symmetric, h_ij = h_ji."""
+    rng = np.random.default_rng(3)
+    p4 = jets(rng, b=64, n=12, n_real=np.r_[np.full(32, 12), rng.integers(3, 12, 32)])
+    y = rng.integers(0, 2, (64, 1)).astype(np.float32)
+    for q in (None, Q8):
+        model = build_model({"n_constituents": 12, "nbar": 8, "channels": 3, "alpha": True, "symmetric": True,
+                             "quantization": q})
+        model.compile(optimizer=tf_keras.optimizers.Adam(0.05), jit_compile=True,
+                      loss=tf_keras.losses.BinaryCrossentropy(from_logits=True))
+        layer = model.get_layer("lineq_2to2")
+        before = layer.kernel.numpy().copy()
+        model.fit(p4, y, epochs=3, batch_size=16, verbose=0)
+        k, a = layer.kernel.numpy(), layer.alphas.numpy()
+        assert not np.array_equal(k, before) and np.any(a != 0), "training moved nothing: the test cannot fail"
+        np.testing.assert_array_equal(k[..., 2], k[..., 3])
+        np.testing.assert_array_equal(a[1], a[2])
+        h = tf_keras.Model(model.inputs, layer.output)(p4).numpy()
+        if q is not None:
+            np.testing.assert_array_equal(h, h.transpose(0, 2, 1, 3))
+        else:
+            np.testing.assert_allclose(h, h.transpose(0, 2, 1, 3), atol=1e-5)
+    with pytest.raises(QpelicanError, match="symmetric"):
+        build_model({"architecture": "pelican", "symmetric": True})
 
 
 # --- quantization ----------------------------------------------------------------------------
@@ -369,6 +402,7 @@ def test_quantized_sums_are_exact_against_float64_reference():
 
 
 @pytest.mark.parametrize("cfg", [{"channels": 2, "alpha": True, "quantization": Q8},
+                                 {"channels": 3, "alpha": True, "symmetric": True, "quantization": Q8},
                                  {"channels": 2, "batchnorm": True, "dropout": 0.1},
                                  {"architecture": "pelican", "blocks": [4], "embedding": 4, "mlp": [4]}])
 def test_save_load_round_trip(tmp_path, cfg):

@@ -19,7 +19,7 @@ from qpelican.hw.inventory import from_plan
 from qpelican.rtl.exporter import export_rtl, inventory_check, restart, rtl_estimate
 from qpelican.rtl.rounding import quantize_conv
 from qpelican.rtl.synth import synthesize
-from qpelican.rtl.timing import dsp_products, dsp_schedule, is_dsp_product, pipeline
+from qpelican.rtl.timing import dsp_products, dsp_schedule, fabric_lut_estimate, is_dsp_product, pipeline
 from qpelican.rtl.trace import DSP_A_BITS, DSP_B_BITS, trace_model
 from firmware_models import Q6, Q8, check_bias_tables, folded, nano
 
@@ -83,20 +83,25 @@ def test_convergent_rounding_matches_tf_round(k, i, f, signed_in):
     (8, Q8, {}),  # sum aggregation: constant normalisers (shift-and-add)
     (7, Q8, {"alpha": True}),  # normaliser lookup tables, variable products
     (6, Q6, {"alpha": True, "beams": True, "scale": 16.0, "aggregation": "mean"}),  # beams, float output
+    (9, Q8, {"alpha": True, "symmetric": True}),  # one z per unordered pair, the readout doubles them
 ])
 def test_trace_bit_exact_ties_and_saturation(n, q, kw):
     """da4ml's graph (its int64 interpreter) equals QKeras on grid jets (ties, saturation) and stress jets."""
     model = nano(n, q, seed=n, **kw)
     traced = trace_model(model)
+    if kw.get("symmetric"):
+        assert traced.plan["by_name"]["lineq_2to2"].params["symmetric"]
+        assert traced.counts["lineq2to2"]["output quantizers"] == 2 * n * (n + 1) // 2
     rng = np.random.default_rng(n)
     p4 = np.concatenate([grid_jets(rng, model, 1500), stress_jets(rng, model, 500)])
     assert_bit_exact(model, traced.predict, p4)
     assert set(traced.stages) == {"invariants", "lineq2to2", "lineq2to0"}
 
 
-def test_inventory_hand_count_and_cross_check():
+@pytest.mark.parametrize("symmetric", [False, True])
+def test_inventory_hand_count_and_cross_check(symmetric):
     """N = 4, C = 2: 4 x 6 momentum products; the trace's products equal qpelican.hw.inventory's."""
-    model = nano(4, Q8, seed=3, alpha=True)
+    model = nano(4, Q8, seed=3, alpha=True, symmetric=symmetric)
     chk = inventory_check(trace_model(model))
     inv = chk["stages"]
     assert inv["invariants"]["rtl_variable_products"] == 4 * 6 == inv["invariants"]["inventory_multipliers"]
@@ -106,8 +111,29 @@ def test_inventory_hand_count_and_cross_check():
             c["rtl_zero_coefficients"] == c["inventory_multipliers"], (name, c)
     # 2->2 with alpha: 3 vector aggregates x 4 particles + 2 scalar ones are table products
     c = inv["lineq2to2"]
-    assert c["rtl_variable_products"] - c["rtl_split_partial_products"] == 3 * 4 + 2
+    # S_j and S_i share their table in a symmetric layer: one vector aggregate fewer
+    assert c["rtl_variable_products"] - c["rtl_split_partial_products"] == (2 if symmetric else 3) * 4 + 2
     assert not any(d.startswith("lineq2to2: ") and "products traced" in d for d in chk["differences"])
+
+
+def test_symmetric_layer_halves_the_pair_logic():
+    """model.symmetric: the same model with S_i and S_j tied traces about half the 2->2 and readout
+    operations (one pre-activation per unordered pair) and the inventory counts the same saving."""
+    luts, adders = {}, {}
+    for sym in (False, True):
+        model = nano(12, Q8, seed=5, alpha=True, symmetric=sym)
+        traced = trace_model(model)
+        luts[sym] = {k: fabric_lut_estimate(v) for k, v in traced.stages.items()}
+        inv = from_plan(traced.plan)
+        adders[sym] = {a.what: a.count for st in inv.stages for a in st.adders if "pairs" in a.what}
+    for stage in ("lineq2to2", "lineq2to0"):
+        assert luts[True][stage] < 0.65 * luts[False][stage], (stage, luts)
+    # C_in = 1, C = 2: z_ij and z_ji (4 additions per pair i < j and channel) become one z_ij (2); the
+    # total over 144 pairs (143 additions) one over the 78 pairs i <= j (77)
+    assert adders[False]["z_ij, z_ji = w0 d_ij + row + col (pairs i<j)"] == 2 * 66 * 4
+    assert adders[True]["z_ij = z_ji = w0 d_ij + row + col (pairs i<j)"] == 2 * 66 * 2
+    assert (adders[False]["total sum over pairs"], adders[True]["total sum over pairs i <= j"]) == (2 * 143, 2 * 77)
+    assert luts[True]["invariants"] == luts[False]["invariants"]
 
 
 @pytest.mark.parametrize("fmt", ["p4", "l1"])

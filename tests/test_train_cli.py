@@ -114,6 +114,10 @@ def test_resume_gives_same_weights(tmp_path, sim_dir, capsys, monkeypatch):
         fit_recipe(r, run, progress=False, on_epoch=stop_after_two)
     state = json.loads((run / "seeds" / "0" / "state.json").read_text())
     assert state["epochs_done"] == 2 and not (run / "model.keras").exists()
+    # a run written before a model key existed (here model.symmetric) resumes with the key at its default
+    written = yaml.safe_load((run / "recipe.yaml").read_text())
+    assert written["model"].pop("symmetric") is False
+    (run / "recipe.yaml").write_text(yaml.safe_dump(written, sort_keys=False))
     code, out, err = _run(["fit", recipe, "--out", str(run), "--resume"], capsys)
     assert code == 0, err
     assert "epoch   3/3 [qat]" in out and "epoch   1/3" not in out

@@ -206,13 +206,14 @@ def l1_invariants_stage(name, n, w):
     return s
 
 
-def nano_2to2_stage(name, n, ci, co, alias, w, bias_tables=False):
+def nano_2to2_stage(name, n, ci, co, alias, w, bias_tables=False, symmetric=False):
     """qp_lineq2to2_nano on the symmetric, zero-diagonal x_ij.
 
     Args:
       alias: {k: j} table column k reuses aggregate j (k = j: computed).
       w: widths {"n", "x", "sum", "total", "tables": [5], "coef", "agg", "accum", "bias"}.
       bias_tables: the biases are tables over n (a folded BatchNorm), read once per output channel.
+      symmetric: S_i and S_j share their coefficient (model.symmetric): z_ji = z_ij, one per pair i < j.
     """
     s = Stage(name, "2to2")
     pairs = n * (n - 1) // 2
@@ -235,20 +236,27 @@ def nano_2to2_stage(name, n, ci, co, alias, w, bias_tables=False):
     s.add("per-particle terms (row, column, diagonal)", co * n * (3 * ci - 1), w["accum"])
     s.add("z_ii = row_i + col_i + diag_i", co * 2 * n, w["accum"])
     # e = sum_c w0 x_ij (C_in - 1 additions), shared by z_ij = e + row_i + col_j and z_ji
-    s.add("z_ij, z_ji = w0 d_ij + row + col (pairs i<j)", co * pairs * (ci + 3), w["accum"])
+    if symmetric:
+        s.add("z_ij = z_ji = w0 d_ij + row + col (pairs i<j)", co * pairs * (ci + 1), w["accum"])
+    else:
+        s.add("z_ij, z_ji = w0 d_ij + row + col (pairs i<j)", co * pairs * (ci + 3), w["accum"])
     return s
 
 
-def readout_stage(name, n, ci, co, w, bias_tables=False):
+def readout_stage(name, n, ci, co, w, bias_tables=False, symmetric_input=False):
     """qp_lineq2to0: total sum and trace per channel, two aggregates, the output sum.
 
     Args:
       w: widths {"n", "total", "trace", "tables": [2], "coef", "agg", "accum", "bias"}.
       bias_tables: the bias is a table over n (a folded BatchNorm), read once per output channel.
+      symmetric_input: y_ij = y_ji, so the total is 2 sum_{i<j} y_ij + trace (the doubling is a shift).
     """
     s = Stage(name, "2to0")
     s.add("multiplicity n = sum_i m_i", n - 1, w["n"])
-    s.add("total sum over pairs", ci * (n * n - 1), w["total"])
+    if symmetric_input:
+        s.add("total sum over pairs i <= j", ci * (n * (n + 1) // 2 - 1), w["total"])
+    else:
+        s.add("total sum over pairs", ci * (n * n - 1), w["total"])
     s.add("trace", ci * (n - 1), w["trace"])
     s.mult("total x table0[n]", ci, w["total"], w["tables"][0])
     s.mult("trace x table1[n]", ci, w["trace"], w["tables"][1])
@@ -289,12 +297,13 @@ def stage_of(lp, widths=EXACT):
              "total": width_of(t["total_t"]), "tables": [width_of(t[f"table{k}_t"]) for k in range(5)],
              "coef": width_of(lp.weights["w"][1]), "agg": width_of(t["agg_t"]), "accum": width_of(t["accum_t"]),
              "bias": width_of(t["bias_t"])}
-        return nano_2to2_stage(lp.name, n, p["n_in"], p["n_out"], t.get("alias", p["alias"]), w, p["bias_tables"])
+        return nano_2to2_stage(lp.name, n, p["n_in"], p["n_out"], t.get("alias", p["alias"]), w, p["bias_tables"],
+                               p.get("symmetric", False))
     if lp.keras_class == "LinEq2to0":
         w = {"n": width_of(t["n_t"]), "total": width_of(t["total_t"]), "trace": width_of(t["trace_t"]),
              "tables": [width_of(t["table0_t"]), width_of(t["table1_t"])], "coef": width_of(lp.weights["w"][1]),
              "agg": width_of(t["agg_t"]), "accum": width_of(t["accum_t"]), "bias": width_of(t["bias_t"])}
-        return readout_stage(lp.name, n, p["n_in"], p["n_out"], w, p["bias_tables"])
+        return readout_stage(lp.name, n, p["n_in"], p["n_out"], w, p["bias_tables"], p.get("symmetric_input", False))
     return None
 
 
@@ -343,12 +352,13 @@ def _nominal_2to2(layer, n, wx):
     if layer.basis != "nano":
         return _full_2to2(layer, n, wx)
     wc, wa = _bits(layer.coefficient_format), _bits(layer.aggregate_format)
-    alias = {k: k for k in range(5)} if layer.alpha else {0: 0, 1: 0, 2: 0, 3: 3, 4: 3}
+    alias = ({k: 1 if layer.symmetric and k == 2 else k for k in range(5)} if layer.alpha
+             else {0: 0, 1: 0, 2: 0, 3: 3, 4: 3})
     w = {"n": n.bit_length(), "x": _nom(wx), "sum": _grow(wx, _clog2(n - 1)), "total": _grow(wx, _clog2(n * (n - 1))),
          "tables": [_table_bits(layer)] * 5, "coef": _nom(wc), "agg": _nom(wa),
          "accum": _grow(_widest(_prod(wc, wx), _prod(wc, wa), _bits(layer.bias_format)), _clog2(6 * ci + 2)),
          "bias": _nom(_bits(layer.bias_format))}
-    return nano_2to2_stage(layer.name, n, ci, co, alias, w, layer.input_shift)
+    return nano_2to2_stage(layer.name, n, ci, co, alias, w, layer.input_shift, layer.symmetric)
 
 
 def _full_2to2(layer, n, wx):
@@ -365,14 +375,14 @@ def _full_2to2(layer, n, wx):
     return s
 
 
-def _nominal_2to0(layer, n, wx):
+def _nominal_2to0(layer, n, wx, symmetric_input=False):
     ci, co = int(layer.kernel.shape[0]), layer.channels
     wc, wa = _bits(layer.coefficient_format), _bits(layer.aggregate_format)
     w = {"n": n.bit_length(), "total": _grow(wx, _clog2(n * n)), "trace": _grow(wx, _clog2(n)),
          "tables": [_table_bits(layer)] * 2, "coef": _nom(wc), "agg": _nom(wa),
          "accum": _grow(_widest(_prod(wc, wa), _bits(layer.bias_format)), _clog2(2 * ci + 1)),
          "bias": _nom(_bits(layer.bias_format))}
-    return readout_stage(layer.name, n, ci, co, w, layer.input_shift)
+    return readout_stage(layer.name, n, ci, co, w, layer.input_shift, symmetric_input)
 
 
 def _dense(layer, count, ci, units, wk, wx, kind="dense"):
@@ -387,8 +397,9 @@ def _per_entry(layer, n):
     return n * n if len(layer.input_shape[0]) == 4 else n
 
 
-def _nominal_stage(layer, n, fmt):
-    """(stage or None, format of the layer's output) of one layer of a model without firmware."""
+def _nominal_stage(layer, n, fmt, symmetric_input=False):
+    """(stage or None, format of the layer's output) of one layer of a model without firmware
+    (``symmetric_input``: the pair array entering a LinEq2to0 is symmetric)."""
     if isinstance(layer, LorentzInvariants):
         w = _bits(fmt)
         return invariants_stage(layer.name, n, layer.zero_diagonal, {"p": _nom(w), "dot": _grow(_prod(w, w), 2)}), \
@@ -400,7 +411,7 @@ def _nominal_stage(layer, n, fmt):
     if isinstance(layer, LinEq2to2):
         return _nominal_2to2(layer, n, _bits(fmt)), layer.output_format
     if isinstance(layer, LinEq2to0):
-        return _nominal_2to0(layer, n, _bits(fmt)), layer.output_format
+        return _nominal_2to0(layer, n, _bits(fmt), symmetric_input), layer.output_format
     if isinstance(layer, EdgeDense):
         return _dense(layer, _per_entry(layer, n), int(layer.kernel.shape[0]), layer.units,
                       _bits(layer.coefficient_format), _bits(fmt)), layer.output_format
@@ -431,13 +442,15 @@ def estimate(model, reason=""):
       model: a qpelican tf-keras model (float or quantized, nano or full PELICAN).
       reason: why it has no firmware plan (kept in ``Inventory.reason``).
     """
-    stages, uncounted, fmt = [], [], None
+    stages, uncounted, fmt, symmetric = [], [], None, False
     n = int(model.inputs[0].shape[1])  # particles; MomentumInput adds the beams
     for layer in model.layers:
         if isinstance(layer, MomentumInput):
             fmt, n = layer.input_format, int(layer.output_shape[1])
             continue
-        stage, fmt = _nominal_stage(layer, n, fmt)
+        stage, fmt = _nominal_stage(layer, n, fmt, symmetric)
+        if isinstance(layer, LinEq2to2):
+            symmetric = bool(layer.symmetric)
         if stage is not None:
             stages.append(stage)
         elif type(layer).__name__ not in NO_ARITHMETIC:

@@ -275,16 +275,18 @@ def _plan_lineq2to2(layer, ins, state):
         raise ExportError(
             f"layer {layer.name!r}: the nano basis needs the symmetric, zero-diagonal invariants d_ij and the "
             f"particle mask as inputs. {NANO_FIX}")
-    return _plan_2to2(layer, ins, x), {"kind": "pairs", "n": x["n"], "range": from_format(layer.output_format),
-                                       "fmt": layer.output_format, "c": layer.channels, "symmetric": False,
-                                       "zero_diagonal": False}
+    p = _plan_2to2(layer, ins, x)
+    return p, {"kind": "pairs", "n": x["n"], "range": from_format(layer.output_format), "fmt": layer.output_format,
+               "c": layer.channels, "symmetric": p.params["symmetric"], "zero_diagonal": False}
 
 
 def _plan_lineq2to0(layer, ins, state):
     x, m = state[ins[0]], state[ins[1]]
     if x.get("kind") != "pairs" or m.get("kind") != "mask":
         raise ExportError(f"layer {layer.name!r}: LinEq2to0 needs a pair array and the particle mask. {NANO_FIX}")
-    return _plan_2to0(layer, ins, x), {"kind": "vector", "n": x["n"], "c": layer.channels}
+    p = _plan_2to0(layer, ins, x)
+    p.params["symmetric_input"] = bool(x.get("symmetric"))  # y_ij = y_ji: the total sum adds pairs i < j twice
+    return p, {"kind": "vector", "n": x["n"], "c": layer.channels}
 
 
 def _plan_l1_input(layer, ins, state):
@@ -423,8 +425,12 @@ def _plan_2to2(layer, ins, x):
     # a folded BatchNorm's shift has no grid: the recipe bound keeps the bias format's range for its tables
     n_biases = 1 + (layer.diag_bias_weight is not None or layer.input_shift)
     bounds = {"accum_t": _accum_bound(coef, [xr] + [agg_rng] * 5, c_in, n_biases, bias), "bias_t": from_format(bias)}
-    if layer.alpha:  # tables follow the trained exponents: table_bits wide, no two alike
-        bounds.update({f"table{k}_t": layer.table_bits for k in range(5)}, alias={k: k for k in range(5)})
+    # a symmetric layer (model.symmetric): ops 2 and 3 (S_j, S_i) share their coefficient and table, so
+    # y_ij = y_ji exactly and the firmware computes each unordered pair once
+    symmetric = bool(layer.symmetric) and np.array_equal(w[:, :, 2], w[:, :, 3]) and alias[1] == alias[2]
+    if layer.alpha:  # tables follow the trained exponents: table_bits wide, no two alike (but a tied pair)
+        bounds.update({f"table{k}_t": layer.table_bits for k in range(5)},
+                      alias={k: 1 if symmetric and k == 2 else k for k in range(5)})
     weights = {
         "w": (w.reshape(-1), coef.ap_type()),
         "b": (b.reshape(-1), bias_type),  # [n][h] with bias tables, else [h]
@@ -441,7 +447,8 @@ def _plan_2to2(layer, ins, x):
         weights=weights,
         params={"n": n, "n_in": c_in, "n_out": h, "relu": act == "relu", "zero_diagonal": True,
                 "alias": alias, "table_bits": layer.table_bits, "alpha": bool(layer.alpha),
-                "aggregation": layer.aggregation, "nbar": layer.nbar, "bias_tables": layer.input_shift},
+                "aggregation": layer.aggregation, "nbar": layer.nbar, "bias_tables": layer.input_shift,
+                "symmetric": symmetric},
         bounds=bounds,
     )
     for k in range(5):

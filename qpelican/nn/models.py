@@ -118,6 +118,8 @@ def count_parameters(model, batchnorm=False, alpha=False):
             if ("alpha" in w.name and not alpha) or ("shift" in w.name and not batchnorm):
                 continue
             total += int(np.prod(w.shape))
+            if hasattr(w.constraint, "tie"):  # a tied slice (model.symmetric) is one parameter, not two
+                total -= int(np.prod(w.shape)) // int(w.shape[w.constraint.axis])
     return total
 
 
@@ -137,6 +139,8 @@ def randomize_on_grids(model, seed=0, bias_scale=1.0):
                 fmt = layer.coefficient_format if "kernel" in w.name else layer.bias_format
                 steps = rng.integers(round(fmt.min / fmt.lsb), round(fmt.max / fmt.lsb) + 1, w.shape)
                 w.assign((steps * fmt.lsb * (bias_scale if "bias" in w.name else 1.0)).astype(np.float32))
+            if hasattr(w.constraint, "tie"):  # tied slices (model.symmetric) stay tied
+                w.constraint.tie(w)
     return model
 
 

@@ -389,7 +389,7 @@ def _trace_2to2(p, d, mask, n_var, counter):
     # diagonal term: c_2 * vec1 (+ bd(n), both early, added first by tree_sum) + dsc
     dia = [[[dsc[h]] + [_cmul(vec[1][i][c], w[c, h, 1], counter, what) for c in range(ci)]
             + ([bd_var[h]] if bd_var[h] is not None else []) for h in range(co)] for i in range(n)]
-    out_fmt, relu = p.params["output_format"], p.params["relu"]
+    out_fmt, relu, sym = p.params["output_format"], p.params["relu"], p.params.get("symmetric", False)
     y = [[[None] * co for _ in range(n)] for _ in range(n)]
     for i in range(n):
         for h in range(co):
@@ -401,11 +401,15 @@ def _trace_2to2(p, d, mask, n_var, counter):
                 # c1 * x_ij once per unordered pair, shared by ij and ji
                 e = _sum_or_zero([_cmul(_x(d, i, j, c, hw), w[c, h, 0], counter, "c1 * d_ij (unordered pairs)")
                                   for c in range(ci)], hw)
-                for a, bb in ((i, j), (j, i)):
+                # symmetric layer: row_i + col_j = row_j + col_i exactly (same coefficient and table for
+                # S_i and S_j), so z_ji is z_ij
+                for a, bb in ((i, j),) if sym else ((i, j), (j, i)):
                     z = e + row[a][h] + col[bb][h]
                     y[a][bb][h] = _mask(mij, _act_quantize(z, out_fmt, relu, False))
-            counter.add("pair masks", 2 * co)
-    counter.add("output quantizers", n * n * co)
+                if sym:
+                    y[j][i][h] = y[i][j][h]
+            counter.add("pair masks", co if sym else 2 * co)
+    counter.add("output quantizers", (n * (n + 1) // 2 if sym else n * n) * co)
     return y
 
 
@@ -420,8 +424,11 @@ def _trace_2to0(p, y, n_var, counter):
     t1 = _table(n_var, p.weights["t1"][0], n, counter, "normaliser lookups")
     u1, u2 = [], []
     for c in range(ci):
-        every = [y[i][j][c] for i in range(n) for j in range(n)]
         diag = [y[i][i][c] for i in range(n)]
+        if p.params.get("symmetric_input"):  # y_ji = y_ij: each pair i < j twice (a shift), then the diagonal
+            every = [y[i][j][c] * 2.0 for i in range(n) for j in range(i + 1, n)] + diag
+        else:
+            every = [y[i][j][c] for i in range(n) for j in range(n)]
         counter.add("total sum over pairs", _adders(every))
         counter.add("trace", _adders(diag))
         for t, src, dst in ((t0, _sum_or_zero(every, hw), u1), (t1, _sum_or_zero(diag, hw), u2)):
@@ -503,7 +510,7 @@ def trace_model(model, plan=None):
     out = _trace_2to0(by_class["LinEq2to0"], y, n_var, counter)
     comb = comb_trace(inp, out)
     d_vals = list(d.values())
-    y_vals = [v for row in y for col in row for v in col]
+    y_vals = list({id(v): v for row in y for col in row for v in col}.values())  # a symmetric y_ji is y_ij
     stages = {
         "invariants": comb_trace(inp, d_vals + [v for v in mask if v.low != v.high] + [n_var]),
         "lineq2to2": _cut(d_vals + list(mask) + [n_var], y_vals),

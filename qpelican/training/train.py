@@ -36,6 +36,7 @@ import numpy as np
 import tensorflow as tf
 import yaml
 
+from qpelican.config.model import DEFAULTS as MODEL_DEFAULTS
 from qpelican.config.recipe import Recipe, load_recipe, recipe_from_dict
 from qpelican.core.errors import QpelicanError
 from qpelican.core.io import atomic_path, write_json, write_text
@@ -338,7 +339,7 @@ def fit_recipe(recipe, out_dir, data=None, resume=False, progress=True, log=None
     if resume and os.path.exists(recipe_path):
         with open(recipe_path) as f:
             before = yaml.safe_load(f)
-        diff = dict_diff(before, as_run)
+        diff = dict_diff(_with_new_defaults(before, as_run), as_run)
         if diff:
             raise QpelicanError(f"{out_dir}: --resume with a different recipe than the run was started with "
                                 f"(differs in: {', '.join(diff)}). Resume with the same recipe and options, "
@@ -363,6 +364,16 @@ def fit_recipe(recipe, out_dir, data=None, resume=False, progress=True, log=None
             best = (model, m)
     results = write_run_results(out_dir, recipe, splits, per_seed, best, baselines)
     return results
+
+
+def _with_new_defaults(before, as_run):
+    """A run's recipe with the model keys it predates (written before the key existed) at their
+    defaults, which is what it ran with."""
+    model = before.get("model") if isinstance(before, dict) else None
+    if not isinstance(model, dict):
+        return before
+    added = {k: v for k, v in as_run["model"].items() if k not in model and k in MODEL_DEFAULTS and v == MODEL_DEFAULTS[k]}
+    return {**before, "model": {**model, **added}}
 
 
 def dict_diff(a, b, prefix=""):
