@@ -31,6 +31,9 @@ def _model(seed=0, **cfg):
             w = 0.5 + np.abs(w)
         ws.append(w.astype(np.float32))
     model.set_weights(ws)
+    for v in model.weights:
+        if hasattr(v.constraint, "tie"):  # model.symmetric: tied slices stay tied
+            v.constraint.tie(v)
     return model
 
 
@@ -42,7 +45,9 @@ def _model(seed=0, **cfg):
     {"beams": True, "quantization": Q8},
     {"batchnorm": True},
     {"batchnorm": True, "alpha": True, "quantization": Q8},
-], ids=["float", "8bit", "alpha-8bit", "c3-mean-alpha", "beams-8bit", "batchnorm", "batchnorm-folded-8bit"])
+    {"symmetric": True, "alpha": True, "quantization": Q8},
+], ids=["float", "8bit", "alpha-8bit", "c3-mean-alpha", "beams-8bit", "batchnorm", "batchnorm-folded-8bit",
+        "symmetric-alpha-8bit"])
 def test_formula_reproduces_model(cfg, jets):
     from qpelican.analysis.explain import explain_model
 
@@ -52,21 +57,24 @@ def test_formula_reproduces_model(cfg, jets):
     text = "\n".join(lines)
     C = cfg.get("channels", 2)
     assert check["ok"], text
-    assert check["effective_parameters"]["effective"] == 9 * C + 1 + (3 if cfg.get("batchnorm") else 0)
+    tied = C if cfg.get("symmetric") else 0  # S_i and S_j share one coefficient per channel
+    assert check["effective_parameters"]["effective"] == 9 * C + 1 - tied + (3 if cfg.get("batchnorm") else 0)
     assert check["max_abs_logit"] > 0.01  # a non-trivial model: the check means something
     if "quantization" in cfg:
         assert check["max_abs_diff_formula_vs_model"] == 0.0 and check["jets_differing"] == 0
     else:
         assert check["max_abs_diff_formula_vs_model"] < 1e-4 * max(1.0, check["max_abs_logit"])
     assert "Σ_ij ReLU(z1_ij)" in text
-    if not cfg.get("batchnorm"):
+    if cfg.get("symmetric"):
+        assert f"{9 * C + 1} trained (9C+1) -> {8 * C + 1} effective" in text
+    elif not cfg.get("batchnorm"):
         assert f"{10 * C + 1} trained (10C+1) -> {9 * C + 1} effective" in text
     else:
         assert "22 effective" in text and "BatchNorm" in text  # 9C+4 for C=2 (paper section 3)
     if cfg.get("batchnorm") and "quantization" in cfg:
         assert "β1(n)" in text and "tabulated over the multiplicity n" in text
     if cfg.get("alpha"):
-        assert check["effective_parameters"]["alpha"] == 7
+        assert check["effective_parameters"]["alpha"] == (6 if cfg.get("symmetric") else 7)
 
 
 def test_canonical_form_has_unit_total_sum_weights(jets):

@@ -90,6 +90,7 @@ def nano_parts(model):
     folded = l22.input_shift or l20.input_shift  # a folded BatchNorm: biases are tables over n
     p = {
         "C": int(k22.shape[0]),
+        "symmetric": bool(l22.symmetric),  # S_i and S_j share their coefficient (and alpha)
         "c": k22.astype(np.float64),
         "beta": l22.q("bias", l22.bias).numpy().astype(np.float64),
         "beta_diag": (l22.q("bias", l22.diag_bias_weight).numpy().astype(np.float64)
@@ -153,14 +154,15 @@ def canonical(p):
 
 def effective_parameters(p):
     """9C + 1 (+ alpha exponents) after absorbing one positive factor per hidden channel."""
-    C = p["C"]
-    n = 9 * C + 1
-    n_alpha = (0 if p["alpha22"] is None else p["alpha22"].size) + (0 if p["alpha20"] is None else p["alpha20"].size)
+    C, tied = p["C"], p.get("symmetric", False)
+    n = 9 * C + 1 - (C if tied else 0)  # a symmetric layer's S_i and S_j terms share one coefficient
+    n_alpha = (0 if p["alpha22"] is None else p["alpha22"].size - (1 if tied else 0)) + \
+        (0 if p["alpha20"] is None else p["alpha20"].size)
     # paper section 3: a folded BatchNorm adds min(C_in, 4 C_out) (before 2->2) and min(C_in, 2 C_out) (before 2->0)
     bn_in, bn_hidden = (p["bn_in"] is not None or p["folded_shifts"][0]), (p["bn_hidden"] is not None
                                                                           or p["folded_shifts"][1])
     n_bn = (min(1, 4 * C) if bn_in else 0) + (min(C, 2) if bn_hidden else 0)
-    return {"raw": 10 * C + 1, "effective": n + n_bn, "alpha": n_alpha, "batchnorm": n_bn,
+    return {"raw": 10 * C + 1 - (C if tied else 0), "effective": n + n_bn, "alpha": n_alpha, "batchnorm": n_bn,
             "total_effective": n + n_bn + n_alpha}
 
 
@@ -339,8 +341,9 @@ def explain_model(model, p4, log=print):
             + "; w > 0 tags a top.")
     log(f"Canonical form: one positive factor λ_h = |v_h1| per hidden channel absorbed into z_h "
         f"(λ = {', '.join(f'{x:.4g}' for x in lam)}), so the total-sum weights are ±1.")
-    msg = (f"Parameters: {counts['raw']} trained (10C+1) -> {counts['effective']} effective "
-           + (f"(9C+1, + {counts['batchnorm']} from the folded BatchNorms)" if counts["batchnorm"] else "(9C+1)"))
+    raw, eff = ("9C+1", "8C+1") if p["symmetric"] else ("10C+1", "9C+1")
+    msg = (f"Parameters: {counts['raw']} trained ({raw}) -> {counts['effective']} effective "
+           + (f"({eff}, + {counts['batchnorm']} from the folded BatchNorms)" if counts["batchnorm"] else f"({eff})"))
     if counts["alpha"]:
         msg += f" + {counts['alpha']} alpha exponents = {counts['total_effective']}"
     log(msg + ".")
