@@ -87,6 +87,8 @@ def float64_reference(model, x):
     if l1:
         lo, hi = layer("candidate_input").angle_range
         x = np.concatenate([x[..., :1], np.round(np.clip(x[..., 1:], lo, hi))], -1)
+        if layer("candidate_input").beams:
+            x = np.concatenate([np.broadcast_to([[1.0, 0, 0]], (len(x), 1, 3)), x], 1)
     else:
         front = layer("momentum_input")
         x = x * np.float64(np.float32(1.0 / front.scale))
@@ -98,6 +100,8 @@ def float64_reference(model, x):
     n = m.sum(1).astype(int)
     if l1:
         r = (x[:, :, None, 1] - x[:, None, :, 1]) ** 2 + (x[:, :, None, 2] - x[:, None, :, 2]) ** 2
+        if layer("invariants").beams:  # the beam's products with the candidates: their pT
+            r[:, 0, :] = r[:, :, 0] = 2.0 ** layer("invariants").shift
         d = x[:, :, None, 0] * x[:, None, :, 0] * r * 2.0 ** -layer("invariants").shift
     else:
         d = x[:, :, None, 0] * x[:, None, :, 0] - np.einsum("bif,bjf->bij", x[..., 1:], x[..., 1:])
@@ -183,14 +187,15 @@ def test_float_recipes_agree_to_1e5(path, sim_dir):
     {"beams": True, "aggregation": "mean", "channels": 3},
     {"beams": True, "alpha": True, "batchnorm": True, "channels": 2},
     {"quantization": {"input": "quantized_bits(10,7,alpha=1)", "invariants": "quantized_bits(16,12,alpha=1)"}},
+    {"recipe": "l1_c2_16.yaml", "beams": True, "dropout": 0.05, "channels": 3},
 ])
 def test_beams_mean_and_narrow_formats(extra, sim_dir):
-    """Options no recipe sets: beam particles, mean aggregation, a folded BatchNorm with beams,
-    formats narrow enough for float32 invariants in Keras; quantized bit for bit, float to 1e-5."""
-    r = load_recipe([p for p in QUANTIZED if p.endswith("c2_8bit.yaml")][0])
+    """Options no recipe sets: beam particles (p4 and l1), mean aggregation, a folded BatchNorm with
+    beams, formats narrow enough for float32 invariants in Keras; quantized bit for bit, float to 1e-5."""
+    r = load_recipe([p for p in QUANTIZED if p.endswith(extra.get("recipe", "c2_8bit.yaml"))][0])
     rng = np.random.default_rng(7)
     cfg = r.to_model_config(quantized=True)
-    cfg.update({k: v for k, v in extra.items() if k != "quantization"}, n_constituents=24)
+    cfg.update({k: v for k, v in extra.items() if k not in ("quantization", "recipe")}, n_constituents=24)
     cfg["quantization"].update(extra.get("quantization", {}))
     for quantized in (True, False):
         c = dict(cfg, quantization=cfg["quantization"] if quantized else {})

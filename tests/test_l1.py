@@ -116,8 +116,9 @@ def test_check_candidates_refuses_off_grid_input():
 
 
 # --------------------------------------------------------------------------------- the symmetries
-def random_quantized_model(n, seed=0, alpha=False):
-    model = build_model({"format": "l1", "n_constituents": n, "quantization": Q8, "alpha": alpha, "scale": 1.0})
+def random_quantized_model(n, seed=0, alpha=False, beams=False):
+    model = build_model({"format": "l1", "n_constituents": n, "quantization": Q8, "alpha": alpha, "scale": 1.0,
+                         "beams": beams})
     rng = np.random.default_rng(seed)
     model.set_weights([rng.normal(0, 0.8, w.shape).astype(np.float32) for w in model.get_weights()])
     return model
@@ -132,11 +133,11 @@ def grid_jets(rng, n_jets, n):
     return x
 
 
-@pytest.mark.parametrize("alpha", [False, True])
-def test_permutation_eta_and_phi_shifts_are_bit_identical(alpha):
+@pytest.mark.parametrize("alpha, beams", [(False, False), (True, False), (False, True)])
+def test_permutation_eta_and_phi_shifts_are_bit_identical(alpha, beams):
     rng = np.random.default_rng(3)
     n = 16
-    model = random_quantized_model(n, seed=4, alpha=alpha)
+    model = random_quantized_model(n, seed=4, alpha=alpha, beams=beams)
     x = grid_jets(rng, 256, n)
     ref = predict(model, x)
     assert np.unique(ref).size > 50  # a model that says something
@@ -180,6 +181,20 @@ def test_invariants_are_the_collider_form_exactly():
     assert abs(ref / want - 1) < 1e-3
 
 
+def test_the_beam_row_is_pt_and_leaves_the_candidates_unchanged():
+    """With beams, row 0 is the beam: d_bj = d_jb = pT_j on the invariants' grid, d_bb = 0, padding 0;
+    the candidates' own pairs are those of the model without beams, one row and column down."""
+    x = np.array([[[100.0, 10.0, -3.0], [40.25, -7.0, 12.0], [0.0, 0.0, 0.0]]], np.float32)
+    kw = dict(invariant_quantizer="quantized_bits(16,12,alpha=1)", input_quantizer=Q8["input"])
+    c = L1CandidateInput(beams=True, input_quantizer=Q8["input"])(x)
+    assert c.shape == (1, 4, 3) and c.numpy()[0, 0].tolist() == [1.0, 0.0, 0.0]
+    d = L1Invariants(beams=True, **kw)(c).numpy()[0, :, :, 0]
+    plain = L1Invariants(**kw)(x).numpy()[0, :, :, 0]
+    assert d[0].tolist() == d[:, 0].tolist() == [0.0, 100.0, 40.25, 0.0]
+    assert np.array_equal(d[1:, 1:], plain)
+    assert CandidateMask()(c).numpy()[0].tolist() == [1.0, 1.0, 1.0, 0.0]
+
+
 def test_mass_of_the_same_candidates():
     rng = np.random.default_rng(7)
     p4 = jets(rng, 32, 20)
@@ -191,8 +206,8 @@ def test_mass_of_the_same_candidates():
 
 # ----------------------------------------------------------------------- serialisation and recipes
 def test_layers_round_trip_and_are_allowed_by_the_safe_loader(tmp_path):
-    for layer in (L1CandidateInput(angle_bits=9, input_quantizer=Q8["input"]), CandidateMask(),
-                  L1Invariants(shift=15, form="massless", invariant_quantizer=Q8["invariants"],
+    for layer in (L1CandidateInput(angle_bits=9, beams=True, input_quantizer=Q8["input"]), CandidateMask(),
+                  L1Invariants(shift=15, form="massless", beams=True, invariant_quantizer=Q8["invariants"],
                                input_quantizer=Q8["input"])):
         cfg = layer.get_config()
         again = type(layer).from_config(cfg)
@@ -213,8 +228,7 @@ def test_recipe_format_key_is_validated():
     assert recipe_from_dict({}).data.format == "p4"
     with pytest.raises(RecipeError, match=r"data\.format = 'l2' is not allowed; allowed values: 'p4' or 'l1'"):
         recipe_from_dict({"data": {"format": "l2"}})
-    with pytest.raises(RecipeError, match="beam"):
-        recipe_from_dict({"data": {"format": "l1", "beams": True}})
+    assert recipe_from_dict({"data": {"format": "l1", "beams": True}}).to_model_config()["beams"]
     with pytest.raises(RecipeError, match="l1_form"):
         recipe_from_dict({"data": {"format": "l1"}, "model": {"l1_form": "exact"}})
     with pytest.raises(QpelicanError, match=r"\(B, N, 3\)"):

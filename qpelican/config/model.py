@@ -79,9 +79,6 @@ def model_config(cfg=None):
         raise QpelicanError(f"input format {out['format']!r} is not supported; use one of {', '.join(INPUT_FORMATS)}.")
     if out["l1_form"] not in L1_FORMS:
         raise QpelicanError(f"l1_form {out['l1_form']!r} is not supported; use one of {', '.join(L1_FORMS)}.")
-    if out["format"] == "l1" and out["beams"]:
-        raise QpelicanError("format 'l1' takes no beam particles (they have no Level-1 candidate form and break the "
-                            "boost invariance the l1 invariants keep exactly); set data.beams: false.")
     if out["symmetric"] and out["architecture"] != "nano":
         raise QpelicanError("model.symmetric ties the nano basis's S_i and S_j coefficients; the full PELICAN "
                             "basis has no such pair. Set model.symmetric: false or architecture: nano.")

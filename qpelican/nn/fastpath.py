@@ -46,6 +46,7 @@ import tf_keras
 from numba import njit, prange
 
 from qpelican.nn.fold import batchnorm_affine
+from qpelican.nn.layers.l1 import BEAM_PT
 from qpelican.nn.layers import (CandidateMask, L1CandidateInput, L1Invariants, LinEq2to0, LinEq2to2,
                                 LorentzInvariants, MaskedBatchNorm, MomentumInput, PairDropout, ParticleMask)
 
@@ -183,7 +184,8 @@ def _front_constants(front):
     """The front layer's constants: its scale, beam rows and the grids of its inputs."""
     if type(front) is L1CandidateInput:
         lo, hi = front.angle_range
-        return dict(front_scale=1.0, beams=np.zeros((0, 3)), qin=np.array(_grid(front.input_format) + [lo, hi], np.float32))
+        beams = np.array([[BEAM_PT, 0.0, 0.0]] if front.beams else np.zeros((0, 3)), np.float64)
+        return dict(front_scale=1.0, beams=beams, qin=np.array(_grid(front.input_format) + [lo, hi], np.float32))
     beams = np.zeros((0, 4))
     if front.beams:  # MomentumInput.call's constant rows
         e = front.beam_energy
@@ -347,6 +349,22 @@ def _invariants(q, n, l1, shift, bn, g, x, s):
 
 
 @njit(inline="always")
+def _l1_beam(q, n, bn, g, x, s):
+    """The l1 beam in row and column 0: x_0j = x_j0 = a Q(pT_0 pT_j) + b (``L1Invariants`` with
+    beams), replacing what :func:`_invariants` computed there from the angles, and s with them."""
+    a, b = bn[0], bn[1]
+    for j in range(1, n):
+        v = q[0, 0] * q[0, j]
+        if g[3] != 0.0:
+            v = min(max(np.rint(v * g[0]), g[1] * g[0]), g[2] * g[0]) / g[0]
+        v = a * v + b
+        diff = v - x[0, j]
+        x[0, j], x[j, 0] = v, v
+        s[0] += diff
+        s[j] += diff
+
+
+@njit(inline="always")
 def _hidden_sums(x, n, w, r, c, dg, top, quant, tot, tr):
     """tot[h] = sum_ij h_ij, tr[h] = sum_i h_ii of h = Q_act(relu(w_h x_ij + r_hi + c_hj + delta_ij dg_hi)).
 
@@ -408,6 +426,8 @@ def _forward(p, l1, scale, beams, qin, shift, bn_in, w2, tab2, bias2, dbias2, bn
         for jet in range(chunk * n_jets // n_chunks, (chunk + 1) * n_jets // n_chunks):
             n = _front(p[jet], l1, scale, beams, qin, q)
             _invariants(q, n, l1, shift, bn_in, qg[INVARIANT], x, s)
+            if l1 and beams.shape[0] > 0:
+                _l1_beam(q, n, bn_in, qg[INVARIANT], x, s)
             t = tab2[n]
             tsum = 0.0
             for j in range(n):

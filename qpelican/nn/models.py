@@ -21,9 +21,9 @@ def _front(cfg, q):
     """Input -> (momenta input, particle mask, invariants) shared by both families."""
     if cfg["format"] == "l1":  # Level-1 candidates (pT, eta_rel, phi_rel); quantization.input is the pT format
         x = tf_keras.Input(shape=(cfg["n_constituents"], 3), name="candidates")
-        c = L1CandidateInput(input_quantizer=q["input"], name="candidate_input")(x)
+        c = L1CandidateInput(beams=cfg["beams"], input_quantizer=q["input"], name="candidate_input")(x)
         m = CandidateMask(name="mask")(c)
-        d = L1Invariants(form=cfg["l1_form"], invariant_quantizer=q["invariants"], input_quantizer=q["input"],
+        d = L1Invariants(form=cfg["l1_form"], beams=cfg["beams"], invariant_quantizer=q["invariants"], input_quantizer=q["input"],
                          name="invariants")(c)
         return x, m, d
     p4 = tf_keras.Input(shape=(cfg["n_constituents"], 4), name="momenta")

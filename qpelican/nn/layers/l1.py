@@ -25,6 +25,7 @@ ANGLE_BITS = 10  # eta_rel, phi_rel: signed integers within a jet (Level-1 forma
 SHIFT = 17       # d_ij unit: 2^-17 GeV^2 per (step^2): 0.80 x pT_i pT_j dR^2 / 2
 ANGLE_STEP = math.pi / 720.0
 FORMS = ("collider", "massless")
+BEAM_PT = 1.0    # the beam row's pT marker: d_bj = BEAM_PT * pT_j (docs/l1.md, "The beam")
 
 
 class L1CandidateInput(QuantizedLayer):
@@ -35,15 +36,19 @@ class L1CandidateInput(QuantizedLayer):
     (signed ``angle_bits``-bit integers, saturating as ``ap_int`` with ``AP_SAT``). The firmware
     receives these values; the layer makes any float input land on the same grid.
 
+    With ``beams`` one constant beam row ``(BEAM_PT, 0, 0)`` comes first: the beam axis in its
+    Level-1 form (:class:`L1Invariants` gives it the products ``d_bj = pT_j``).
+
     Input shape: (B, N, 3), (pT in GeV, eta_rel, phi_rel in steps of pi/720), zero rows for padding.
-    Output shape: (B, N, 3), same layout, on the grid.
+    Output shape: (B, N + beams, 3), same layout, on the grid.
     """
 
     QUANTIZERS = ("input",)
 
-    def __init__(self, angle_bits=ANGLE_BITS, input_quantizer=None, **kwargs):
+    def __init__(self, angle_bits=ANGLE_BITS, beams=False, input_quantizer=None, **kwargs):
         super().__init__(**kwargs)
         self.angle_bits = int(angle_bits)
+        self.beams = bool(beams)
         if not 2 <= self.angle_bits <= 16:
             raise QpelicanError(f"{self.name}: angle_bits = {angle_bits}; allowed: 2 to 16 (Level-1: 10).")
         self._init_quantizers(input_quantizer=input_quantizer)
@@ -63,14 +68,19 @@ class L1CandidateInput(QuantizedLayer):
         pt = self.q("input", x[..., :1])
         ang = tf.clip_by_value(x[..., 1:], float(lo), float(hi))
         ang = ang + tf.stop_gradient(tf.round(ang) - ang)
-        return tf.concat([pt, ang], axis=-1)
+        c = tf.concat([pt, ang], axis=-1)
+        if not self.beams:
+            return c
+        beam = tf.broadcast_to(tf.constant([[BEAM_PT, 0.0, 0.0]], c.dtype)[None], tf.stack([tf.shape(c)[0], 1, 3]))
+        return tf.concat([beam, c], axis=1)
 
     def compute_output_shape(self, input_shape):
-        return tuple(input_shape)
+        n = input_shape[1]
+        return (input_shape[0], None if n is None else n + int(self.beams), input_shape[2])
 
     def get_config(self):
         cfg = super().get_config()
-        cfg.update(angle_bits=self.angle_bits, **self._quantizer_config())
+        cfg.update(angle_bits=self.angle_bits, beams=self.beams, **self._quantizer_config())
         return cfg
 
 
@@ -98,15 +108,22 @@ class L1Invariants(QuantizedLayer):
     it is the reference that docs/l1.md compares the collider form with, and the exporter
     refuses it (its firmware would need cosh/cos tables, see docs/l1.md).
 
+    With ``beams`` row 0 is the beam (:class:`L1CandidateInput`'s ``(BEAM_PT, 0, 0)``) and its
+    products are ``d_bj = d_jb = BEAM_PT pT_j`` (``R_bj`` taken as ``2^shift``): in the frame where the
+    jet axis has eta = 0, a beam's product with a massless candidate is ``E_b pT_j exp(-+eta_j)``, which
+    at the collider form's order in the angles is ``E_b pT_j`` for both beams. It is unchanged by eta
+    and phi shifts, so the symmetries above stay exact; the two beams coincide there, so one is kept.
+
     Input shape: (B, N, 3) gridded candidates (output of :class:`L1CandidateInput`).
     Output shape: (B, N, N, 1).
     """
 
     QUANTIZERS = ("invariant", "input")
 
-    def __init__(self, shift=SHIFT, angle_bits=ANGLE_BITS, form="collider", invariant_quantizer=None,
+    def __init__(self, shift=SHIFT, angle_bits=ANGLE_BITS, form="collider", beams=False, invariant_quantizer=None,
                  input_quantizer=None, **kwargs):
         super().__init__(**kwargs)
+        self.beams = bool(beams)
         if form not in FORMS:
             raise QpelicanError(f"{self.name}: form {form!r} is not known; allowed: {', '.join(FORMS)}.")
         self.form = form
@@ -146,6 +163,8 @@ class L1Invariants(QuantizedLayer):
             r = deta * deta + dphi * dphi
         else:
             r = (tf.cosh(deta * ANGLE_STEP) - tf.cos(dphi * ANGLE_STEP)) * (2.0 / ANGLE_STEP**2)
+        if self.beams:
+            r = tf.where(beam_pairs(tf.shape(x)[1]), tf.constant(2.0 ** self.shift, dt), r)
         d = pair_output((pt[:, :, None] * pt[:, None, :]) * r * (2.0 ** -self.shift), particle_mask(x))
         return tf.cast(self.q("invariant", d), tf.float32)
 
@@ -154,5 +173,13 @@ class L1Invariants(QuantizedLayer):
 
     def get_config(self):
         cfg = super().get_config()
-        cfg.update(shift=self.shift, angle_bits=self.angle_bits, form=self.form, **self._quantizer_config())
+        cfg.update(shift=self.shift, angle_bits=self.angle_bits, form=self.form, beams=self.beams,
+                   **self._quantizer_config())
         return cfg
+
+
+def beam_pairs(n):
+    """(n, n) bool: the pairs (0, j) and (j, 0), j > 0, of a beam in row 0."""
+    i = tf.range(n)
+    edge = tf.logical_or(tf.equal(i, 0)[:, None], tf.equal(i, 0)[None, :])
+    return tf.logical_and(edge, tf.not_equal(i[:, None], i[None, :]))
