@@ -8,6 +8,8 @@
 //                eta and phi relative to the jet axis, signed angle_bits-bit integers (pi/720 steps)
 //   m_i          = [pT_i != 0]
 //   d_ij         = Q_invariant(pT_i pT_j (deta_ij^2 + dphi_ij^2) 2^-shift) * m_i m_j, d_ii = 0
+//   beams        row 0 is the beam (pT, eta, phi) = (beam_pt, 0, 0), a constant; its products are
+//                d_0j = d_j0 = Q_invariant(pT_j) * m_j (no multiplier: the pT wires, cast once)
 // The squares of the integer differences and the product are exact (prod_t holds every value the
 // input types allow); 2^-shift is a reinterpretation of the same bits (dot_t = prod_t with shift
 // more fractional bits: wiring); the cast to the invariant type rounds once (AP_RND_CONV, AP_SAT).
@@ -22,21 +24,31 @@ namespace nnet {
 // ---------------------------------------------------------------------------------------------
 // L1CandidateInput: pT cast to the pT format, eta and phi to saturating angle_bits-bit integers.
 // With inputs as the trigger delivers them these casts are exact (a copy).
+// With beams the constant beam row (beam_pt, 0, 0) comes first.
 struct qp_l1_input_config {
-    static const unsigned n = 16;
+    static const unsigned n_in = 16; // candidates delivered
+    static const unsigned n = 16;    // n_in + 1 with the beam
+    static const bool beams = false;
+    static double beam_pt() { return 1.0; }
     typedef ap_ufixed<14, 12, AP_RND_CONV, AP_SAT> pt_t;
     typedef ap_fixed<10, 10, AP_RND_CONV, AP_SAT> angle_t;
 };
 
 template <class data_T, class res_T, typename CONFIG_T>
-void qp_l1_candidate_input(data_T x[CONFIG_T::n * 3], res_T out[CONFIG_T::n * 3]) {
+void qp_l1_candidate_input(data_T x[CONFIG_T::n_in * 3], res_T out[CONFIG_T::n * 3]) {
     #pragma HLS INLINE
+    const unsigned offset = CONFIG_T::beams ? 3 : 0;
+    if (CONFIG_T::beams) {
+        out[0] = (res_T)CONFIG_T::beam_pt();
+        out[1] = 0;
+        out[2] = 0;
+    }
 Cast:
-    for (unsigned i = 0; i < CONFIG_T::n; i++) {
+    for (unsigned i = 0; i < CONFIG_T::n_in; i++) {
         #pragma HLS UNROLL
-        out[3 * i] = (typename CONFIG_T::pt_t)x[3 * i];
-        out[3 * i + 1] = (typename CONFIG_T::angle_t)x[3 * i + 1];
-        out[3 * i + 2] = (typename CONFIG_T::angle_t)x[3 * i + 2];
+        out[offset + 3 * i] = (typename CONFIG_T::pt_t)x[3 * i];
+        out[offset + 3 * i + 1] = (typename CONFIG_T::angle_t)x[3 * i + 1];
+        out[offset + 3 * i + 2] = (typename CONFIG_T::angle_t)x[3 * i + 2];
     }
 }
 
@@ -61,7 +73,8 @@ Mask:
 // d_ij = 0. R_ij = |deta|^2 + |dphi|^2 (unsigned angle_bits x angle_bits squares), then
 // (pT_i R_ij) pT_j: the exact product, the same number for ij and ji.
 struct qp_l1_invariants_config {
-    static const unsigned n = 16;
+    static const unsigned n = 16;       // particles: candidates, plus the beam in row 0 with beams
+    static const bool beams = false;
     static const unsigned reuse_factor = 1;
     static const unsigned multiplier_limit = 4 * 16 * 15 / 2;
     typedef ap_ufixed<14, 12, AP_RND_CONV, AP_SAT> pt_t;
@@ -100,16 +113,21 @@ RowI:
     ColJ:
         for (unsigned j = i + 1; j < CONFIG_T::n; j++) {
             #pragma HLS UNROLL
-            typename CONFIG_T::diff_t de = eta[i] - eta[j];
-            typename CONFIG_T::diff_t dp = phi[i] - phi[j];
-            typename CONFIG_T::adiff_t ae = (de < 0) ? (typename CONFIG_T::diff_t)(-de) : de;
-            typename CONFIG_T::adiff_t ap = (dp < 0) ? (typename CONFIG_T::diff_t)(-dp) : dp;
-            typename CONFIG_T::r_t r = ae * ae + ap * ap;
-            typename CONFIG_T::ptr_t ptr = pt[i] * r;
-            typename CONFIG_T::prod_t prod = ptr * pt[j];
-            typename CONFIG_T::dot_t dot;
-            dot.range() = prod.range(); // times 2^-shift: the same bits
-            res_T v = (m[i] && m[j]) ? (res_T)dot : (res_T)0;
+            res_T v;
+            if (CONFIG_T::beams && i == 0) { // the beam: d_0j = pT_j, cast once (no multiplier)
+                v = m[j] ? (res_T)pt[j] : (res_T)0;
+            } else {
+                typename CONFIG_T::diff_t de = eta[i] - eta[j];
+                typename CONFIG_T::diff_t dp = phi[i] - phi[j];
+                typename CONFIG_T::adiff_t ae = (de < 0) ? (typename CONFIG_T::diff_t)(-de) : de;
+                typename CONFIG_T::adiff_t ap = (dp < 0) ? (typename CONFIG_T::diff_t)(-dp) : dp;
+                typename CONFIG_T::r_t r = ae * ae + ap * ap;
+                typename CONFIG_T::ptr_t ptr = pt[i] * r;
+                typename CONFIG_T::prod_t prod = ptr * pt[j];
+                typename CONFIG_T::dot_t dot;
+                dot.range() = prod.range(); // times 2^-shift: the same bits
+                v = (m[i] && m[j]) ? (res_T)dot : (res_T)0;
+            }
             d[i * CONFIG_T::n + j] = v; // computed once, used for ij and ji
             d[j * CONFIG_T::n + i] = v;
         }

@@ -264,13 +264,13 @@ def test_fit_and_evaluate_in_the_l1_format(sim_dir, tmp_path):
 
 # ---------------------------------------------------------------------------------------------- firmware
 def test_hls_c_simulation_is_bit_exact(tmp_path, sim_dir):
-    """export-hls of an alpha-scaled 8-bit l1 model with random weights: the C simulation equals the
-    QKeras model on stress candidates (saturating pT and angles, every multiplicity, ties) and on
-    simulated jets; the report names the Level-1 front end and sizes its product exactly."""
+    """export-hls of an alpha-scaled 8-bit l1 model with the beam and random weights: the C simulation
+    equals the QKeras model on stress candidates (saturating pT and angles, every multiplicity, ties)
+    and on simulated jets; the report names the Level-1 front end and sizes its product exactly."""
     from qpelican.hls import compile_model, export_model, predict_phat
     from qpelican.hls.verify import compare, firmware_inputs, read_jets, stress_jets
 
-    model = random_quantized_model(16, seed=11, alpha=True)
+    model = random_quantized_model(16, seed=11, alpha=True, beams=True)
     hls_model, plan = export_model(model, tmp_path / "prj")
     assert (tmp_path / "prj" / "firmware" / "nnet_utils" / "nnet_qp_l1.h").exists()
     inv = plan["by_name"]["invariants"]
@@ -322,10 +322,11 @@ def test_data_inspect_reports_out_of_range_candidates(tmp_path):
     assert "4 of 13 candidates out of range in 1 of 4 jets" in " ".join(res.output.split())
 
 
-def test_explain_reproduces_an_l1_model_bit_for_bit():
+@pytest.mark.parametrize("beams", [False, True])
+def test_explain_reproduces_an_l1_model_bit_for_bit(beams):
     from qpelican.analysis.explain import explain_model
 
-    model = random_quantized_model(8, seed=13, alpha=True)
+    model = random_quantized_model(8, seed=13, alpha=True, beams=beams)
     lines = []
     check = explain_model(model, grid_jets(np.random.default_rng(14), 200, 8), log=lines.append)
     assert check["ok"] and check["jets_differing"] == 0
@@ -333,14 +334,15 @@ def test_explain_reproduces_an_l1_model_bit_for_bit():
 
 
 def test_rtl_trace_and_verilator_are_bit_exact(tmp_path, sim_dir):
-    """export-rtl of Level-1 models: da4ml's interpreter (N = 16, alpha) and the Verilog compiled with
-    Verilator (N = 6) equal the QKeras model on stress candidates and simulated jets."""
+    """export-rtl of Level-1 models with the beam: da4ml's interpreter (N = 16, alpha) and the Verilog
+    compiled with Verilator (N = 6) equal the QKeras model on stress candidates and simulated jets;
+    the beam's products take no multiplier."""
     from qpelican.hls.verify import firmware_inputs, read_jets, stress_jets
     from qpelican.rtl.exporter import export_rtl, inventory_check
     from qpelican.rtl.trace import trace_model
     from qpelican.rtl.verilator import load_emulator
 
-    model = random_quantized_model(16, seed=15, alpha=True)
+    model = random_quantized_model(16, seed=15, alpha=True, beams=True)
     traced = trace_model(model)
     x = np.concatenate([stress_jets(np.random.default_rng(16), model, 300), read_jets(sim_dir, 16, 100, fmt="l1")[0]])
     ref = predict(model, x).astype(np.float64)
@@ -349,7 +351,7 @@ def test_rtl_trace_and_verilator_are_bit_exact(tmp_path, sim_dir):
     # (pT_i pT_j) R_ij, 28 x 21 bits, is traced as two DSP48E2-sized pieces
     assert check["rtl_variable_products"] - check["rtl_split_partial_products"] == check["inventory_multipliers"] \
         == 4 * 16 * 15 // 2
-    small = random_quantized_model(6, seed=17)
+    small = random_quantized_model(6, seed=17, beams=True)
     x6 = np.concatenate([stress_jets(np.random.default_rng(18), small, 200), read_jets(sim_dir, 6, 60, fmt="l1")[0]])
     res = export_rtl(small, tmp_path / "rtl", yosys=False, yosys_nodsp=False, p4=x6, log=lambda *_: None)
     assert res["verify"]["differing_jets"] == 0 and res["verify"]["interpreter_differing_jets"] == 0

@@ -42,6 +42,7 @@ from qpelican.nn.layers import (
     MaskedBatchNorm,
     MomentumInput,
 )
+from qpelican.nn.layers.l1 import BEAM_PT
 from qpelican.nn.models import model_constituents, model_format, predict, prepare_momenta
 from qpelican.nn.serialize import load_model
 
@@ -103,7 +104,7 @@ def nano_parts(model):
         "aggregation": l22.aggregation,
         "alpha22": None if l22.alphas is None else l22.alphas.numpy()[:, 0].astype(np.float64),
         "alpha20": None if l20.alphas is None else l20.alphas.numpy()[:, 0].astype(np.float64),
-        "scale": 1.0 if l1 else mom.scale, "beams": False if l1 else mom.beams,
+        "scale": 1.0 if l1 else mom.scale, "beams": mom.beams,
         "beam_energy": None if l1 else mom.beam_energy,
         "l1": {"shift": inv.shift, "form": inv.form, "angle_range": mom.angle_range} if l1 else None,
         "bn_in": bns.get("bn_in"), "bn_hidden": bns.get("bn_hidden"),
@@ -191,8 +192,11 @@ def _l1_invariants(p, x, f):
     else:
         step = np.pi / 720
         r = (np.cosh(de * step) - np.cos(dp * step)) * (2.0 / step**2)
+    if p["beams"]:  # the beam in row 0: (BEAM_PT, 0, 0), its products BEAM_PT pT_j
+        pt, m = (np.concatenate([np.full((len(x), 1), v), a], 1) for v, a in ((BEAM_PT, pt), (1.0, m)))
+        r = np.pad(r, ((0, 0), (1, 0), (1, 0)), constant_values=2.0 ** p["l1"]["shift"])
     d = pt[:, :, None] * pt[:, None, :] * r * 2.0 ** -p["l1"]["shift"] * (m[:, :, None] * m[:, None, :])
-    return m, _q_np(d * (1.0 - np.eye(x.shape[1]))[None], f["invariant"])
+    return m, _q_np(d * (1.0 - np.eye(d.shape[1]))[None], f["invariant"])
 
 
 def _formula_chunk(p, p4, f):
@@ -334,7 +338,8 @@ def explain_model(model, p4, log=print):
                 "(cosh(Δη_ij π/720) - cos(Δφ_ij π/720))·2·(720/π)²")
         log(f"where d_ij = pT_i pT_j {form} 2^-{p['l1']['shift']} from the Level-1 candidates (pT in GeV, "
             "η, φ in integer steps of π/720; ≈ 0.80 pT_i pT_j ΔR²/2 in GeV², d_ii = 0), S_j = Σ_k d_kj, "
-            "T = Σ_kl d_kl ≈ 0.80 m_J², sums over the n real candidates; w > 0 tags a top.")
+            + ("T = Σ_kl d_kl, sums over the n real candidates and the beam (row 0, d_0j = pT_j)" if p["beams"]
+               else "T = Σ_kl d_kl ≈ 0.80 m_J², sums over the n real candidates") + "; w > 0 tags a top.")
     else:
         log(f"where d_ij = p_i·p_j in units of {unit} (d_ii = 0), S_j = Σ_k d_kj = p_j·J (J = jet momentum), "
             f"T = Σ_kl d_kl = m_J², sums over the n real constituents" + (" and the 2 beams" if p["beams"] else "")

@@ -9,7 +9,8 @@ over them. :mod:`qpelican.nn.models` builds a Keras model from the result. The k
                     phi_rel on the trigger grid; quantization.input is then the pT format; docs/l1.md)
     l1_form         l1 format: "collider" (pT_i pT_j dR^2/2 from exact integer squares; exported) |
                     "massless" (pT_i pT_j (cosh deta - cos dphi) in float, the reference; not exported)
-    beams           prepend the two beam particles
+    beams           p4: prepend the two beam particles; l1: prepend the beam in its Level-1 form
+                    (one row whose products are the candidates' pT; docs/l1.md)
     scale           input scale in GeV: momenta enter as p / scale
     channels        nano: hidden channels C
     aggregation     "sum" | "mean"

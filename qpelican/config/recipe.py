@@ -14,7 +14,8 @@ A recipe has five sections and two top-level keys; every key is optional except 
       n_constituents: 80           # N, highest-pT constituents per jet
       format: p4                   # p4: (E, px, py, pz) | l1: Level-1 candidates (pT, eta_rel, phi_rel)
                                    # on the trigger grid, converted by the readers (docs/l1.md)
-      beams: false                 # prepend the two beam particles
+      beams: false                 # p4: prepend the two beam particles; l1: the beam in its Level-1
+                                   # form (one row, d_bj = pT_j; docs/l1.md)
       seed: 0                      # seed of the simulated sample
       detector: none               # simulated sample: none (truth particles) | simple (Delphes-like
                                    # E-flow); ignored with a path

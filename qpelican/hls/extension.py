@@ -118,13 +118,16 @@ def _cfg_lines(lp, node):
                   f"typedef {type_str(t['dot_t'])} dot_t;"]
         base = "qp_invariants_config"
     elif lp.keras_class == "L1CandidateInput":
-        lines += [f"static const unsigned n = {n};", f"typedef {t['pt_t']} pt_t;", f"typedef {t['angle_t']} angle_t;"]
+        lines += [f"static const unsigned n_in = {p['n_in']};", f"static const unsigned n = {n};",
+                  f"static const bool beams = {b(p['beams'])};", f"static double beam_pt() {{ return {p['beam_pt']!r}; }}",
+                  f"typedef {t['pt_t']} pt_t;", f"typedef {t['angle_t']} angle_t;"]
         base = "qp_l1_input_config"
     elif lp.keras_class == "CandidateMask":
         lines += [f"static const unsigned n = {n};"]
         base = "qp_candidate_mask_config"
     elif lp.keras_class == "L1Invariants":
-        lines += [f"static const unsigned n = {n};", f"static const unsigned reuse_factor = {reuse};",
+        lines += [f"static const unsigned n = {n};", f"static const bool beams = {b(p['beams'])};",
+                  f"static const unsigned reuse_factor = {reuse};",
                   f"static const unsigned multiplier_limit = {_multiplier_limit(node, reuse)};"]
         for k in ("pt_t", "angle_t", "diff_t", "adiff_t", "r_t", "ptr_t", "prod_t", "dot_t"):
             lines.append(f"typedef {type_str(t[k])} {k};")

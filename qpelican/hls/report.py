@@ -99,7 +99,7 @@ def _input_entry(model, plan):
     if plan["layers"][0].keras_class == "L1CandidateInput":
         a = mi["angle_bits"]
         return {
-            "tensor": plan["input"]["name"], "constituents": mi["n"], "beams": False, "format": "l1",
+            "tensor": plan["input"]["name"], "constituents": mi["n_in"], "beams": mi["beams"], "format": "l1",
             "type": plan["layers"][0].types["input"], "pt_type": plan["layers"][0].types["pt_t"],
             "scale_gev": 1.0, "declared_range_gev": [fmt.min, fmt.max], "lsb_gev": fmt.lsb,
             "angle_bits": a, "angle_range_steps": [-(2 ** (a - 1)), 2 ** (a - 1) - 1], "angle_step_rad": math.pi / 720,
@@ -171,7 +171,8 @@ def format_report(rep):
     if i.get("format") == "l1":
         lines.append(f"input: {i['constituents']} x 3 Level-1 candidates {i['type']} (pT {i['pt_type']}: "
                      f"[{i['declared_range_gev'][0]:g}, {i['declared_range_gev'][1]:g}] GeV, LSB {i['lsb_gev']:g} GeV; "
-                     f"eta_rel, phi_rel {i['angle_bits']}-bit integers, steps of pi/720)")
+                     f"eta_rel, phi_rel {i['angle_bits']}-bit integers, steps of pi/720)"
+                     + ("  + the beam" if i["beams"] else ""))
     else:
         lines.append(f"input: {i['constituents']} x 4 {i['type']} (p / {i['scale_gev']:g} GeV; range "
                      f"[{i['declared_range_gev'][0]:g}, {i['declared_range_gev'][1]:g}] GeV, LSB {i['lsb_gev']:g} GeV)"

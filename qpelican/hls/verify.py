@@ -34,7 +34,7 @@ def momentum_layer(model):
 def _l1_inputs(layer, x):
     """Level-1 candidates on the grid, as the model's L1CandidateInput computes them."""
 
-    x_hat = layer(np.asarray(x, np.float32)).numpy()
+    x_hat = layer(np.asarray(x, np.float32)).numpy()[:, int(layer.beams):]  # the firmware adds the beam
     lo, hi = layer.angle_range
     pt = x_hat[..., 0].astype(np.float64)
     ang = x_hat[..., 1:]

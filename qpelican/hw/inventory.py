@@ -44,7 +44,7 @@ from dataclasses import dataclass, field
 from qpelican.core.errors import ExportError
 from qpelican.hw.fixed import Fx
 from qpelican.hw.plan import make_plan
-from qpelican.nn.layers import (EdgeDense, L1Invariants, LinEq2to0, LinEq2to2, LorentzInvariants, MaskedBatchNorm,
+from qpelican.nn.layers import (EdgeDense, L1CandidateInput, L1Invariants, LinEq2to0, LinEq2to2, LorentzInvariants, MaskedBatchNorm,
                                 MomentumInput)
 from qpelican.nn.quant import fixed_format
 
@@ -190,7 +190,7 @@ def invariants_stage(name, n, zero_diagonal, w):
 
 def l1_invariants_stage(name, n, w):
     """qp_l1_invariants: d_ij = (pT_i R_ij) pT_j 2^-shift, R_ij = |deta|^2 + |dphi|^2, for pairs i < j
-    (the shift is wiring).
+    of the n candidates (the shift is wiring; so are a beam's products, d_bj = pT_j).
 
     Args:
       w: widths {"pt": pT, "diff": angle difference, "adiff": its magnitude, "r": R_ij, "ptr": pT_i R_ij}.
@@ -291,7 +291,7 @@ def stage_of(lp, widths=EXACT):
     if lp.keras_class == "LorentzInvariants":
         return invariants_stage(lp.name, n, p["zero_diagonal"], {"p": width_of(t["p"]), "dot": width_of(t["dot_t"])})
     if lp.keras_class == "L1Invariants":
-        return l1_invariants_stage(lp.name, n, {k: width_of(t[f"{k}_t"]) for k in ("pt", "diff", "adiff", "r", "ptr")})
+        return l1_invariants_stage(lp.name, p["n_in"], {k: width_of(t[f"{k}_t"]) for k in ("pt", "diff", "adiff", "r", "ptr")})
     if lp.keras_class == "LinEq2to2":
         w = {"n": width_of(t["n_t"]), "x": width_of(t["x"]), "sum": width_of(t["sum_t"]),
              "total": width_of(t["total_t"]), "tables": [width_of(t[f"table{k}_t"]) for k in range(5)],
@@ -407,7 +407,7 @@ def _nominal_stage(layer, n, fmt, symmetric_input=False):
     if isinstance(layer, L1Invariants):
         wp, a = _bits(layer.input_format), layer.angle_bits
         w = {"pt": _nom(wp), "diff": a + 1, "adiff": a, "r": 2 * a + 1, "ptr": _nom(_prod(wp, 2 * a + 1))}
-        return l1_invariants_stage(layer.name, n, w), layer.invariant_format
+        return l1_invariants_stage(layer.name, n - int(layer.beams), w), layer.invariant_format
     if isinstance(layer, LinEq2to2):
         return _nominal_2to2(layer, n, _bits(fmt)), layer.output_format
     if isinstance(layer, LinEq2to0):
@@ -445,7 +445,7 @@ def estimate(model, reason=""):
     stages, uncounted, fmt, symmetric = [], [], None, False
     n = int(model.inputs[0].shape[1])  # particles; MomentumInput adds the beams
     for layer in model.layers:
-        if isinstance(layer, MomentumInput):
+        if isinstance(layer, (MomentumInput, L1CandidateInput)):
             fmt, n = layer.input_format, int(layer.output_shape[1])
             continue
         stage, fmt = _nominal_stage(layer, n, fmt, symmetric)

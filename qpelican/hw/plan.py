@@ -28,6 +28,7 @@ from qpelican.core.errors import ExportError
 from qpelican.hw import fixed
 from qpelican.hw.fixed import Fx, const, fit_values, from_format
 from qpelican.nn.layers import LAYERS
+from qpelican.nn.layers.l1 import BEAM_PT
 
 # Keras class name -> our hls4ml IR layer class name
 IR_NAMES = {
@@ -296,13 +297,18 @@ def _plan_l1_input(layer, ins, state):
     lo, hi = layer.angle_range
     pt, ang = from_format(fmt), Fx(lo, hi, 0)
     rng = pt.union(ang)
-    n = state[ins[0]]["n"]
+    n_in = state[ins[0]]["n"]
+    n = n_in + int(layer.beams)
+    in_type = f"{rng.ap_type()[:-1]},AP_RND_CONV,AP_SAT>"
+    if layer.beams:  # the beam row (BEAM_PT, 0, 0) is a constant of the output array
+        rng = rng.union(const(BEAM_PT))
     out_type = f"{rng.ap_type()[:-1]},AP_RND_CONV,AP_SAT>"
     a = layer.angle_bits
     p = LayerPlan(layer.name, "L1CandidateInput", IR_NAMES["L1CandidateInput"], ins, n, (n, 3), out_type,
-                  types={"input": out_type, "pt_t": fmt.ap_type(), "angle_t": f"ap_fixed<{a},{a},AP_RND_CONV,AP_SAT>"},
-                  params={"n": n, "angle_bits": a})
-    return p, {"kind": "candidates", "n": n, "pt": pt, "pt_fmt": fmt, "angle_bits": a, "type": out_type}
+                  types={"input": in_type, "pt_t": fmt.ap_type(), "angle_t": f"ap_fixed<{a},{a},AP_RND_CONV,AP_SAT>"},
+                  params={"n": n, "n_in": n_in, "beams": bool(layer.beams), "beam_pt": BEAM_PT, "angle_bits": a})
+    return p, {"kind": "candidates", "n": n, "n_in": n_in, "beams": bool(layer.beams), "pt": pt, "pt_fmt": fmt,
+               "angle_bits": a, "type": out_type}
 
 
 def _plan_l1_invariants(layer, ins, state):
@@ -316,6 +322,9 @@ def _plan_l1_invariants(layer, ins, state):
     if layer.angle_bits != src["angle_bits"]:
         raise ExportError(f"layer {layer.name!r}: angle_bits {layer.angle_bits} differs from the input's "
                           f"{src['angle_bits']}; build the model with qpelican.build_model.")
+    if layer.beams != src["beams"]:
+        raise ExportError(f"layer {layer.name!r}: beams {layer.beams} differs from the input's {src['beams']}; "
+                          "build the model with qpelican.build_model.")
     n = src["n"]
     fmt = _fmt(layer, "invariant", "invariants")
     amax = 2 ** src["angle_bits"] - 1  # largest |eta_i - eta_j| of two saturated angles
@@ -329,7 +338,8 @@ def _plan_l1_invariants(layer, ins, state):
     p = LayerPlan(layer.name, "L1Invariants", IR_NAMES["L1Invariants"], ins, n, (n, n, 1), fmt.ap_type(),
                   types={"x": src["type"], "pt_t": src["pt_fmt"].ap_type(), "angle_t": f"ap_int<{src['angle_bits']}>",
                          "diff_t": diff, "adiff_t": adiff, "r_t": r, "ptr_t": ptr, "prod_t": prod, "dot_t": dot},
-                  params={"n": n, "shift": layer.shift, "angle_bits": src["angle_bits"]})
+                  params={"n": n, "n_in": src["n_in"], "beams": src["beams"], "shift": layer.shift,
+                          "angle_bits": src["angle_bits"]})
     _check_float64(p, prod.width, "the product pT_i pT_j R_ij")
     return p, {"kind": "pairs", "n": n, "range": from_format(fmt), "fmt": fmt, "c": 1, "symmetric": True,
                "zero_diagonal": True}

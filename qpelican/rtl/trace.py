@@ -275,12 +275,16 @@ def _trace_inputs(p, hw, counter):
 
 
 def _trace_l1_inputs(p, hw, counter):
-    """Level-1 candidates -> ((pT, eta, phi) per candidate, mask bits, multiplicity n)."""
+    """Level-1 candidates -> ((pT, eta, phi) per particle, mask bits, multiplicity n); with beams the
+    beam comes first, (None, None, None) and always present (its products are the candidates' pT)."""
     counter.stage = "invariants"
-    n, a = p.params["n"], p.params["angle_bits"]
+    n, a = p.params["n_in"], p.params["angle_bits"]
     inp = FixedVariableArrayInput(n * 3, hwconf=hw)
     raw = inp.quantize(*kif(p.params["input_format"]), "WRAP", "TRN")._vars.reshape(n, 3)
     cands, mask = [], []
+    if p.params["beams"]:
+        cands.append((None, None, None))
+        mask.append(FixedVariable.from_const(1.0, hw))
     for i in range(n):
         pt = raw[i, 0].quantize(*kif(p.params["pt_format"]), "WRAP", "TRN")
         eta, phi = (raw[i, c].quantize(1, a - 1, 0, "WRAP", "TRN") for c in (1, 2))
@@ -294,7 +298,7 @@ def _trace_l1_inputs(p, hw, counter):
 
 
 def _trace_l1_invariants(p, cands, counter):
-    """d_ij = Q((pT_i pT_j) R_ij 2^-shift), R_ij = deta^2 + dphi^2, for pairs i < j.
+    """d_ij = Q((pT_i pT_j) R_ij 2^-shift), R_ij = deta^2 + dphi^2, for pairs i < j; a beam's d_bj = Q(pT_j).
 
     P_ij = pT_i pT_j does not wait for R_ij (the order of the HLS header, (pT_i R_ij) pT_j, puts
     three products in a row); the signed differences are squared directly (no magnitudes).
@@ -304,6 +308,9 @@ def _trace_l1_invariants(p, cands, counter):
     for i in range(len(cands)):
         for j in range(i + 1, len(cands)):
             (pi, ei, fi), (pj, ej, fj) = cands[i], cands[j]
+            if pi is None:  # the beam (padding has pT_j = 0, so d_bj = 0 there)
+                d[i, j] = quantize_conv(pj, *kif(fmt))
+                continue
             de, dp = ei - ej, fi - fj
             r = dsp_mul(de, de, counter) + dsp_mul(dp, dp, counter)
             counter.add("angle differences", 2)
@@ -518,6 +525,6 @@ def trace_model(model, plan=None):
     }
     mi = by_class["L1CandidateInput" if l1 else "MomentumInput"]
     out_kif = tuple(int(v) for v in np.max(np.asarray(comb.out_kifs), axis=1))
-    return TracedModel(comb=comb, stages=stages, plan=plan, n_in=mi.params["n" if l1 else "n_in"], n=mi.n,
+    return TracedModel(comb=comb, stages=stages, plan=plan, n_in=mi.params["n_in"], n=mi.n,
                        input_kif=kif(mi.params["input_format"]), output_kif=out_kif,
                        counts=counter.counts, seconds=time.perf_counter() - t0)
