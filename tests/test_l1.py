@@ -333,6 +333,25 @@ def test_explain_reproduces_an_l1_model_bit_for_bit(beams):
     assert any("Level-1 candidates" in line for line in lines)
 
 
+def test_symmetric_model_with_the_beam_traces_one_z_per_pair_bit_exactly():
+    """model.symmetric with the beam: the beam's row and column are a symmetric pair too, so the RTL
+    computes one pre-activation per unordered pair of the N + 1 particles, and stays bit-exact."""
+    from qpelican.hls.verify import firmware_inputs, stress_jets
+    from qpelican.nn.models import randomize_on_grids
+    from qpelican.rtl.trace import trace_model
+
+    n = 8
+    model = randomize_on_grids(build_model({"format": "l1", "n_constituents": n, "quantization": Q8, "beams": True,
+                                            "symmetric": True, "alpha": True}), 19, bias_scale=0.5)
+    traced = trace_model(model)
+    assert traced.plan["by_name"]["lineq_2to2"].params["symmetric"]
+    assert traced.counts["lineq2to2"]["output quantizers"] == 2 * (n + 1) * (n + 2) // 2
+    x = stress_jets(np.random.default_rng(20), model, 400)
+    ref = predict(model, x).astype(np.float64)
+    assert np.unique(ref).size > 20
+    assert np.array_equal(traced.predict(firmware_inputs(model, x))[:, 0], ref)
+
+
 def test_rtl_trace_and_verilator_are_bit_exact(tmp_path, sim_dir):
     """export-rtl of Level-1 models with the beam: da4ml's interpreter (N = 16, alpha) and the Verilog
     compiled with Verilator (N = 6) equal the QKeras model on stress candidates and simulated jets;
