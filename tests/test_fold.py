@@ -112,6 +112,29 @@ def test_fold_reproduces_the_batchnorm_model():
     assert count_parameters(q) == count_parameters(f)  # folded shifts count as BatchNorm, not parameters
 
 
+@pytest.mark.parametrize("n_q", [6, 14])
+def test_fold_into_another_n(n_q):
+    """tune folds the shared float pre-training (one N) into trials of another N: the weights carry
+    over (they do not depend on N). Into a smaller N the fold equals that of the float model rebuilt
+    at that N (the activations are sampled on the same particles); into a larger one (the samples cut
+    to the float model's N) the folded model follows the float model at N'."""
+    rng = np.random.default_rng(5)
+    p4 = _jets(rng)
+    f = _float_bn_model(rng, p4)
+    x = np.zeros((len(p4), n_q, 4), np.float32)
+    x[:, :min(N, n_q)] = p4[:, :n_q]
+    cfg = {"n_constituents": n_q, "nbar": N, "alpha": True, "batchnorm": True, "scale": 1.0}
+    f_n = build_model(cfg)
+    f_n.set_weights(f.get_weights())
+    q, q_n = build_model(dict(cfg, quantization=Q8)), build_model(dict(cfg, quantization=Q8))
+    transfer_weights(f, q, x[:300])
+    transfer_weights(f_n, q_n, x[:300])
+    if n_q < N:
+        assert all(np.array_equal(a, b) for a, b in zip(q.get_weights(), q_n.get_weights()))
+    else:
+        assert np.corrcoef(predict(f_n, x), predict(q, x))[0, 1] > 0.95
+
+
 def test_fold_refuses_a_model_without_input_shift():
     rng = np.random.default_rng(4)
     p4 = _jets(rng, 50)

@@ -77,7 +77,8 @@ def _hidden_scales(src, w22, w20, dst22, x_sample):
     largest coefficients on channel h the same size (each then has as many significant bits as the
     other), lowered where the 99.9th percentile of the activations would pass ACTIVATION_FILL of the
     activation range or a coefficient would leave the coefficient range."""
-    h = tf_keras.Model(src.inputs, src.get_layer("lineq_2to2").output).predict(x_sample, batch_size=512, verbose=0)
+    h = tf_keras.Model(src.inputs, src.get_layer("lineq_2to2").output).predict(
+        _constituents(x_sample, src.inputs[0].shape[1]), batch_size=512, verbose=0)
     h = h.reshape(-1, h.shape[-1])
     fmt_a, fmt_c = dst22.output_format, dst22.coefficient_format
     k = np.ones(h.shape[-1])
@@ -91,6 +92,17 @@ def _hidden_scales(src, w22, w20, dst22, x_sample):
         if fmt_c is not None and w_in > 0:
             k[c] = min(k[c], COEFFICIENT_FILL * fmt_c.max / w_in)
     return k
+
+
+def _constituents(x, n):
+    """x (jets, N', F) cut or zero-padded to n constituents: the tuner folds a float model trained at
+    one N into trials of another (the weights do not depend on N; the activations' range is sampled
+    on the float model's own N)."""
+    if n is None or x.shape[1] == n:
+        return x
+    if x.shape[1] > n:
+        return x[:, :n]
+    return np.concatenate([x, np.zeros((x.shape[0], n - x.shape[1], x.shape[2]), x.dtype)], axis=1)
 
 
 def fold_batchnorm(src, dst, x_sample):
