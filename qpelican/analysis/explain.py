@@ -19,7 +19,7 @@ section 5), plus the alpha exponents when present.
 
 The numerical check evaluates the formula in numpy float64 on jets and compares it with the
 Keras model: for quantized models the formula rounds at the points of the fixed-point contract
-(qpelican/layers/lineq.py), so the difference must be exactly zero; for float models it is float32
+(qpelican/nn/layers/lineq.py), so the difference must be exactly zero; for float models it is float32
 round-off. The canonical (rescaled) form is checked against the original form in real arithmetic.
 """
 from __future__ import annotations
@@ -355,7 +355,7 @@ def explain_model(model, p4, log=print):
     if p["quantized"]:
         log("The model's stored weights are fixed-point numbers; the canonical numbers above are those times λ_h "
             "(z_h and its biases) or divided by λ_h (trace weights). Rounding happens at the points listed in "
-            "qpelican/layers/lineq.py, which the check below reproduces.")
+            "qpelican/nn/layers/lineq.py, which the check below reproduces.")
     # numerical check
     p4 = prepare_momenta(model, p4, "explain jets")
     keras = predict(model, p4).astype(np.float64)
