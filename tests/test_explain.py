@@ -3,6 +3,7 @@ import numpy as np
 import pytest
 
 from qpelican.cli.main import main
+from qpelican.nn.models import retie
 
 N = 24
 Q8 = {"input": "quantized_bits(16,7,alpha=1)", "invariants": "quantized_bits(16,9,alpha=1)",
@@ -31,10 +32,7 @@ def _model(seed=0, **cfg):
             w = 0.5 + np.abs(w)
         ws.append(w.astype(np.float32))
     model.set_weights(ws)
-    for v in model.weights:
-        if hasattr(v.constraint, "tie"):  # model.symmetric: tied slices stay tied
-            v.constraint.tie(v)
-    return model
+    return retie(model)  # model.symmetric: tied slices stay tied
 
 
 @pytest.mark.parametrize("cfg", [

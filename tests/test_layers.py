@@ -9,7 +9,7 @@ import tf_keras
 from qpelican.core.errors import DataError, QpelicanError
 from qpelican.nn.layers import LinEq2to0, LinEq2to2, LorentzInvariants, MaskedBatchNorm, MomentumInput
 from qpelican.nn.layers.base import scale_table, table_frac_bits
-from qpelican.nn.models import build_model, count_parameters, predict_logits
+from qpelican.nn.models import build_model, count_parameters, predict_logits, retie
 from qpelican.nn.quant import fixed_format, get_quantizer, quantize
 
 Q8 = {
@@ -41,8 +41,7 @@ def randomise(model, rng, scale=0.5):
         if "moving" in w.name:
             continue
         w.assign(rng.normal(size=w.shape).astype(np.float32) * (0.1 if "alpha" in w.name else scale))
-        if hasattr(w.constraint, "tie"):  # tied slices (model.symmetric) stay tied
-            w.constraint.tie(w)
+    retie(model)  # tied slices (model.symmetric) stay tied
 
 
 def minkowski(p):

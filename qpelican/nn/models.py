@@ -14,6 +14,7 @@ from qpelican.core.inputs import check_candidates, check_momenta
 from qpelican.nn import fastpath
 from qpelican.nn.layers import (CandidateMask, EdgeDense, L1CandidateInput, L1Invariants, LinEq2to0, LinEq2to2,
                              LorentzInvariants, MaskedBatchNorm, MomentumInput, PairDropout, ParticleMask)
+from qpelican.nn.layers.lineq import TiedSlices
 from qpelican.config.model import model_config
 
 
@@ -118,7 +119,7 @@ def count_parameters(model, batchnorm=False, alpha=False):
             if ("alpha" in w.name and not alpha) or ("shift" in w.name and not batchnorm):
                 continue
             total += int(np.prod(w.shape))
-            if hasattr(w.constraint, "tie"):  # a tied slice (model.symmetric) is one parameter, not two
+            if isinstance(w.constraint, TiedSlices):  # a tied slice (model.symmetric) is one parameter, not two
                 total -= int(np.prod(w.shape)) // int(w.shape[w.constraint.axis])
     return total
 
@@ -139,8 +140,15 @@ def randomize_on_grids(model, seed=0, bias_scale=1.0):
                 fmt = layer.coefficient_format if "kernel" in w.name else layer.bias_format
                 steps = rng.integers(round(fmt.min / fmt.lsb), round(fmt.max / fmt.lsb) + 1, w.shape)
                 w.assign((steps * fmt.lsb * (bias_scale if "bias" in w.name else 1.0)).astype(np.float32))
-            if hasattr(w.constraint, "tie"):  # tied slices (model.symmetric) stay tied
-                w.constraint.tie(w)
+    return retie(model)
+
+
+def retie(model):
+    """Make the tied slices of every weight (model.symmetric) equal again after its weights were set
+    by hand (each :class:`TiedSlices` copies its first slice into the second). Returns the model."""
+    for w in model.weights:
+        if isinstance(w.constraint, TiedSlices):
+            w.constraint.tie(w)
     return model
 
 
