@@ -62,7 +62,7 @@ class Plan:
     l1: bool                 # Level-1 candidates (collider form) instead of 4-momenta
     front_scale: float       # p4: the float32 factor 1/scale of MomentumInput
     beams: np.ndarray        # (0 or 2, 4) the beam rows MomentumInput prepends
-    qin: np.ndarray          # (6,) float32 input grid (see _front)
+    qin: np.ndarray          # (6,) float32 input grid (see front_rows)
     quantized: bool
     l1_shift: float          # 2^-shift of the l1 invariants
     bn_in: np.ndarray        # (2,): a, b of the input BatchNorms (1, 0 without)
@@ -79,7 +79,7 @@ class Plan:
 
 
 # ----------------------------------------------------------------------------------- the model
-def _graph(model):
+def layer_graph(model):
     """{layer name: (layer, [inbound layer names])} of a functional model, or None."""
     try:
         cfg = model.get_config()
@@ -97,7 +97,7 @@ def _graph(model):
     return out, cfg["output_layers"][0][0]
 
 
-def _walk_back(graph, name, mask_name, regs):
+def walk_back(graph, name, mask_name, regs):
     """Follow dropout / BatchNorm layers upstream of ``name``; returns the first other layer's name,
     collecting the BatchNorms (outermost last) in ``regs``."""
     while True:
@@ -111,9 +111,9 @@ def _walk_back(graph, name, mask_name, regs):
             return name
 
 
-def _chain(model):
+def chain(model):
     """The layers of a nanoPELICAN chain (a dict), or a string saying why the model is not one."""
-    g = _graph(model)
+    g = layer_graph(model)
     if g is None:
         return "not a functional model"
     graph, out_name = g
@@ -122,10 +122,10 @@ def _chain(model):
         return f"output layer {out_name!r} is not a LinEq2to0"
     mask_name = ins[1]
     bn_h, bn_in = [], []
-    eq2, ins2 = graph[_walk_back(graph, ins[0], mask_name, bn_h)]
+    eq2, ins2 = graph[walk_back(graph, ins[0], mask_name, bn_h)]
     if type(eq2) is not LinEq2to2 or len(ins2) != 2 or ins2[1] != mask_name:
         return "the readout's input is not a LinEq2to2 (full PELICAN or another graph)"
-    inv, ins_inv = graph[_walk_back(graph, ins2[0], mask_name, bn_in)]
+    inv, ins_inv = graph[walk_back(graph, ins2[0], mask_name, bn_in)]
     mask, ins_mask = graph[mask_name]
     if type(inv) not in (LorentzInvariants, L1Invariants) or len(ins_inv) != 1 or ins_mask != ins_inv:
         return "the 2->2 layer's input is not the invariants of the masked inputs"
@@ -141,7 +141,7 @@ def _chain(model):
     return dict(front=front, inv=inv, eq2=eq2, eq0=eq0, bn_in=bn_in, bn_h=bn_h)
 
 
-def _why_not(ch):
+def why_not(ch):
     """Why the layers of a chain are outside what the kernel computes, or None."""
     eq2, eq0, inv = ch["eq2"], ch["eq0"], ch["inv"]
     if eq2.basis != "nano" or eq2.kernel.shape[0] != 1:
@@ -163,7 +163,7 @@ def _why_not(ch):
     return None
 
 
-def _grid(fmt):
+def grid(fmt):
     """(2^F, min, max, on) of a format: the grid the kernel rounds onto (none: off)."""
     if fmt is None:
         return [1.0, 0.0, 0.0, 0.0]
@@ -180,31 +180,21 @@ def _bn(model, layers, channels):
     return np.stack([a, b])
 
 
-def _front_constants(front):
+def front_constants(front):
     """The front layer's constants: its scale, beam rows and the grids of its inputs."""
     if type(front) is L1CandidateInput:
         lo, hi = front.angle_range
         beams = np.array([[BEAM_PT, 0.0, 0.0]] if front.beams else np.zeros((0, 3)), np.float64)
-        return dict(front_scale=1.0, beams=beams, qin=np.array(_grid(front.input_format) + [lo, hi], np.float32))
+        return dict(front_scale=1.0, beams=beams, qin=np.array(grid(front.input_format) + [lo, hi], np.float32))
     beams = np.zeros((0, 4))
     if front.beams:  # MomentumInput.call's constant rows
         e = front.beam_energy
         beams = np.array([[e, 0.0, 0.0, e], [e, 0.0, 0.0, -e]], np.float32).astype(np.float64)
-    return dict(front_scale=1.0 / front.scale, beams=beams, qin=np.array(_grid(front.input_format) + [0, 0], np.float32))
+    return dict(front_scale=1.0 / front.scale, beams=beams, qin=np.array(grid(front.input_format) + [0, 0], np.float32))
 
 
 def _np(x):
     return np.asarray(tf.cast(x, tf.float64).numpy(), np.float64)
-
-
-def _tables2(eq2):
-    """(bias, diagonal bias) of LinEq2to2 per multiplicity, (N+1, C) each, as its call() forms them."""
-    rows = eq2.n_max + 1
-    if eq2.input_shift:
-        return tuple(_np(t) for t in eq2.bias_tables(tf.float64))
-    bias = _np(eq2.q("bias", eq2.bias))
-    dbias = _np(eq2.q("bias", eq2.diag_bias_weight)) if eq2.diag_bias_weight is not None else 0.0 * bias
-    return np.tile(bias, (rows, 1)), np.tile(dbias, (rows, 1))
 
 
 def _bias0(eq0):
@@ -216,18 +206,18 @@ def _bias0(eq0):
 def plan(model):
     """A :class:`Plan` of a supported model's weights (read now), or a string saying why the model
     takes the XLA path instead."""
-    ch = _chain(model)
+    ch = chain(model)
     if isinstance(ch, str):
         return ch
-    why = _why_not(ch)
+    why = why_not(ch)
     if why:
         return why
     eq2, eq0, inv = ch["eq2"], ch["eq0"], ch["inv"]
-    bias2, dbias2 = _tables2(eq2)
+    bias2, dbias2 = (_np(t) for t in eq2.multiplicity_biases(tf.float64))
     c = eq2.channels
     return Plan(
         shape=tuple(int(d) for d in model.inputs[0].shape[1:]), quantized=eq2.quantized,
-        l1=type(inv) is L1Invariants, **_front_constants(ch["front"]),
+        l1=type(inv) is L1Invariants, **front_constants(ch["front"]),
         l1_shift=2.0 ** -inv.shift if type(inv) is L1Invariants else 1.0,
         bn_in=_bn(model, ch["bn_in"], 1)[:, 0],
         w2=_np(eq2.q("coefficient", eq2.kernel))[0],
@@ -238,7 +228,7 @@ def plan(model):
         tab0=_np(eq0.scale_table())[:, :, 0],
         bias0=_bias0(eq0),
         relu0=eq0.activation is tf_keras.activations.relu,
-        qgrid=np.array([_grid(f) for f in (inv.invariant_format, eq2.aggregate_format, eq2.output_format,
+        qgrid=np.array([grid(f) for f in (inv.invariant_format, eq2.aggregate_format, eq2.output_format,
                                            eq0.aggregate_format, eq0.output_format)]),
     )
 
@@ -257,7 +247,7 @@ def model_plan(model):
 
 # ---------------------------------------------------------------------------------- the kernel
 @njit(inline="always")
-def _q(x, g):
+def round_to(x, g):
     """Round x onto grid g = (2^F, min, max, on): half to even, saturating (qpelican.nn.quant)."""
     if g[3] == 0.0:
         return x
@@ -265,9 +255,9 @@ def _q(x, g):
 
 
 @njit(inline="always")
-def _front(xj, l1, scale, beams, g, q):
+def front_rows(xj, l1, scale, beams, g, q, pos):
     """The front layer's output of one jet, real particles only, into the columns of q (F, M):
-    returns their number n. The layer's arithmetic is float32, and so is this: p4
+    returns their number n; pos[k] is the row of real particle k in the layer's output. The layer's arithmetic is float32, and so is this: p4
     (``MomentumInput``) ``Q_input(p * (1/scale))`` after the constant ``beams`` rows; l1
     (``L1CandidateInput``) ``Q_input(pT)`` and the angles clipped to the angle range and rounded.
     A particle is real when its first feature (E or pT) on the grid is not zero (``ParticleMask``,
@@ -278,6 +268,7 @@ def _front(xj, l1, scale, beams, g, q):
         if beams[k, 0] != 0.0:
             for f in range(nf):
                 q[f, n] = beams[k, f]
+            pos[n] = k
             n += 1
     for k in range(xj.shape[0]):
         for f in range(nf):
@@ -290,13 +281,14 @@ def _front(xj, l1, scale, beams, g, q):
                 if g[3] != 0.0:
                     v = min(max(np.rint(v * g[0]) / g[0], g[1]), g[2])
             q[f, n] = v
+        pos[n] = beams.shape[0] + k
         if q[0, n] != 0.0:  # else the next particle overwrites this padded one
             n += 1
     return n
 
 
 @njit(inline="always")
-def _invariants(q, n, l1, shift, bn, g, x, s):
+def invariants(q, n, l1, shift, bn, g, x, s):
     """x[i, j] = a d_ij + b over the real particles q[:, :n] (x_ii = b: d_ii = 0), s[i] = sum_j x[i, j].
 
     Each row of x is one vectorised loop over the contiguous rows of q, to the next multiple of 8
@@ -349,9 +341,9 @@ def _invariants(q, n, l1, shift, bn, g, x, s):
 
 
 @njit(inline="always")
-def _l1_beam(q, n, bn, g, x, s):
+def l1_beam(q, n, bn, g, x, s):
     """The l1 beam in row and column 0: x_0j = x_j0 = a Q(pT_0 pT_j) + b (``L1Invariants`` with
-    beams), replacing what :func:`_invariants` computed there from the angles, and s with them."""
+    beams), replacing what :func:`invariants` computed there from the angles, and s with them."""
     a, b = bn[0], bn[1]
     for j in range(1, n):
         v = q[0, 0] * q[0, j]
@@ -370,7 +362,7 @@ def _hidden_sums(x, n, w, r, c, dg, top, quant, tot, tr):
 
     Quantized, r, c, dg and w come scaled by the activation's 2^F, so that h is counted in units of
     its LSB (integers, exact sums) and each h is one fused multiply-add, an add, a round and a clip.
-    Rows run to the next multiple of 8 (c is -1e300 there: h = 0), as in :func:`_invariants`. The
+    Rows run to the next multiple of 8 (c is -1e300 there: h = 0), as in :func:`invariants`. The
     symmetric form (x_ij serving h_ij and h_ji over i < j) was slower: rows starting at i + 1 leave
     a long scalar remainder."""
     npad = (n + 7) // 8 * 8
@@ -419,22 +411,24 @@ def _forward(p, l1, scale, beams, qin, shift, bn_in, w2, tab2, bias2, dbias2, bn
     for chunk in prange(n_chunks):
         x = np.zeros((m, mpad))
         q = np.empty((nf, mpad))
+        pos = np.empty(m, np.int64)
         s = np.empty(m)
         r, dg = np.empty((ch, m)), np.empty((ch, m))
         c = np.full((ch, mpad), -1e300)
         tot, tr = np.empty(ch), np.empty(ch)
         for jet in range(chunk * n_jets // n_chunks, (chunk + 1) * n_jets // n_chunks):
-            n = _front(p[jet], l1, scale, beams, qin, q)
-            _invariants(q, n, l1, shift, bn_in, qg[INVARIANT], x, s)
+            n = front_rows(p[jet], l1, scale, beams, qin, q, pos)
+            invariants(q, n, l1, shift, bn_in, qg[INVARIANT], x, s)
             if l1 and beams.shape[0] > 0:
-                _l1_beam(q, n, bn_in, qg[INVARIANT], x, s)
+                l1_beam(q, n, bn_in, qg[INVARIANT], x, s)
             t = tab2[n]
             tsum = 0.0
             for j in range(n):
                 tsum += s[j]
-            a_ts, a_td = _q(tsum * t[3], qg[AGG2]), _q(tsum * t[4], qg[AGG2])
+            a_ts, a_td = round_to(tsum * t[3], qg[AGG2]), round_to(tsum * t[4], qg[AGG2])
             for j in range(n):  # nano basis: x, delta S, S_j (col), S_i (row), T, delta T
-                a_d, a_c, a_r = _q(s[j] * t[0], qg[AGG2]), _q(s[j] * t[1], qg[AGG2]), _q(s[j] * t[2], qg[AGG2])
+                a_d, a_c, a_r = (round_to(s[j] * t[0], qg[AGG2]), round_to(s[j] * t[1], qg[AGG2]),
+                                 round_to(s[j] * t[2], qg[AGG2]))
                 for h in range(ch):
                     r[h, j] = (a_r * w2[h, 3] + (bias2[n, h] + a_ts * w2[h, 4])) * k
                     c[h, j] = a_c * w2[h, 2] * k
@@ -444,11 +438,11 @@ def _forward(p, l1, scale, beams, qin, shift, bn_in, w2, tab2, bias2, dbias2, bn
             t0 = tab0[n]
             z = 0.0
             for h in range(ch):  # hidden BatchNorm on real entries: n^2 of them in the total, n on the trace
-                u1 = _q((bn_h[0, h] * tot[h] / k + bn_h[1, h] * n * n) * t0[0], qg[AGG0])
-                u2 = _q((bn_h[0, h] * tr[h] / k + bn_h[1, h] * n) * t0[1], qg[AGG0])
+                u1 = round_to((bn_h[0, h] * tot[h] / k + bn_h[1, h] * n * n) * t0[0], qg[AGG0])
+                u2 = round_to((bn_h[0, h] * tr[h] / k + bn_h[1, h] * n) * t0[1], qg[AGG0])
                 z += u1 * w0[h, 0] + u2 * w0[h, 1]
             z += bias0[n]
-            out[jet] = _q(max(z, 0.0) if relu0 else z, qg[OUT0])
+            out[jet] = round_to(max(z, 0.0) if relu0 else z, qg[OUT0])
 
 
 def predict_fast(p, x):

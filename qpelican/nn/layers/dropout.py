@@ -4,7 +4,7 @@ import tf_keras
 
 from qpelican.nn.compat import layer_generator, smart_cond
 
-_LEVELS = 1 << 16
+LEVELS = 1 << 16
 
 
 def _u32(v):
@@ -54,7 +54,7 @@ class PairDropout(tf_keras.layers.Dropout):
         if noise_shape is not None:
             raise ValueError("PairDropout draws an independent mask per entry; noise_shape is not supported.")
         super().__init__(rate, seed=seed, **kwargs)
-        self.threshold = int(round(float(rate) * _LEVELS))
+        self.threshold = int(round(float(rate) * LEVELS))
 
     def call(self, inputs, training=None):
         if training is None:
@@ -63,7 +63,8 @@ class PairDropout(tf_keras.layers.Dropout):
             return tf.identity(inputs)
         return smart_cond(training, lambda: self._drop(inputs), lambda: tf.identity(inputs))
 
-    def _seeds(self, batch):
+    def draw_seeds(self, batch):
+        """The next ``batch`` jet seeds (int32) of this layer's random stream (one draw per step)."""
         gen = layer_generator(self)
         if gen is not None:
             return gen.uniform_full_int([batch], dtype=tf.int32)
@@ -71,9 +72,9 @@ class PairDropout(tf_keras.layers.Dropout):
         return tf.random.stateless_uniform([batch], seed=seed, minval=None, maxval=None, dtype=tf.int32)
 
     def _drop(self, x):
-        seeds = self._seeds(tf.shape(x)[0])
+        seeds = self.draw_seeds(tf.shape(x)[0])
         shape, threshold = x.shape, self.threshold
-        scale = _LEVELS / (_LEVELS - threshold)
+        scale = LEVELS / (LEVELS - threshold)
 
         @tf.custom_gradient
         def drop(x):

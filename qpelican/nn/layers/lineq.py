@@ -382,6 +382,18 @@ class LinEq2to2(_EquivariantBase):
         return (self._bias_table(self.bias, tab, kernel, ops[False], dt),
                 self._bias_table(diag_bias, tab, kernel, ops[True], dt))
 
+    def multiplicity_biases(self, dt=tf.float64):
+        """(bias off the diagonal, bias on it) of each multiplicity n = 0..N, each (N+1, C_out), as
+        ``call`` adds them: the rounded biases, the same for every n, or with ``input_shift`` the
+        tables of :meth:`bias_tables`."""
+        if self.input_shift:
+            return self.bias_tables(dt)
+        rows = [self.n_max + 1, 1]
+        bias = tf.cast(self.q("bias", self.bias), dt)
+        dbias = (tf.cast(self.q("bias", self.diag_bias_weight), dt) if self.diag_bias_weight is not None
+                 else tf.zeros_like(bias))
+        return tf.tile(bias[None], rows), tf.tile(dbias[None], rows)
+
     def compute_output_shape(self, input_shape):
         x_shape = input_shape[0]
         return (x_shape[0], x_shape[1], x_shape[2], self.channels)
@@ -426,16 +438,23 @@ class LinEq2to0(_EquivariantBase):
         x = tf.cast(x, tf.float32 if exact32 else dt)
         total = tf.cast(tf.reduce_sum(x, axis=[1, 2]), dt)  # (B, C), exact
         trace = tf.cast(tf.reduce_sum(tf.linalg.diag_part(tf.transpose(x, [0, 3, 1, 2])), axis=-1), dt)
-        t = tf.gather(tf.cast(self.scale_table(), dt), self._multiplicity(m))  # (B, 2, 1)
+        return tf.cast(self.readout(total, trace, self._multiplicity(m), dt), tf.float32)
+
+    def readout(self, total, trace, n, dt=tf.float64):
+        """The output (B, C_out) from each jet's sums over its array, ``total`` = sum_ij x_ij and
+        ``trace`` = sum_i x_ii (B, C_in), and its multiplicity ``n`` (B,) int: the layer past its
+        O(N^2) part (``call``, and the training fast path of :mod:`qpelican.nn.fasttrain`)."""
+        total, trace = tf.cast(total, dt), tf.cast(trace, dt)
+        t = tf.gather(tf.cast(self.scale_table(), dt), n)  # (B, 2, 1)
         u1 = self.q("aggregate", total * t[:, 0, :])
         u2 = self.q("aggregate", trace * t[:, 1, :])
         kernel = tf.cast(self.q("coefficient", self.kernel), dt)
         if self.input_shift:  # bias of multiplicity n: a folded BatchNorm (see _bias_table)
-            bias = tf.gather(self.bias_table(dt), self._multiplicity(m))
+            bias = tf.gather(self.bias_table(dt), n)
         else:
             bias = tf.cast(self.q("bias", self.bias), dt)
         z = tf.einsum("bc,ch->bh", u1, kernel[:, 0, :]) + tf.einsum("bc,ch->bh", u2, kernel[:, 1, :]) + bias
-        return tf.cast(self._finish(z), tf.float32)
+        return self._finish(z)
 
     def bias_table(self, dt=tf.float64):
         """Bias of each multiplicity n = 0..N, (N+1, C_out), of a layer with ``input_shift``."""

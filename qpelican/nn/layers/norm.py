@@ -46,17 +46,28 @@ class MaskedBatchNorm(tf_keras.layers.Layer):
             xm = x * mask
             mean = tf.reduce_sum(xm, axis=axes) / count
             var = tf.maximum(tf.reduce_sum(xm * x, axis=axes) / count - tf.square(mean), 0.0)
-            self.moving_mean.assign(self.momentum * self.moving_mean + (1 - self.momentum) * mean)
-            self.moving_variance.assign(self.momentum * self.moving_variance + (1 - self.momentum) * var)
+            self.update_moving(mean, var)
         else:
             mean, var = self.moving_mean, self.moving_variance
-        a = tf.math.rsqrt(var + self.epsilon)  # y = (x - mean) * a * gamma + beta, as x * a' + b'
+        a, b = self.affine(mean, var)
+        return (x * a + b) * mask
+
+    def affine(self, mean, var):
+        """(a, b) of ``y = x a + b`` for statistics (mean, var), each (C,), in their dtype:
+        ``a = gamma / sqrt(var + eps)``, ``b = beta - mean a``."""
+        a = tf.math.rsqrt(var + self.epsilon)
         if self.gamma is not None:
-            a = a * self.gamma
+            a = a * tf.cast(self.gamma, a.dtype)
         b = -mean * a
         if self.beta is not None:
-            b = b + self.beta
-        return (x * a + b) * mask
+            b = b + tf.cast(self.beta, b.dtype)
+        return a, b
+
+    def update_moving(self, mean, var):
+        """Move the inference statistics towards a training batch's (mean, var)."""
+        mean, var = tf.cast(mean, tf.float32), tf.cast(var, tf.float32)
+        self.moving_mean.assign(self.momentum * self.moving_mean + (1 - self.momentum) * mean)
+        self.moving_variance.assign(self.momentum * self.moving_variance + (1 - self.momentum) * var)
 
     def compute_output_shape(self, input_shape):
         return input_shape[0]
