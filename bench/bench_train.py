@@ -1,7 +1,8 @@
 """Training and inference throughput of nanoPELICAN, with peak memory and the machine load.
 
-Uses exactly the paths of `qpelican fit` (same model build, optimizer, XLA choice and tf.data
-pipeline) and of fit's / tune's / evaluate's scoring (`qpelican.nn.models.predict`: the numba fast
+Uses exactly the paths of `qpelican fit` and `tune` (same model build, optimizer and epoch loop,
+`qpelican.training.session.train_epoch`: the numba training kernels for nanoPELICAN, `model.fit`
+otherwise) and of fit's / tune's / evaluate's scoring (`qpelican.nn.models.predict`: the numba fast
 path for nanoPELICAN), on N constituents per jet (default 80, the paper's), the recipe's batch
 (512). Inference is also timed through the XLA path (`xla_predict`, what predict used before the
 fast path and still uses for other models), on the same jets, for comparison.
@@ -12,7 +13,9 @@ fast path and still uses for other models), on the same jets, for comparison.
     python bench/bench_train.py --compare /tmp/old      # alternate with another checkout (before/after)
     python bench/bench_train.py --no-train              # inference only (fast path vs XLA), untrained weights
 
-Each recipe runs in its own process, so the peak RSS printed is that recipe's. The machines this
+A recipe with a float pre-training (`qat: finetune`, e.g. c2_8bit) is timed in both phases: the
+"train" columns are its quantized phase, "float phase" its float pre-training (with the masked
+BatchNorm where the recipe has one). Each recipe runs in its own process, so the peak RSS printed is that recipe's. The machines this
 is run on are shared: every row prints the 1-minute load average before it, and the CPU seconds
 the process used (jets per CPU-second is far steadier than jets per second when other jobs take
 the cores). With --compare the two checkouts alternate, recipe by recipe, --rounds times.
@@ -62,7 +65,12 @@ def bench_one(a):
 
     from qpelican.config.recipe import load_recipe
     from qpelican.nn.models import build_model, predict
-    from qpelican.training.session import build_training, epoch_dataset
+    from qpelican.training.session import build_training, epoch_dataset, phases_of
+
+    try:
+        from qpelican.training.session import train_epoch, training_path
+    except ImportError:  # a checkout from before the training kernels (--compare)
+        train_epoch = training_path = None
 
     try:
         from qpelican.nn import fastpath
@@ -89,16 +97,25 @@ def bench_one(a):
            "n_constituents": a.n, "overrides": a.set, "load_before": load}
     infer = build_model(r.to_model_config(quantized=quantized))
     if not a.no_train:
-        model, _, _, jit = build_training(r, quantized, 0, math.ceil(len(y) / bs), r.training.epochs,
-                                          r.training.learning_rate)
-        ds = epoch_dataset(tf.constant(p4), tf.constant(y), len(y), bs, 0, 0).repeat()
-        compile_s, _ = _timed(lambda: model.fit(ds, steps_per_epoch=a.warmup, epochs=1, verbose=0))
-        train_s, train_cpu = _timed(lambda: model.fit(ds, steps_per_epoch=a.steps, epochs=1, verbose=0))
-        trained = a.steps * bs
-        row.update(xla=jit, train_jets_per_second=round(trained / train_s, 1),
-                   train_jets_per_cpu_second=round(trained / train_cpu, 1),
-                   ms_per_batch=round(1000 * train_s / a.steps, 2), first_steps_seconds=round(compile_s, 2),
-                   peak_rss_mb_train=round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1))
+        p4_t, y_t = tf.constant(p4), tf.constant(y)
+        for pname, pquant, _, lr in phases_of(r):  # finetune recipes: the float pre-training, then QAT
+            model, _, _, jit = build_training(r, pquant, 0, math.ceil(len(y) / bs), r.training.epochs, lr)
+            if train_epoch is None:  # a checkout from before train_epoch (--compare): its fit was model.fit
+                ds = epoch_dataset(p4_t, y_t, len(y), bs, 0, 0).repeat()
+                compile_s, _ = _timed(lambda: model.fit(ds, steps_per_epoch=a.warmup, epochs=1, verbose=0))
+                train_s, train_cpu = _timed(lambda: model.fit(ds, steps_per_epoch=a.steps, epochs=1, verbose=0))
+                path = f"model.fit (XLA {'on' if jit else 'off'})"
+            else:  # what qpelican fit and tune run
+                compile_s, _ = _timed(lambda: train_epoch(model, p4_t, y_t, a.warmup * bs, bs, 0, 0))
+                train_s, train_cpu = _timed(lambda: train_epoch(model, p4_t, y_t, a.steps * bs, bs, 0, 1))
+                path = training_path(model)
+            trained = a.steps * bs
+            key = "" if pquant == quantized else f"{pname}_phase_"
+            row.update({f"{key}train_path": path, f"{key}train_jets_per_second": round(trained / train_s, 1),
+                        f"{key}train_jets_per_cpu_second": round(trained / train_cpu, 1),
+                        f"{key}ms_per_batch": round(1000 * train_s / a.steps, 2),
+                        f"{key}first_steps_seconds": round(compile_s, 2)})
+        row["peak_rss_mb_train"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
         infer.set_weights(model.get_weights())  # inference: a fresh model of the recipe with the trained weights
     plan = fastpath.model_plan(infer) if fastpath else "no fast path in this checkout"
     row["infer_path"] = "fast" if not isinstance(plan, str) else f"xla ({plan})"
@@ -143,7 +160,8 @@ def main():
         return
     repos = [a.repo] + ([a.compare] if a.compare else [])
     rows = []
-    print(f"{'recipe':<22} {'code':<10} {'load':>5}  {'train jets/s':>12} {'(per CPU-s)':>11}  {'load':>5}  "
+    print(f"{'recipe':<22} {'code':<10} {'load':>5}  {'train jets/s':>12} {'(per CPU-s)':>11} {'float phase':>11}  "
+          f"{'load':>5}  "
           f"{'infer jets/s':>12} {'(per CPU-s)':>11}  {'XLA jets/s':>10} {'(per CPU-s)':>11}  {'peak RSS':>8}")
     for _ in range(a.rounds if a.compare else 1):
         for recipe in a.recipes:
@@ -161,7 +179,8 @@ def main():
                 code = "this" if repo == a.repo else os.path.basename(os.path.normpath(repo))
                 path = "" if row["infer_path"] == "fast" else row["infer_path"]
                 print(f"{row['recipe'][:22]:<22} {code[:10]:<10} {row['load_before']:>5.1f}  "
-                      f"{_fmt(row, 'train_jets_per_second', 12)} {_fmt(row, 'train_jets_per_cpu_second', 11)}  "
+                      f"{_fmt(row, 'train_jets_per_second', 12)} {_fmt(row, 'train_jets_per_cpu_second', 11)} "
+                      f"{_fmt(row, 'float_phase_train_jets_per_second', 11)}  "
                       f"{row['load_infer']:>5.1f}  "
                       f"{row['infer_jets_per_second']:>12,.0f} {row['infer_jets_per_cpu_second']:>11,.0f}  "
                       f"{row['xla_infer_jets_per_second']:>10,.0f} {row['xla_infer_jets_per_cpu_second']:>11,.0f}  "

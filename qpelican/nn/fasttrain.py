@@ -121,15 +121,19 @@ def _keep(idx, seed, threshold):
 
 
 @njit(inline="always")
-def _jet_input(p, m, l1, scale, beams, qin, shift, gi, ab, seed_in, thr_in, s_in, unit, q, pos, x, dk, kk, s, cd, ck):
+def _jet_input(p, m, l1, scale, beams, qin, shift, gi, ab, seed_in, thr_in, s_in, plain, unit, q, pos, x, dk, kk, s,
+               cd, ck):
     """The 2->2 layer's input of one jet: returns n and fills, over the real rows i < n,
     x_ij = k_ij s (a d_ij + b), dk_ij = k_ij d_ij, kk_ij = k_ij (k: input dropout's keep flags, s
     its scale), the column sums s_j = sum_i x_ij, cd_j = sum_i dk_ij, ck_j = sum_i kk_ij. Columns
-    n..npad-1 of x, dk and kk are zero."""
+    n..npad-1 of x, dk and kk are zero. ``plain`` (no input BatchNorm or dropout): x = d, and dk,
+    kk, cd, ck are not filled (the kernels then read x in place of dk and kk)."""
     n = front_rows(p, l1, scale, beams, qin, q, pos)
     invariants(q, n, l1, shift, unit, gi, x, s)  # x = d (zero diagonal); unit = the affine map (1, 0)
     if l1 and beams.shape[0] > 0:
         l1_beam(q, n, unit, gi, x, s)
+    if plain:
+        return n
     npad = (n + 7) // 8 * 8
     a, b = ab[0], ab[1]
     for j in range(npad):
@@ -172,98 +176,132 @@ def _hidden_terms(n, s, t, w, bias, dbias, k, gq, r, c, dg):
 
 @njit(inline="always")
 def _hidden_keep(n, pos, m, thr_h, seed_h, kh):
-    """kh[h, i, j]: the hidden dropout's keep flag of entry (i, j, h), 1 without dropout; 0 on
-    the padding columns."""
+    """kh[h, i, j]: the hidden dropout's keep flag of entry (i, j, h); 0 on the padding columns."""
     ch = kh.shape[0]
     npad = (n + 7) // 8 * 8
     for h in range(ch):
         for i in range(n):
             khi = kh[h, i]
-            if thr_h > 0:
-                base = pos[i] * m * ch + h
-                for j in range(n):
-                    khi[j] = _keep(base + pos[j] * ch, seed_h, thr_h)
-            else:
-                khi[:n] = 1.0
+            base = pos[i] * m * ch + h
+            for j in range(n):
+                khi[j] = _keep(base + pos[j] * ch, seed_h, thr_h)
             khi[n:npad] = 0.0
 
 
 @njit(inline="always")
-def _forward_sums(x, n, wk, r, c, dg, kh, top, quant, k, out):
+def _sums_row(xi, ki, w0, ri, ch, npad, top, quant, drop):
+    """(sum h, sum h^2, sum k h, sum k) over row i of the hidden array (units of the LSB when
+    quantized). The flags are literals at each call: every variant is its own vectorised loop."""
+    a1 = a2 = a3 = a4 = 0.0
+    for j in range(npad):
+        z = w0 * xi[j] + ri + ch[j]
+        v = min(max(np.rint(z), 0.0), top) if quant else max(z, 0.0)
+        a1 += v
+        a2 += v * v
+        if drop:
+            a3 += ki[j] * v
+            a4 += ki[j]
+    return a1, a2, a3, a4
+
+
+@njit(inline="always")
+def _forward_sums(x, n, wk, r, c, dg, kh, top, quant, drop, k, out):
     """out[h] = K1..K6 (module docstring) of one jet; the pair loop counts h in units of k."""
-    npad = (n + 7) // 8 * 8
     for h in range(wk.shape[0]):
         w0, ch, khh = wk[h, 0], c[h], kh[h]
+        npad = (n + 7) // 8 * 8
         k1 = k2 = k3 = k4 = k5 = k6 = 0.0
         for i in range(n):
-            xi, ki = x[i], khh[i]
-            ri = r[h, i]
-            a1 = a2 = a3 = a4 = 0.0
+            xi, ki, ri = x[i], khh[i], r[h, i]
+            if quant:
+                a1, a2, a3, a4 = (_sums_row(xi, ki, w0, ri, ch, npad, top, True, True) if drop
+                                  else _sums_row(xi, ki, w0, ri, ch, npad, top, True, False))
+            else:
+                a1, a2, a3, a4 = (_sums_row(xi, ki, w0, ri, ch, npad, top, False, True) if drop
+                                  else _sums_row(xi, ki, w0, ri, ch, npad, top, False, False))
             z = w0 * xi[i] + ri + ch[i]
             if quant:
-                for j in range(npad):
-                    v = min(max(np.rint(w0 * xi[j] + ri + ch[j]), 0.0), top)
-                    a1 += v
-                    a2 += v * v
-                    a3 += ki[j] * v
-                    a4 += ki[j]
                 v0, vd = min(max(np.rint(z), 0.0), top), min(max(np.rint(z + dg[h, i]), 0.0), top)
             else:
-                for j in range(npad):
-                    v = max(w0 * xi[j] + ri + ch[j], 0.0)
-                    a1 += v
-                    a2 += v * v
-                    a3 += ki[j] * v
-                    a4 += ki[j]
                 v0, vd = max(z, 0.0), max(z + dg[h, i], 0.0)
+            kd = ki[i] if drop else 1.0
             k1 += a1 + vd - v0  # the loop took z_ii without its diagonal terms
             k2 += a2 + vd * vd - v0 * v0
-            k3 += a3 + ki[i] * (vd - v0)
+            k3 += a3 + kd * (vd - v0)
             k4 += a4
-            k5 += ki[i] * vd
-            k6 += ki[i]
+            k5 += kd * vd
+            k6 += kd
+        if not drop:
+            k3, k4 = k1, float(n * n)
         out[h, 0], out[h, 1], out[h, 2] = k1 / k, k2 / (k * k), k3 / k
         out[h, 3], out[h, 4], out[h, 5] = k4, k5 / k, k6
 
 
 @njit(inline="always")
-def _backward_pairs(x, dk, kk, n, wk, r, c, dg, kh, top, quant, k, g, rows, cols, diag, ef):
+def _grad_row(xi, ki, dki, kki, w0, ri, ch, colh, npad, top, g1, g2, g3, quant, drop, bn):
+    """dz_ij = dL/dz_ij along row i (recomputing z), summed: returns (sum_j dz, sum dz dk,
+    sum dz kk) and adds dz to colh[j]. Flags as :func:`_sums_row`."""
+    rs = e = f = 0.0
+    for j in range(npad):
+        z = w0 * xi[j] + ri + ch[j]
+        on = (z > 0.0) & (z <= top) if quant else z > 0.0
+        g = g1
+        if bn:
+            g += g2 * (min(max(np.rint(z), 0.0), top) if quant else z)
+        if drop:
+            g += g3 * ki[j]
+        dz = g if on else 0.0
+        rs += dz
+        colh[j] += dz
+        e += dz * dki[j]
+        f += dz * kki[j]
+    return rs, e, f
+
+
+@njit(inline="always")
+def _grad_row_of(xi, ki, dki, kki, w0, ri, ch, colh, npad, top, g1, g2, g3, quant, drop, bn):
+    """:func:`_grad_row` with its flags as literals (8 loops)."""
+    if quant:
+        if drop:
+            if bn:
+                return _grad_row(xi, ki, dki, kki, w0, ri, ch, colh, npad, top, g1, g2, g3, True, True, True)
+            return _grad_row(xi, ki, dki, kki, w0, ri, ch, colh, npad, top, g1, g2, g3, True, True, False)
+        if bn:
+            return _grad_row(xi, ki, dki, kki, w0, ri, ch, colh, npad, top, g1, g2, g3, True, False, True)
+        return _grad_row(xi, ki, dki, kki, w0, ri, ch, colh, npad, top, g1, g2, g3, True, False, False)
+    if drop:
+        if bn:
+            return _grad_row(xi, ki, dki, kki, w0, ri, ch, colh, npad, top, g1, g2, g3, False, True, True)
+        return _grad_row(xi, ki, dki, kki, w0, ri, ch, colh, npad, top, g1, g2, g3, False, True, False)
+    if bn:
+        return _grad_row(xi, ki, dki, kki, w0, ri, ch, colh, npad, top, g1, g2, g3, False, False, True)
+    return _grad_row(xi, ki, dki, kki, w0, ri, ch, colh, npad, top, g1, g2, g3, False, False, False)
+
+
+@njit(inline="always")
+def _backward_pairs(x, dk, kk, n, wk, r, c, dg, kh, top, quant, drop, bn, k, g, rows, cols, diag, ef):
     """dz_ij^h = dL/dz_ij^h from g[h] = dL/dK1..K6, recomputing z, summed into rows[h, i],
     cols[h, j], diag[h, i] (dz_ii) and ef[h] = (sum dz dk, sum dz kk)."""
     npad = (n + 7) // 8 * 8
     for h in range(wk.shape[0]):
         w0, ch, khh, colh = wk[h, 0], c[h], kh[h], cols[h]
         g1, g2, g3, g5 = g[h, 0], 2.0 * g[h, 1] / k, g[h, 2], g[h, 4]  # dK2/dv = 2 v / k^2
+        g1row = g1 if drop else g1 + g3  # without dropout every real entry is kept
         colh[:npad] = 0.0
         e_all = f_all = 0.0
         for i in range(n):
-            xi, ki, dki, kki = x[i], khh[i], dk[i], kk[i]
-            ri = r[h, i]
-            rs = e = f = 0.0
+            xi, ki, dki, kki, ri = x[i], khh[i], dk[i], kk[i], r[h, i]
+            rs, e, f = _grad_row_of(xi, ki, dki, kki, w0, ri, ch, colh, npad, top, g1row, g2, g3, quant, drop, bn)
             z = w0 * xi[i] + ri + ch[i]
             zd = z + dg[h, i]
+            kd = ki[i] if drop else 1.0
             if quant:
-                for j in range(npad):
-                    zj = w0 * xi[j] + ri + ch[j]
-                    v = min(max(np.rint(zj), 0.0), top)
-                    dz = g1 + g2 * v + g3 * ki[j] if (zj > 0.0) & (zj <= top) else 0.0
-                    rs += dz
-                    colh[j] += dz
-                    e += dz * dki[j]
-                    f += dz * kki[j]
                 v0, vd = min(max(np.rint(z), 0.0), top), min(max(np.rint(zd), 0.0), top)
-                d0 = g1 + g2 * v0 + g3 * ki[i] if (z > 0.0) & (z <= top) else 0.0
-                dd = g1 + g2 * vd + (g3 + g5) * ki[i] if (zd > 0.0) & (zd <= top) else 0.0
+                on0, ond = (z > 0.0) & (z <= top), (zd > 0.0) & (zd <= top)
             else:
-                for j in range(npad):
-                    zj = w0 * xi[j] + ri + ch[j]
-                    dz = g1 + g2 * zj + g3 * ki[j] if zj > 0.0 else 0.0
-                    rs += dz
-                    colh[j] += dz
-                    e += dz * dki[j]
-                    f += dz * kki[j]
-                d0 = g1 + g2 * z + g3 * ki[i] if z > 0.0 else 0.0
-                dd = g1 + g2 * zd + (g3 + g5) * ki[i] if zd > 0.0 else 0.0
+                v0, vd, on0, ond = z, zd, z > 0.0, zd > 0.0
+            d0 = g1 + g2 * v0 + g3 * kd if on0 else 0.0
+            dd = g1 + g2 * vd + (g3 + g5) * kd if ond else 0.0
             fix = dd - d0  # the loop took z_ii without its diagonal terms
             rows[h, i] = rs + fix
             colh[i] += fix
@@ -338,7 +376,7 @@ def _scratch(m, mpad, nf, ch):
 
 
 @njit(parallel=True, cache=True, fastmath=FASTMATH)
-def _train_forward(p, l1, scale, beams, qin, shift, qg, ab, s_in, seeds_in, thr_in, seeds_h, thr_h,
+def _train_forward(p, l1, scale, beams, qin, shift, qg, ab, s_in, seeds_in, thr_in, seeds_h, thr_h, bn_in, bn,
                    w, t, bias, dbias, out):
     """out[jet] = K1..K6 (C, 6) of each jet of p (B, N, F)."""
     n_jets, nf, ch = p.shape[0], p.shape[2], w.shape[0]
@@ -349,18 +387,21 @@ def _train_forward(p, l1, scale, beams, qin, shift, qg, ab, s_in, seeds_in, thr_
     k = ga[0] if quant else 1.0
     wk = w * k
     unit = np.array([1.0, 0.0])
+    plain = thr_in == 0 and not bn_in
+    drop = thr_h > 0
     for task in prange((n_jets + JETS_PER_TASK - 1) // JETS_PER_TASK):
         x, dk, kk, q, pos, s, cd, ck, r, c, dg, kh = _scratch(m, mpad, nf, ch)
         for jet in range(task * JETS_PER_TASK, min(n_jets, (task + 1) * JETS_PER_TASK)):
             n = _jet_input(p[jet], m, l1, scale, beams, qin, shift, qg[INVARIANT], ab, seeds_in[jet], thr_in, s_in,
-                           unit, q, pos, x, dk, kk, s, cd, ck)
+                           plain, unit, q, pos, x, dk, kk, s, cd, ck)
             _hidden_terms(n, s, t[jet], w, bias[jet], dbias[jet], k, qg[AGG2], r, c, dg)
-            _hidden_keep(n, pos, m, thr_h, seeds_h[jet], kh)
-            _forward_sums(x, n, wk, r, c, dg, kh, ga[2] * ga[0], quant, k, out[jet])
+            if drop:
+                _hidden_keep(n, pos, m, thr_h, seeds_h[jet], kh)
+            _forward_sums(x, n, wk, r, c, dg, kh, ga[2] * ga[0], quant, drop, k, out[jet])
 
 
 @njit(parallel=True, cache=True, fastmath=FASTMATH)
-def _train_backward(p, l1, scale, beams, qin, shift, qg, ab, s_in, seeds_in, thr_in, seeds_h, thr_h,
+def _train_backward(p, l1, scale, beams, qin, shift, qg, ab, s_in, seeds_in, thr_in, seeds_h, thr_h, bn_in, bn,
                     w, t, bias, dbias, g, gw, gt, gb, gdb, gab):
     """Per jet, dL/d(w, t, bias, diag bias, (a, b)) into gw (B, C, 6), gt (B, 5), gb, gdb (B, C),
     gab (B, 2), from g = dL/dK (B, C, 6)."""
@@ -372,22 +413,29 @@ def _train_backward(p, l1, scale, beams, qin, shift, qg, ab, s_in, seeds_in, thr
     k = ga[0] if quant else 1.0
     wk = w * k
     unit = np.array([1.0, 0.0])
+    plain = thr_in == 0 and not bn_in
+    drop = thr_h > 0
     for task in prange((n_jets + JETS_PER_TASK - 1) // JETS_PER_TASK):
         x, dk, kk, q, pos, s, cd, ck, r, c, dg, kh = _scratch(m, mpad, nf, ch)
         rows, cols, diag, ef = np.empty((ch, m)), np.zeros((ch, mpad)), np.empty((ch, m)), np.empty((ch, 2))
         for jet in range(task * JETS_PER_TASK, min(n_jets, (task + 1) * JETS_PER_TASK)):
             n = _jet_input(p[jet], m, l1, scale, beams, qin, shift, qg[INVARIANT], ab, seeds_in[jet], thr_in, s_in,
-                           unit, q, pos, x, dk, kk, s, cd, ck)
+                           plain, unit, q, pos, x, dk, kk, s, cd, ck)
             tsum = _hidden_terms(n, s, t[jet], w, bias[jet], dbias[jet], k, qg[AGG2], r, c, dg)
-            _hidden_keep(n, pos, m, thr_h, seeds_h[jet], kh)
-            _backward_pairs(x, dk, kk, n, wk, r, c, dg, kh, ga[2] * ga[0], quant, k, g[jet], rows, cols, diag, ef)
+            if drop:
+                _hidden_keep(n, pos, m, thr_h, seeds_h[jet], kh)
+            _backward_pairs(x, x if plain else dk, x if plain else kk, n, wk, r, c, dg, kh, ga[2] * ga[0], quant, drop,
+                            bn, k, g[jet], rows, cols, diag, ef)
             _backward_weights(n, s, tsum, t[jet], w, qg[AGG2], rows, cols, diag, ef, cd, ck, s_in, ab,
                               gw[jet], gt[jet], gb[jet], gdb[jet], gab[jet])
+            if plain:  # no input BatchNorm: (a, b) = (1, 0) are constants
+                gab[jet, 0] = gab[jet, 1] = 0.0
 
 
 @njit(parallel=True, cache=True, fastmath=FASTMATH)
-def _moments(p, l1, scale, beams, qin, shift, gi, out):
-    """out[jet] = (n, sum_ij d_ij, sum_ij d_ij^2) over the real pairs of each jet (d_ii = 0)."""
+def _moments(p, l1, scale, beams, qin, shift, gi, pairs, out):
+    """out[jet] = (n, sum_ij d_ij, sum_ij d_ij^2) over the real pairs of each jet (d_ii = 0); the
+    sums only with ``pairs``."""
     n_jets, nf = p.shape[0], p.shape[2]
     m = p.shape[1] + beams.shape[0]
     mpad = (m + 7) // 8 * 8
@@ -396,6 +444,9 @@ def _moments(p, l1, scale, beams, qin, shift, gi, out):
         x, q, pos, s = np.zeros((m, mpad)), np.empty((nf, mpad)), np.empty(m, np.int64), np.zeros(mpad)
         for jet in range(task * JETS_PER_TASK, min(n_jets, (task + 1) * JETS_PER_TASK)):
             n = front_rows(p[jet], l1, scale, beams, qin, q, pos)
+            out[jet, 0] = n
+            if not pairs:
+                continue
             invariants(q, n, l1, shift, unit, gi, x, s)
             if l1 and beams.shape[0] > 0:
                 l1_beam(q, n, unit, gi, x, s)
@@ -405,7 +456,7 @@ def _moments(p, l1, scale, beams, qin, shift, gi, out):
                 for j in range(n):
                     s1 += xi[j]
                     s2 += xi[j] * xi[j]
-            out[jet, 0], out[jet, 1], out[jet, 2] = n, s1, s2
+            out[jet, 1], out[jet, 2] = s1, s2
 
 
 # ------------------------------------------------------------------------------ TensorFlow side
@@ -434,12 +485,14 @@ class _Kernels:
     def _args(self, x, seeds_in, seeds_h, ab, w, t, bias, dbias):
         return (np.ascontiguousarray(x, np.float32), *self.front, self.tp.qgrid, np.asarray(ab, np.float64),
                 self.s_in, _unsigned(seeds_in), self.thr_in, _unsigned(seeds_h), self.thr_h,
+                self.tp.bn_in is not None, self.tp.bn_h is not None,
                 np.ascontiguousarray(w), np.ascontiguousarray(t), np.ascontiguousarray(bias),
                 np.ascontiguousarray(dbias))
 
     def moments(self, x):
         out = np.zeros((len(x), 3))
-        _moments(np.ascontiguousarray(x, np.float32), *self.front, self.tp.qgrid[INVARIANT], out)
+        _moments(np.ascontiguousarray(x, np.float32), *self.front, self.tp.qgrid[INVARIANT], self.tp.bn_in is not None,
+                 out)
         return out
 
     def forward(self, *inputs):
@@ -519,7 +572,8 @@ def loss_and_gradients(model, tp=None):
 
 
 def train_step(model):
-    """The fast training step ``(x, y) -> loss`` of a compiled model (its optimizer and loss), or
+    """The fast training step ``(x_all, y_all, idx) -> loss`` on the batch ``x_all[idx]`` (labels
+    ``y_all[idx]``, shape (jets,)) of a compiled model (its optimizer and loss), or
     a string saying why the model trains through ``model.fit`` instead. Built once per optimizer."""
     cached = getattr(model, "_qpelican_train_step", None)
     if cached is not None and cached[0] is model.optimizer:
@@ -531,8 +585,8 @@ def train_step(model):
     opt, variables = model.optimizer, model.trainable_variables
 
     @tf.function(reduce_retracing=True)
-    def step(x, y):
-        loss, g = grads(x, y)
+    def step(x_all, y_all, idx):
+        loss, g = grads(tf.gather(x_all, idx), tf.gather(y_all, idx)[:, None])
         opt.apply_gradients(zip(g, variables))
         return loss
 

@@ -6,6 +6,7 @@ import tf_keras
 
 from qpelican.core.errors import QpelicanError
 from qpelican.core.io import run_model_path
+from qpelican.nn import fasttrain
 from qpelican.nn.compat import layer_generator
 from qpelican.nn.fold import transfer_weights
 from qpelican.nn.models import build_model
@@ -74,12 +75,44 @@ def init_from(model, source, x_sample):
         raise QpelicanError(f"training.init_from: {path}: {exc}") from None
 
 
+def epoch_order(n, seed, epoch):
+    """The order of the ``n`` training jets in epoch ``epoch``: a pure function of (seed, epoch)."""
+    return np.random.default_rng([int(seed), int(epoch), 7]).permutation(n)
+
+
 def epoch_dataset(p4_t, y_t, n, batch_size, seed, epoch):
-    """The batches of one epoch: a permutation that is a pure function of (seed, epoch)."""
-    perm = np.random.default_rng([int(seed), int(epoch), 7]).permutation(n)
-    ds = tf.data.Dataset.from_tensor_slices(perm).batch(batch_size)
+    """The batches of one epoch (for ``model.fit``), in :func:`epoch_order`."""
+    perm = tf.constant(epoch_order(n, seed, epoch), tf.int64)
+    # one dataset element per batch: a dataset of single jet indices costs ~5 ms per batch of 512
+    ds = tf.data.Dataset.range(-(-n // batch_size)).map(
+        lambda k: perm[k * batch_size:tf.minimum((k + 1) * batch_size, n)], deterministic=True)
     ds = ds.map(lambda i: (tf.gather(p4_t, i), tf.gather(y_t, i)[:, None]), num_parallel_calls=1, deterministic=True)
     return ds.prefetch(2)
+
+
+def train_epoch(model, p4_t, y_t, n, batch_size, seed, epoch):
+    """Train a compiled model for one epoch over the first ``n`` jets in the order of
+    :func:`epoch_dataset`; returns the epoch's mean training loss.
+
+    A nanoPELICAN trains through the fused kernels of :mod:`qpelican.nn.fasttrain` (the same
+    gradients as ``model.fit``, without its (B, N, N, C) arrays); any other model through
+    ``model.fit`` (compiled with XLA or not, :func:`build_training`)."""
+    step = fasttrain.train_step(model)
+    if isinstance(step, str):
+        ds = epoch_dataset(p4_t, y_t, n, batch_size, seed, epoch)
+        return float(model.fit(ds, epochs=1, verbose=0).history["loss"][-1])
+    order = epoch_order(n, seed, epoch).astype(np.int32)
+    total = 0.0
+    for a in range(0, n, batch_size):
+        idx = order[a:a + batch_size]
+        total += float(step(p4_t, y_t, tf.constant(idx))) * len(idx)  # weighted by jets, as model.fit's loss
+    return total / max(n, 1)
+
+
+def training_path(model):
+    """How :func:`train_epoch` trains a model: "kernels" or "model.fit (<why not the kernels>)"."""
+    tp = fasttrain.train_plan(model)
+    return "kernels" if not isinstance(tp, str) else f"model.fit ({tp})"
 
 
 def reseed(model, seed, epoch):

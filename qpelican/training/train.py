@@ -47,7 +47,8 @@ from qpelican.nn.models import count_parameters, predict
 from qpelican.nn.serialize import load_model
 from qpelican.training import checkpoint
 from qpelican.training.results import mass_baselines, write_run_results
-from qpelican.training.session import build_training, epoch_dataset, init_from, phase_at, phases_of, reseed
+from qpelican.training.session import (build_training, init_from, phase_at, phases_of, reseed, train_epoch,
+                                      training_path)
 from qpelican.training.splits import Splits, load_splits
 
 __all__ = ["Splits", "load_splits", "predict", "train_one", "fit_recipe", "model_cost_or_none"]
@@ -101,23 +102,25 @@ class _Run:
             transfer_weights(prev, model, self.p4_t[:FOLD_SAMPLE].numpy())
         return model, opt, ckpt, jit
 
-    def announce(self, pi, jit):
+    def announce(self, pi, model, jit):
         pname, quantized, pepochs, plr = self.phases[pi]
+        path = training_path(model)
+        if path.startswith("model.fit"):
+            path = f"XLA {'on' if jit else 'off'}"
         self.log(f"seed {self.label}: phase {pname} ({'quantized' if quantized else 'float'}), {pepochs} epochs, "
-                 f"{self.n_train} training jets, batch {self.batch_size}, lr {plr:g}, XLA {'on' if jit else 'off'}")
+                 f"{self.n_train} training jets, batch {self.batch_size}, lr {plr:g}, {path}")
 
     def train_epoch(self, model, opt, epoch, pname):
         """Train and validate one epoch; return (history row, seconds training, seconds validating)."""
         reseed(model, self.seed, epoch)
         t0 = time.perf_counter()
-        hist = model.fit(epoch_dataset(self.p4_t, self.y_t, self.n_train, self.batch_size, self.seed, epoch),
-                         epochs=1, verbose=0)
+        loss = train_epoch(model, self.p4_t, self.y_t, self.n_train, self.batch_size, self.seed, epoch)
         t_train = time.perf_counter() - t0
         t1 = time.perf_counter()
         val = monitor_metrics(self.splits.val[1], predict(model, self.splits.val[0]))
         t_eval = time.perf_counter() - t1
         lr = float(opt.learning_rate.numpy()) if hasattr(opt.learning_rate, "numpy") else float(opt.learning_rate)
-        row = {"epoch": epoch + 1, "phase": pname, "lr": lr, "loss": float(hist.history["loss"][-1]),
+        row = {"epoch": epoch + 1, "phase": pname, "lr": lr, "loss": loss,
                "val_loss": val["loss"], "val_accuracy": val["accuracy"], "val_auc": val["auc"],
                "train_seconds": t_train, "jets_per_second": self.n_train / t_train}
         return row, t_train, t_eval
@@ -286,7 +289,7 @@ def _train(recipe, splits, seed, out_dir, resume, progress, log, on_epoch, basel
             model, opt, ckpt, jit = run.enter_phase(pi, state, model)
             cur_phase = pi
             if progress and epoch == pstart:
-                run.announce(pi, jit)
+                run.announce(pi, model, jit)
         row, t_train, t_eval = run.train_epoch(model, opt, epoch, run.phases[pi][0])
         # the best epoch is taken from the final (quantized) phase only
         improved = pi == len(run.phases) - 1 and np.isfinite(row["val_loss"]) and (
