@@ -98,6 +98,8 @@ def train_plan(model):
     for r in regs:
         if isinstance(r, str):
             return r
+    if (regs[0][0] is None) != (regs[1][0] is None):
+        return "a BatchNorm before one equivariant layer only"
     front = fastpath.front_constants(ch["front"])
     n, f = (int(d) for d in model.inputs[0].shape[1:])
     inv = ch["inv"]
@@ -121,38 +123,43 @@ def _keep(idx, seed, threshold):
 
 
 @njit(inline="always")
-def _jet_input(p, m, l1, scale, beams, qin, shift, gi, ab, seed_in, thr_in, s_in, plain, unit, q, pos, x, dk, kk, s,
+def _jet_input(p, m, l1, scale, beams, qin, shift, gi, ab, seed_in, thr_in, s_in, bn, unit, q, pos, x, dk, kk, s,
                cd, ck):
     """The 2->2 layer's input of one jet: returns n and fills, over the real rows i < n,
-    x_ij = k_ij s (a d_ij + b), dk_ij = k_ij d_ij, kk_ij = k_ij (k: input dropout's keep flags, s
-    its scale), the column sums s_j = sum_i x_ij, cd_j = sum_i dk_ij, ck_j = sum_i kk_ij. Columns
-    n..npad-1 of x, dk and kk are zero. ``plain`` (no input BatchNorm or dropout): x = d, and dk,
-    kk, cd, ck are not filled (the kernels then read x in place of dk and kk)."""
+    x_ij = k_ij s (a d_ij + b) (k: the input dropout's keep flags, s its scale; (a, b) the input
+    BatchNorm) and the column sums s_j = sum_i x_ij; with ``bn`` also dk_ij = k_ij d_ij,
+    kk_ij = k_ij and their column sums cd_j, ck_j (for the BatchNorm's gradient). Columns
+    n..npad-1 are zero."""
     n = front_rows(p, l1, scale, beams, qin, q, pos)
-    invariants(q, n, l1, shift, unit, gi, x, s)  # x = d (zero diagonal); unit = the affine map (1, 0)
+    invariants(q, n, l1, shift, unit, gi, x, s)  # x = d (zero diagonal), s its row sums (= column sums)
     if l1 and beams.shape[0] > 0:
         l1_beam(q, n, unit, gi, x, s)
-    if plain:
+    if thr_in == 0 and not bn:
         return n
     npad = (n + 7) // 8 * 8
     a, b = ab[0], ab[1]
-    for j in range(npad):
-        s[j], cd[j], ck[j] = 0.0, 0.0, 0.0
+    s[:npad] = 0.0
+    cd[:npad] = 0.0
+    ck[:npad] = 0.0
     for i in range(n):
         xi, dki, kki = x[i], dk[i], kk[i]
         base = pos[i] * m
-        for j in range(n):
-            k = _keep(base + pos[j], seed_in, thr_in) if thr_in > 0 else 1.0
-            d = xi[j]
-            dki[j] = k * d
-            kki[j] = k
-            xi[j] = k * s_in * (a * d + b)
-        for j in range(n, npad):
-            xi[j], dki[j], kki[j] = 0.0, 0.0, 0.0
-        for j in range(n):
-            s[j] += xi[j]
-            cd[j] += dki[j]
-            ck[j] += kki[j]
+        if bn:
+            for j in range(n):
+                k = _keep(base + pos[j], seed_in, thr_in) if thr_in > 0 else 1.0
+                d = xi[j]
+                dki[j] = k * d
+                kki[j] = k
+                xi[j] = k * s_in * (a * d + b)
+                s[j] += xi[j]
+                cd[j] += k * d
+                ck[j] += k
+            dki[n:npad] = 0.0
+            kki[n:npad] = 0.0
+        else:
+            for j in range(n):
+                xi[j] *= _keep(base + pos[j], seed_in, thr_in) * s_in
+                s[j] += xi[j]
     return n
 
 
@@ -239,9 +246,10 @@ def _forward_sums(x, n, wk, r, c, dg, kh, top, quant, drop, k, out):
 
 @njit(inline="always")
 def _grad_row(xi, ki, dki, kki, w0, ri, ch, colh, npad, top, g1, g2, g3, quant, drop, bn):
-    """dz_ij = dL/dz_ij along row i (recomputing z), summed: returns (sum_j dz, sum dz dk,
-    sum dz kk) and adds dz to colh[j]. Flags as :func:`_sums_row`."""
-    rs = e = f = 0.0
+    """dz_ij = dL/dz_ij along row i (recomputing z), summed: returns (sum_j dz, sum dz x,
+    sum dz dk, sum dz kk) (the last two with ``bn`` only) and adds dz to colh[j]. Flags as
+    :func:`_sums_row`."""
+    rs = ex = e = f = 0.0
     for j in range(npad):
         z = w0 * xi[j] + ri + ch[j]
         on = (z > 0.0) & (z <= top) if quant else z > 0.0
@@ -253,21 +261,20 @@ def _grad_row(xi, ki, dki, kki, w0, ri, ch, colh, npad, top, g1, g2, g3, quant, 
         dz = g if on else 0.0
         rs += dz
         colh[j] += dz
-        e += dz * dki[j]
-        f += dz * kki[j]
-    return rs, e, f
+        ex += dz * xi[j]
+        if bn:
+            e += dz * dki[j]
+            f += dz * kki[j]
+    return rs, ex, e, f
 
 
 @njit(inline="always")
 def _grad_row_of(xi, ki, dki, kki, w0, ri, ch, colh, npad, top, g1, g2, g3, quant, drop, bn):
-    """:func:`_grad_row` with its flags as literals (8 loops)."""
+    """:func:`_grad_row` with its flags as literals: the 6 loops of a model (a quantized model
+    has no BatchNorm)."""
     if quant:
         if drop:
-            if bn:
-                return _grad_row(xi, ki, dki, kki, w0, ri, ch, colh, npad, top, g1, g2, g3, True, True, True)
             return _grad_row(xi, ki, dki, kki, w0, ri, ch, colh, npad, top, g1, g2, g3, True, True, False)
-        if bn:
-            return _grad_row(xi, ki, dki, kki, w0, ri, ch, colh, npad, top, g1, g2, g3, True, False, True)
         return _grad_row(xi, ki, dki, kki, w0, ri, ch, colh, npad, top, g1, g2, g3, True, False, False)
     if drop:
         if bn:
@@ -281,17 +288,17 @@ def _grad_row_of(xi, ki, dki, kki, w0, ri, ch, colh, npad, top, g1, g2, g3, quan
 @njit(inline="always")
 def _backward_pairs(x, dk, kk, n, wk, r, c, dg, kh, top, quant, drop, bn, k, g, rows, cols, diag, ef):
     """dz_ij^h = dL/dz_ij^h from g[h] = dL/dK1..K6, recomputing z, summed into rows[h, i],
-    cols[h, j], diag[h, i] (dz_ii) and ef[h] = (sum dz dk, sum dz kk)."""
+    cols[h, j], diag[h, i] (dz_ii) and ef[h] = (sum dz x, sum dz dk, sum dz kk)."""
     npad = (n + 7) // 8 * 8
     for h in range(wk.shape[0]):
         w0, ch, khh, colh = wk[h, 0], c[h], kh[h], cols[h]
         g1, g2, g3, g5 = g[h, 0], 2.0 * g[h, 1] / k, g[h, 2], g[h, 4]  # dK2/dv = 2 v / k^2
         g1row = g1 if drop else g1 + g3  # without dropout every real entry is kept
         colh[:npad] = 0.0
-        e_all = f_all = 0.0
+        ex_all = e_all = f_all = 0.0
         for i in range(n):
             xi, ki, dki, kki, ri = x[i], khh[i], dk[i], kk[i], r[h, i]
-            rs, e, f = _grad_row_of(xi, ki, dki, kki, w0, ri, ch, colh, npad, top, g1row, g2, g3, quant, drop, bn)
+            rs, ex, e, f = _grad_row_of(xi, ki, dki, kki, w0, ri, ch, colh, npad, top, g1row, g2, g3, quant, drop, bn)
             z = w0 * xi[i] + ri + ch[i]
             zd = z + dg[h, i]
             kd = ki[i] if drop else 1.0
@@ -306,9 +313,11 @@ def _backward_pairs(x, dk, kk, n, wk, r, c, dg, kh, top, quant, drop, bn, k, g, 
             rows[h, i] = rs + fix
             colh[i] += fix
             diag[h, i] = dd
-            e_all += e + fix * dki[i]
-            f_all += f + fix * kki[i]
-        ef[h, 0], ef[h, 1] = e_all, f_all
+            ex_all += ex + fix * xi[i]
+            if bn:
+                e_all += e + fix * dki[i]
+                f_all += f + fix * kki[i]
+        ef[h, 0], ef[h, 1], ef[h, 2] = ex_all, e_all, f_all
 
 
 @njit(inline="always")
@@ -318,7 +327,7 @@ def _passes(v, gq):
 
 
 @njit(inline="always")
-def _backward_weights(n, s, tsum, t, w, gq, rows, cols, diag, ef, cd, ck, s_in, ab, gw, gt, gb, gdb, gab):
+def _backward_weights(n, s, tsum, t, w, gq, rows, cols, diag, ef, cd, ck, s_in, bn, gw, gt, gb, gdb, gab):
     """dL/d(w, t, bias, diag bias, (a, b)) of one jet from its summed dz (:func:`_backward_pairs`)."""
     ch = w.shape[0]
     a_ts, a_td = round_to(tsum * t[3], gq), round_to(tsum * t[4], gq)
@@ -328,7 +337,7 @@ def _backward_weights(n, s, tsum, t, w, gq, rows, cols, diag, ef, cd, ck, s_in, 
         for j in range(n):
             rsum += rows[h, j]
             dsum += diag[h, j]
-        gw[h, 0] = s_in * (ab[0] * ef[h, 0] + ab[1] * ef[h, 1])
+        gw[h, 0] = ef[h, 0]
         gw[h, 1] = gw[h, 2] = gw[h, 3] = 0.0
         gw[h, 4], gw[h, 5] = a_ts * rsum, a_td * dsum
         gb[h], gdb[h] = rsum, dsum
@@ -356,13 +365,14 @@ def _backward_weights(n, s, tsum, t, w, gq, rows, cols, diag, ef, cd, ck, s_in, 
         gt[0] += g1 * s[j]
         gt[1] += g2 * s[j]
         gt[2] += g3 * s[j]
-        gs = g1 * t[0] + g2 * t[1] + g3 * t[2] + g_total  # dL/dS_j
-        ga += gs * cd[j]
-        gb_ += gs * ck[j]
+        if bn:
+            gs = g1 * t[0] + g2 * t[1] + g3 * t[2] + g_total  # dL/dS_j
+            ga += gs * cd[j]
+            gb_ += gs * ck[j]
     for h in range(ch):  # the element term w0 x_ij
-        ga += w[h, 0] * ef[h, 0]
-        gb_ += w[h, 0] * ef[h, 1]
-    gab[0], gab[1] = s_in * ga, s_in * gb_
+        ga += w[h, 0] * ef[h, 1]
+        gb_ += w[h, 0] * ef[h, 2]
+    gab[0], gab[1] = (s_in * ga, s_in * gb_) if bn else (0.0, 0.0)  # without the BatchNorm (a, b) = (1, 0)
 
 
 FASTMATH = {"reassoc", "contract", "nsz"}
@@ -376,7 +386,7 @@ def _scratch(m, mpad, nf, ch):
 
 
 @njit(parallel=True, cache=True, fastmath=FASTMATH)
-def _train_forward(p, l1, scale, beams, qin, shift, qg, ab, s_in, seeds_in, thr_in, seeds_h, thr_h, bn_in, bn,
+def _train_forward(p, l1, scale, beams, qin, shift, qg, ab, s_in, seeds_in, thr_in, seeds_h, thr_h, bn,
                    w, t, bias, dbias, out):
     """out[jet] = K1..K6 (C, 6) of each jet of p (B, N, F)."""
     n_jets, nf, ch = p.shape[0], p.shape[2], w.shape[0]
@@ -387,13 +397,12 @@ def _train_forward(p, l1, scale, beams, qin, shift, qg, ab, s_in, seeds_in, thr_
     k = ga[0] if quant else 1.0
     wk = w * k
     unit = np.array([1.0, 0.0])
-    plain = thr_in == 0 and not bn_in
     drop = thr_h > 0
     for task in prange((n_jets + JETS_PER_TASK - 1) // JETS_PER_TASK):
         x, dk, kk, q, pos, s, cd, ck, r, c, dg, kh = _scratch(m, mpad, nf, ch)
         for jet in range(task * JETS_PER_TASK, min(n_jets, (task + 1) * JETS_PER_TASK)):
             n = _jet_input(p[jet], m, l1, scale, beams, qin, shift, qg[INVARIANT], ab, seeds_in[jet], thr_in, s_in,
-                           plain, unit, q, pos, x, dk, kk, s, cd, ck)
+                           bn, unit, q, pos, x, dk, kk, s, cd, ck)
             _hidden_terms(n, s, t[jet], w, bias[jet], dbias[jet], k, qg[AGG2], r, c, dg)
             if drop:
                 _hidden_keep(n, pos, m, thr_h, seeds_h[jet], kh)
@@ -401,7 +410,7 @@ def _train_forward(p, l1, scale, beams, qin, shift, qg, ab, s_in, seeds_in, thr_
 
 
 @njit(parallel=True, cache=True, fastmath=FASTMATH)
-def _train_backward(p, l1, scale, beams, qin, shift, qg, ab, s_in, seeds_in, thr_in, seeds_h, thr_h, bn_in, bn,
+def _train_backward(p, l1, scale, beams, qin, shift, qg, ab, s_in, seeds_in, thr_in, seeds_h, thr_h, bn,
                     w, t, bias, dbias, g, gw, gt, gb, gdb, gab):
     """Per jet, dL/d(w, t, bias, diag bias, (a, b)) into gw (B, C, 6), gt (B, 5), gb, gdb (B, C),
     gab (B, 2), from g = dL/dK (B, C, 6)."""
@@ -413,23 +422,20 @@ def _train_backward(p, l1, scale, beams, qin, shift, qg, ab, s_in, seeds_in, thr
     k = ga[0] if quant else 1.0
     wk = w * k
     unit = np.array([1.0, 0.0])
-    plain = thr_in == 0 and not bn_in
     drop = thr_h > 0
     for task in prange((n_jets + JETS_PER_TASK - 1) // JETS_PER_TASK):
         x, dk, kk, q, pos, s, cd, ck, r, c, dg, kh = _scratch(m, mpad, nf, ch)
-        rows, cols, diag, ef = np.empty((ch, m)), np.zeros((ch, mpad)), np.empty((ch, m)), np.empty((ch, 2))
+        rows, cols, diag, ef = np.empty((ch, m)), np.zeros((ch, mpad)), np.empty((ch, m)), np.empty((ch, 3))
         for jet in range(task * JETS_PER_TASK, min(n_jets, (task + 1) * JETS_PER_TASK)):
             n = _jet_input(p[jet], m, l1, scale, beams, qin, shift, qg[INVARIANT], ab, seeds_in[jet], thr_in, s_in,
-                           plain, unit, q, pos, x, dk, kk, s, cd, ck)
+                           bn, unit, q, pos, x, dk, kk, s, cd, ck)
             tsum = _hidden_terms(n, s, t[jet], w, bias[jet], dbias[jet], k, qg[AGG2], r, c, dg)
             if drop:
                 _hidden_keep(n, pos, m, thr_h, seeds_h[jet], kh)
-            _backward_pairs(x, x if plain else dk, x if plain else kk, n, wk, r, c, dg, kh, ga[2] * ga[0], quant, drop,
-                            bn, k, g[jet], rows, cols, diag, ef)
-            _backward_weights(n, s, tsum, t[jet], w, qg[AGG2], rows, cols, diag, ef, cd, ck, s_in, ab,
+            _backward_pairs(x, dk, kk, n, wk, r, c, dg, kh, ga[2] * ga[0], quant, drop, bn, k, g[jet], rows, cols,
+                            diag, ef)
+            _backward_weights(n, s, tsum, t[jet], w, qg[AGG2], rows, cols, diag, ef, cd, ck, s_in, bn,
                               gw[jet], gt[jet], gb[jet], gdb[jet], gab[jet])
-            if plain:  # no input BatchNorm: (a, b) = (1, 0) are constants
-                gab[jet, 0] = gab[jet, 1] = 0.0
 
 
 @njit(parallel=True, cache=True, fastmath=FASTMATH)
@@ -481,11 +487,12 @@ class _Kernels:
         self.thr_h, self.s_h = _dropout(tp.drop_h)
         self.front = (tp.l1, np.float32(tp.front_scale), tp.beams, tp.qin, tp.l1_shift)
         self.channels = tp.eq2.channels
+        self.bn = tp.bn_in is not None  # and tp.bn_h: train_plan takes both or neither
 
     def _args(self, x, seeds_in, seeds_h, ab, w, t, bias, dbias):
         return (np.ascontiguousarray(x, np.float32), *self.front, self.tp.qgrid, np.asarray(ab, np.float64),
                 self.s_in, _unsigned(seeds_in), self.thr_in, _unsigned(seeds_h), self.thr_h,
-                self.tp.bn_in is not None, self.tp.bn_h is not None,
+                self.bn,
                 np.ascontiguousarray(w), np.ascontiguousarray(t), np.ascontiguousarray(bias),
                 np.ascontiguousarray(dbias))
 

@@ -85,7 +85,7 @@ def epoch_dataset(p4_t, y_t, n, batch_size, seed, epoch):
     perm = tf.constant(epoch_order(n, seed, epoch), tf.int64)
     # one dataset element per batch: a dataset of single jet indices costs ~5 ms per batch of 512
     ds = tf.data.Dataset.range(-(-n // batch_size)).map(
-        lambda k: perm[k * batch_size:tf.minimum((k + 1) * batch_size, n)], deterministic=True)
+        lambda k: perm[k * batch_size:tf.minimum((k + 1) * batch_size, n)])
     ds = ds.map(lambda i: (tf.gather(p4_t, i), tf.gather(y_t, i)[:, None]), num_parallel_calls=1, deterministic=True)
     return ds.prefetch(2)
 

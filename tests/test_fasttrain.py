@@ -1,0 +1,134 @@
+"""The training kernels (qpelican.nn.fasttrain) against the model itself: the same loss and the
+same gradients as ``model(x, training=True)`` under a GradientTape (the same dropout masks: the
+layers' own seeds), for every option of the nano chain; an epoch through them against an epoch
+of ``model.fit``; models outside the chain fall back to ``model.fit``."""
+import numpy as np
+import pytest
+
+import qpelican  # noqa: F401  (selects tf-keras)
+import tensorflow as tf
+import tf_keras
+
+from qpelican.nn import fasttrain
+from qpelican.nn.models import build_model
+from qpelican.training.session import reseed, train_epoch, training_path
+
+Q8 = {"input": "quantized_bits(18,12,alpha=1)", "invariants": "quantized_bits(20,14,alpha=1)",
+      "coefficients": "quantized_bits(8,2,alpha=1)", "biases": "quantized_bits(8,3,alpha=1)",
+      "activation": "quantized_relu(8,7)", "aggregates": "quantized_bits(16,9,alpha=1)",
+      "output": "quantized_bits(16,6,alpha=1)"}
+L1Q = {**Q8, "input": "quantized_bits(14,12,keep_negative=False,alpha=1)"}
+
+
+def momenta(rng, b, n):
+    p = rng.exponential(10.0, size=(b, n, 3)) * rng.choice([-1, 1], size=(b, n, 3))
+    p4 = np.concatenate([np.linalg.norm(p, axis=-1, keepdims=True), p], -1).astype(np.float32)
+    p4[np.arange(n)[None, :] >= rng.integers(1, n + 1, size=b)[:, None]] = 0
+    p4[0, 3] = 0  # a hole: the kernels compact the real particles, the dropout indexes the layer's rows
+    return p4
+
+
+def candidates(rng, b, n):
+    x = np.zeros((b, n, 3), np.float32)
+    for j, k in enumerate(rng.integers(1, n + 1, b)):
+        x[j, :k, 0] = np.round(rng.exponential(30, k) / 0.25) * 0.25 + 0.25
+        x[j, :k, 1:] = rng.integers(-150, 151, (k, 2))
+    return x
+
+
+def compiled(cfg, seed=0):
+    tf_keras.backend.experimental.enable_tf_random_generator()
+    tf_keras.utils.set_random_seed(seed)
+    model = build_model(cfg)
+    rng = np.random.default_rng(seed)
+    for w in model.trainable_weights:  # off their initial values, so every term of the gradient is exercised
+        scale = {"alpha": 0.2, "shift": 0.3, "bias": 0.5}.get(w.name.split("/")[-1].split(":")[0].split("_")[-1], 0.0)
+        if scale:
+            w.assign(rng.normal(size=w.shape) * scale)
+    model.compile(optimizer=tf_keras.optimizers.Adam(1e-3), loss=tf_keras.losses.BinaryCrossentropy(from_logits=True))
+    return model
+
+
+CASES = {
+    "float": {"channels": 2},
+    "8-bit": {"channels": 2, "quantization": Q8},
+    "float, BatchNorm, dropout, beams, alpha": {"channels": 3, "alpha": True, "batchnorm": True, "dropout": 0.05,
+                                                "beams": True},
+    "float, BatchNorm, mean": {"channels": 2, "batchnorm": True, "aggregation": "mean"},
+    "8-bit, folded BatchNorm, dropout, beams, alpha": {"channels": 2, "alpha": True, "batchnorm": True,
+                                                       "dropout": 0.05, "beams": True, "nbar": 16, "quantization": Q8},
+    "8-bit symmetric, dropout": {"channels": 3, "symmetric": True, "dropout": 0.2, "quantization": Q8},
+    "l1 8-bit, beam, dropout, alpha": {"format": "l1", "channels": 2, "alpha": True, "beams": True, "dropout": 0.05,
+                                       "quantization": L1Q},
+    "l1 float": {"format": "l1", "channels": 2},
+}
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_loss_and_gradients_equal_the_models(name):
+    cfg = {"n_constituents": 20, **CASES[name]}
+    model = compiled(cfg)
+    rng = np.random.default_rng(1)
+    x = (candidates if cfg.get("format") == "l1" else momenta)(rng, 96, 20)
+    y = rng.integers(0, 2, (96, 1)).astype(np.float32)
+    assert training_path(model) == "kernels"
+    reseed(model, 0, 0)
+    loss, grads = fasttrain.loss_and_gradients(model)(tf.constant(x), tf.constant(y))
+    reseed(model, 0, 0)  # the same dropout seeds
+    with tf.GradientTape() as tape:
+        ref = model.loss(y, model(tf.constant(x), training=True))
+    ref_grads = tape.gradient(ref, model.trainable_variables)
+    assert np.isfinite(float(loss)) and float(loss) == pytest.approx(float(ref), rel=1e-6)
+    for v, g, r in zip(model.trainable_variables, grads, ref_grads):
+        g, r = np.asarray(g), np.asarray(tf.convert_to_tensor(r))
+        assert np.abs(r).max() > 0, v.name  # every weight takes part
+        np.testing.assert_allclose(g, r, rtol=0, atol=2e-4 * np.abs(r).max(), err_msg=v.name)
+
+
+def test_the_batchnorms_move_as_in_the_model():
+    cfg = {"n_constituents": 16, "channels": 2, "batchnorm": True, "dropout": 0.05, "beams": True}
+    fast, ref = compiled(cfg), compiled(cfg)
+    x = momenta(np.random.default_rng(2), 64, 16)
+    y = np.ones((64, 1), np.float32)
+    fasttrain.loss_and_gradients(fast)(tf.constant(x), tf.constant(y))
+    ref(tf.constant(x), training=True)
+    for a, b in zip(fast.non_trainable_weights, ref.non_trainable_weights):
+        if "moving" in a.name:
+            np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-5, err_msg=a.name)
+            assert not np.allclose(a.numpy(), 0.0 if "mean" in a.name else 1.0)  # they moved
+
+
+def test_an_epoch_follows_model_fit():
+    """One epoch of train_epoch (kernels) and one of model.fit from the same weights end at the
+    same weights, to the float32 rounding of the two gradients."""
+    cfg = {"n_constituents": 16, "channels": 2, "quantization": Q8, "dropout": 0.05, "alpha": True}
+    rng = np.random.default_rng(3)
+    x, y = momenta(rng, 1200, 16), rng.integers(0, 2, 1200).astype(np.float32)
+    fast, slow = compiled(cfg), compiled(cfg)
+    slow.set_weights(fast.get_weights())
+    for m in (fast, slow):
+        reseed(m, 0, 0)
+    loss_fast = train_epoch(fast, tf.constant(x), tf.constant(y), 1200, 256, 0, 0)
+    fasttrain_plan = fasttrain.train_plan
+    try:  # the same epoch through model.fit: no plan, so train_epoch takes the fallback
+        fasttrain.train_plan = lambda model: "forced for the test"
+        slow._qpelican_train_step = None
+        assert training_path(slow).startswith("model.fit")
+        loss_slow = train_epoch(slow, tf.constant(x), tf.constant(y), 1200, 256, 0, 0)
+    finally:
+        fasttrain.train_plan = fasttrain_plan
+    assert loss_fast == pytest.approx(loss_slow, rel=1e-4)
+    assert int(fast.optimizer.iterations) == int(slow.optimizer.iterations) == 5
+    moved = 0
+    for a, b, w0 in zip(fast.get_weights(), slow.get_weights(), compiled(cfg).get_weights()):
+        np.testing.assert_allclose(a, b, atol=1e-5)
+        moved += not np.allclose(a, w0)
+    assert moved >= 5
+
+
+def test_full_pelican_trains_through_model_fit():
+    model = compiled({"architecture": "pelican", "n_constituents": 8, "blocks": [2], "embedding": 2, "mlp": [2]})
+    assert "not a LinEq2to0" in training_path(model) and isinstance(fasttrain.train_step(model), str)
+    rng = np.random.default_rng(4)
+    loss = train_epoch(model, tf.constant(momenta(rng, 64, 8)), tf.constant(np.ones(64, np.float32)), 64, 32, 0, 0)
+    assert np.isfinite(loss) and int(model.optimizer.iterations) == 2
