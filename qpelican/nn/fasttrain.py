@@ -39,7 +39,7 @@ from numba import njit, prange
 from qpelican.nn import fastpath
 from qpelican.nn.fastpath import ACT2, AGG2, INVARIANT, front_rows, invariants, l1_beam, round_to
 from qpelican.nn.layers import L1Invariants, MaskedBatchNorm, PairDropout
-from qpelican.nn.layers.dropout import LEVELS
+from qpelican.nn.layers.dropout import LEVELS, draws, gap_table
 
 N_SUMS = 6  # K1..K6 (module docstring)
 JETS_PER_TASK = 8  # jets per parallel task: per-jet results, so the split changes no value
@@ -100,6 +100,10 @@ def train_plan(model):
             return r
     if (regs[0][0] is None) != (regs[1][0] is None):
         return "a BatchNorm before one equivariant layer only"
+    owned = {id(v) for layer in (ch["eq2"], ch["eq0"], *(r[0] for r in regs if r[0] is not None))
+             for v in layer.trainable_weights}
+    if any(id(v) not in owned for v in model.trainable_variables):
+        return "trainable weights outside the equivariant layers and BatchNorms"
     front = fastpath.front_constants(ch["front"])
     n, f = (int(d) for d in model.inputs[0].shape[1:])
     inv = ch["inv"]
@@ -114,53 +118,94 @@ def train_plan(model):
 
 # ---------------------------------------------------------------------------------- the kernel
 @njit(inline="always")
-def _keep(idx, seed, threshold):
-    """1.0 if the pair dropout keeps entry ``idx`` of a jet with seed ``seed`` (0 <= seed < 2^32),
-    else 0.0: the hash of ``qpelican.nn.layers.dropout.keep_mask``, in 64-bit integers."""
-    h = (idx * 0x9E3779B9 + seed) & 0xFFFFFFFF
-    h = ((h ^ (h >> 15)) * 0x2C1B3C6D) & 0xFFFFFFFF
-    return 1.0 if (h >> 16) >= threshold else 0.0
+def _dropped(seed, gaps, draws, entries, out):
+    """The dropped entries of a jet (positions < ``entries`` in the layer's row-major order) into
+    out: ``qpelican.nn.layers.dropout.keep_mask``'s geometric gaps, in 64-bit integers; returns
+    their number."""
+    p, count = -1, 0
+    for k in range(draws):
+        h = (k * 0x9E3779B9 + seed) & 0xFFFFFFFF
+        h = ((h ^ (h >> 15)) * 0x2C1B3C6D) & 0xFFFFFFFF
+        p += gaps[h >> 16]
+        if p >= entries:
+            break
+        out[count] = p
+        count += 1
+    return count
 
 
 @njit(inline="always")
-def _jet_input(p, m, l1, scale, beams, qin, shift, gi, ab, seed_in, thr_in, s_in, bn, unit, q, pos, x, dk, kk, s,
-               cd, ck):
+def _divmod(p, d, magic):
+    """(p // d, p % d) by a multiply and a shift, magic = ceil(2^32 / d): exact for
+    0 <= p < min(2^32 / d, 2^31), as the product's error is below p / 2^32 < 1 / d (here p < M^2 C
+    and d = M or C: any N below ~1600; an integer division costs ~30 cycles, and the dropped entries
+    are decoded one by one)."""
+    q = (p * magic) >> 32
+    return q, p - q * d
+
+
+@njit(inline="always")
+def _jet_input(p, m, l1, scale, beams, qin, shift, gi, ab, seed_in, gaps_in, draws_in, s_in, bn, unit, q, pos, rowof,
+               drops, x, dk, kk, s, cd, ck):
     """The 2->2 layer's input of one jet: returns n and fills, over the real rows i < n,
     x_ij = k_ij s (a d_ij + b) (k: the input dropout's keep flags, s its scale; (a, b) the input
     BatchNorm) and the column sums s_j = sum_i x_ij; with ``bn`` also dk_ij = k_ij d_ij,
     kk_ij = k_ij and their column sums cd_j, ck_j (for the BatchNorm's gradient). Columns
-    n..npad-1 are zero."""
+    n..npad-1 are zero; rowof[r] is the real particle in row r of the layer (-1: padding)."""
     n = front_rows(p, l1, scale, beams, qin, q, pos)
-    invariants(q, n, l1, shift, unit, gi, x, s)  # x = d (zero diagonal), s its row sums (= column sums)
-    if l1 and beams.shape[0] > 0:
-        l1_beam(q, n, unit, gi, x, s)
-    if thr_in == 0 and not bn:
-        return n
-    npad = (n + 7) // 8 * 8
-    a, b = ab[0], ab[1]
-    s[:npad] = 0.0
-    cd[:npad] = 0.0
-    ck[:npad] = 0.0
+    rowof[:] = -1
     for i in range(n):
-        xi, dki, kki = x[i], dk[i], kk[i]
-        base = pos[i] * m
-        if bn:
+        rowof[pos[i]] = i
+    affine = unit if bn else unit * s_in  # without BatchNorm x = s d: the dropout's scale applied here
+    invariants(q, n, l1, shift, affine, gi, x, s)  # x = affine(d) (d_ii = 0), s its row sums (= column sums)
+    if l1 and beams.shape[0] > 0:
+        l1_beam(q, n, affine, gi, x, s)
+    npad = (n + 7) // 8 * 8
+    a, b = ab[0] * s_in, ab[1] * s_in
+    if bn:
+        for j in range(npad):
+            s[j] = cd[j] = ck[j] = 0.0
+        for i in range(n):
+            xi, dki, kki = x[i], dk[i], kk[i]
             for j in range(n):
-                k = _keep(base + pos[j], seed_in, thr_in) if thr_in > 0 else 1.0
                 d = xi[j]
-                dki[j] = k * d
-                kki[j] = k
-                xi[j] = k * s_in * (a * d + b)
+                dki[j] = d
+                kki[j] = 1.0
+                xi[j] = a * d + b
                 s[j] += xi[j]
-                cd[j] += k * d
-                ck[j] += k
+                cd[j] += d
+                ck[j] += 1.0
             dki[n:npad] = 0.0
             kki[n:npad] = 0.0
-        else:
-            for j in range(n):
-                xi[j] *= _keep(base + pos[j], seed_in, thr_in) * s_in
-                s[j] += xi[j]
+    count = _dropped(seed_in, gaps_in, draws_in, m * m, drops)
+    magic_m = ((1 << 32) + m - 1) // m
+    for e in range(count):
+        row, col = _divmod(drops[e], m, magic_m)
+        i, j = rowof[row], rowof[col]
+        if i >= 0 and j >= 0:
+            s[j] -= x[i, j]
+            x[i, j] = 0.0
+            if bn:
+                cd[j] -= dk[i, j]
+                ck[j] -= 1.0
+                dk[i, j] = kk[i, j] = 0.0
     return n
+
+
+@njit(inline="always")
+def _hidden_drops(n, m, ch, rowof, seed_h, gaps_h, draws_h, drops, di, dj, dh):
+    """The hidden dropout's dropped real entries (di, dj, dh) of one jet; returns their number."""
+    count = _dropped(seed_h, gaps_h, draws_h, m * m * ch, drops)
+    magic_m, magic_ch = ((1 << 32) + m - 1) // m, ((1 << 32) + ch - 1) // ch
+    real = 0
+    for e in range(count):
+        pair, h = _divmod(drops[e], ch, magic_ch)
+        row, col = _divmod(pair, m, magic_m)
+        i, j = rowof[row], rowof[col]
+        if i >= 0 and j >= 0:
+            di[real], dj[real], dh[real] = i, j, h
+            real += 1
+    return real
 
 
 @njit(inline="always")
@@ -182,83 +227,69 @@ def _hidden_terms(n, s, t, w, bias, dbias, k, gq, r, c, dg):
 
 
 @njit(inline="always")
-def _hidden_keep(n, pos, m, thr_h, seed_h, kh):
-    """kh[h, i, j]: the hidden dropout's keep flag of entry (i, j, h); 0 on the padding columns."""
-    ch = kh.shape[0]
-    npad = (n + 7) // 8 * 8
-    for h in range(ch):
-        for i in range(n):
-            khi = kh[h, i]
-            base = pos[i] * m * ch + h
-            for j in range(n):
-                khi[j] = _keep(base + pos[j] * ch, seed_h, thr_h)
-            khi[n:npad] = 0.0
+def _hidden(z, top, quant):
+    """h of a pre-activation z (units of the LSB when quantized)."""
+    return min(max(np.rint(z), 0.0), top) if quant else max(z, 0.0)
 
 
 @njit(inline="always")
-def _sums_row(xi, ki, w0, ri, ch, npad, top, quant, drop):
-    """(sum h, sum h^2, sum k h, sum k) over row i of the hidden array (units of the LSB when
-    quantized). The flags are literals at each call: every variant is its own vectorised loop."""
-    a1 = a2 = a3 = a4 = 0.0
+def _sums_row(xi, w0, ri, ch, npad, top, quant):
+    """(sum h, sum h^2) over row i of the hidden array; ``quant`` is a literal at each call, so
+    each variant is its own vectorised loop."""
+    a1 = a2 = 0.0
     for j in range(npad):
-        z = w0 * xi[j] + ri + ch[j]
-        v = min(max(np.rint(z), 0.0), top) if quant else max(z, 0.0)
+        v = _hidden(w0 * xi[j] + ri + ch[j], top, quant)
         a1 += v
         a2 += v * v
-        if drop:
-            a3 += ki[j] * v
-            a4 += ki[j]
-    return a1, a2, a3, a4
+    return a1, a2
 
 
 @njit(inline="always")
-def _forward_sums(x, n, wk, r, c, dg, kh, top, quant, drop, k, out):
-    """out[h] = K1..K6 (module docstring) of one jet; the pair loop counts h in units of k."""
+def _forward_sums(x, n, wk, r, c, dg, top, quant, k, nd, di, dj, dh, out):
+    """out[h] = K1..K6 (module docstring) of one jet: the sums over all real entries, then the
+    nd dropped ones (di, dj, dh) taken out of K3..K6. The pair loop counts h in units of k."""
+    npad = (n + 7) // 8 * 8
     for h in range(wk.shape[0]):
-        w0, ch, khh = wk[h, 0], c[h], kh[h]
-        npad = (n + 7) // 8 * 8
-        k1 = k2 = k3 = k4 = k5 = k6 = 0.0
+        w0, ch = wk[h, 0], c[h]
+        k1 = k2 = k5 = 0.0
         for i in range(n):
-            xi, ki, ri = x[i], khh[i], r[h, i]
-            if quant:
-                a1, a2, a3, a4 = (_sums_row(xi, ki, w0, ri, ch, npad, top, True, True) if drop
-                                  else _sums_row(xi, ki, w0, ri, ch, npad, top, True, False))
-            else:
-                a1, a2, a3, a4 = (_sums_row(xi, ki, w0, ri, ch, npad, top, False, True) if drop
-                                  else _sums_row(xi, ki, w0, ri, ch, npad, top, False, False))
+            xi, ri = x[i], r[h, i]
+            a1, a2 = _sums_row(xi, w0, ri, ch, npad, top, True) if quant else _sums_row(xi, w0, ri, ch, npad, top, False)
             z = w0 * xi[i] + ri + ch[i]
-            if quant:
-                v0, vd = min(max(np.rint(z), 0.0), top), min(max(np.rint(z + dg[h, i]), 0.0), top)
-            else:
-                v0, vd = max(z, 0.0), max(z + dg[h, i], 0.0)
-            kd = ki[i] if drop else 1.0
+            v0, vd = _hidden(z, top, quant), _hidden(z + dg[h, i], top, quant)
             k1 += a1 + vd - v0  # the loop took z_ii without its diagonal terms
             k2 += a2 + vd * vd - v0 * v0
-            k3 += a3 + kd * (vd - v0)
-            k4 += a4
-            k5 += kd * vd
-            k6 += kd
-        if not drop:
-            k3, k4 = k1, float(n * n)
-        out[h, 0], out[h, 1], out[h, 2] = k1 / k, k2 / (k * k), k3 / k
-        out[h, 3], out[h, 4], out[h, 5] = k4, k5 / k, k6
+            k5 += vd
+        out[h, 0], out[h, 1], out[h, 2], out[h, 3], out[h, 4], out[h, 5] = k1, k2, k1, n * n, k5, n
+    for e in range(nd):
+        i, j, h = di[e], dj[e], dh[e]
+        z = wk[h, 0] * x[i, j] + r[h, i] + c[h, j] + (dg[h, i] if i == j else 0.0)
+        v = _hidden(z, top, quant)
+        out[h, 2] -= v
+        out[h, 3] -= 1.0
+        if i == j:
+            out[h, 4] -= v
+            out[h, 5] -= 1.0
+    for h in range(wk.shape[0]):
+        out[h, 0], out[h, 1], out[h, 2], out[h, 4] = out[h, 0] / k, out[h, 1] / (k * k), out[h, 2] / k, out[h, 4] / k
 
 
 @njit(inline="always")
-def _grad_row(xi, ki, dki, kki, w0, ri, ch, colh, npad, top, g1, g2, g3, quant, drop, bn):
+def _on(z, top, quant):
+    """Where the straight-through gradient of Q_act(relu(z)) is 1: z > 0, and z <= max quantized."""
+    return (z > 0.0) & (z <= top) if quant else z > 0.0
+
+
+@njit(inline="always")
+def _grad_row(xi, dki, kki, w0, ri, ch, colh, npad, top, g1, g2, quant, bn):
     """dz_ij = dL/dz_ij along row i (recomputing z), summed: returns (sum_j dz, sum dz x,
-    sum dz dk, sum dz kk) (the last two with ``bn`` only) and adds dz to colh[j]. Flags as
-    :func:`_sums_row`."""
+    sum dz dk, sum dz kk) (the last two with ``bn`` only) and adds dz to colh[j]. The flags are
+    literals at each call."""
     rs = ex = e = f = 0.0
     for j in range(npad):
         z = w0 * xi[j] + ri + ch[j]
-        on = (z > 0.0) & (z <= top) if quant else z > 0.0
-        g = g1
-        if bn:
-            g += g2 * (min(max(np.rint(z), 0.0), top) if quant else z)
-        if drop:
-            g += g3 * ki[j]
-        dz = g if on else 0.0
+        g = g1 + g2 * _hidden(z, top, quant) if bn else g1
+        dz = g if _on(z, top, quant) else 0.0
         rs += dz
         colh[j] += dz
         ex += dz * xi[j]
@@ -269,46 +300,28 @@ def _grad_row(xi, ki, dki, kki, w0, ri, ch, colh, npad, top, g1, g2, g3, quant, 
 
 
 @njit(inline="always")
-def _grad_row_of(xi, ki, dki, kki, w0, ri, ch, colh, npad, top, g1, g2, g3, quant, drop, bn):
-    """:func:`_grad_row` with its flags as literals: the 6 loops of a model (a quantized model
-    has no BatchNorm)."""
-    if quant:
-        if drop:
-            return _grad_row(xi, ki, dki, kki, w0, ri, ch, colh, npad, top, g1, g2, g3, True, True, False)
-        return _grad_row(xi, ki, dki, kki, w0, ri, ch, colh, npad, top, g1, g2, g3, True, False, False)
-    if drop:
-        if bn:
-            return _grad_row(xi, ki, dki, kki, w0, ri, ch, colh, npad, top, g1, g2, g3, False, True, True)
-        return _grad_row(xi, ki, dki, kki, w0, ri, ch, colh, npad, top, g1, g2, g3, False, True, False)
-    if bn:
-        return _grad_row(xi, ki, dki, kki, w0, ri, ch, colh, npad, top, g1, g2, g3, False, False, True)
-    return _grad_row(xi, ki, dki, kki, w0, ri, ch, colh, npad, top, g1, g2, g3, False, False, False)
-
-
-@njit(inline="always")
-def _backward_pairs(x, dk, kk, n, wk, r, c, dg, kh, top, quant, drop, bn, k, g, rows, cols, diag, ef):
+def _backward_pairs(x, dk, kk, n, wk, r, c, dg, top, quant, bn, k, g, nd, di, dj, dh, rows, cols, diag, ef):
     """dz_ij^h = dL/dz_ij^h from g[h] = dL/dK1..K6, recomputing z, summed into rows[h, i],
-    cols[h, j], diag[h, i] (dz_ii) and ef[h] = (sum dz x, sum dz dk, sum dz kk)."""
+    cols[h, j], diag[h, i] (dz_ii) and ef[h] = (sum dz x, sum dz dk, sum dz kk): over all real
+    entries as if kept, then the nd dropped ones (di, dj, dh) corrected."""
     npad = (n + 7) // 8 * 8
     for h in range(wk.shape[0]):
-        w0, ch, khh, colh = wk[h, 0], c[h], kh[h], cols[h]
+        w0, ch, colh = wk[h, 0], c[h], cols[h]
         g1, g2, g3, g5 = g[h, 0], 2.0 * g[h, 1] / k, g[h, 2], g[h, 4]  # dK2/dv = 2 v / k^2
-        g1row = g1 if drop else g1 + g3  # without dropout every real entry is kept
         colh[:npad] = 0.0
         ex_all = e_all = f_all = 0.0
         for i in range(n):
-            xi, ki, dki, kki, ri = x[i], khh[i], dk[i], kk[i], r[h, i]
-            rs, ex, e, f = _grad_row_of(xi, ki, dki, kki, w0, ri, ch, colh, npad, top, g1row, g2, g3, quant, drop, bn)
+            xi, dki, kki, ri = x[i], dk[i], kk[i], r[h, i]
+            if quant:
+                rs, ex, e, f = _grad_row(xi, dki, kki, w0, ri, ch, colh, npad, top, g1 + g3, g2, True, False)
+            elif bn:
+                rs, ex, e, f = _grad_row(xi, dki, kki, w0, ri, ch, colh, npad, top, g1 + g3, g2, False, True)
+            else:
+                rs, ex, e, f = _grad_row(xi, dki, kki, w0, ri, ch, colh, npad, top, g1 + g3, g2, False, False)
             z = w0 * xi[i] + ri + ch[i]
             zd = z + dg[h, i]
-            kd = ki[i] if drop else 1.0
-            if quant:
-                v0, vd = min(max(np.rint(z), 0.0), top), min(max(np.rint(zd), 0.0), top)
-                on0, ond = (z > 0.0) & (z <= top), (zd > 0.0) & (zd <= top)
-            else:
-                v0, vd, on0, ond = z, zd, z > 0.0, zd > 0.0
-            d0 = g1 + g2 * v0 + g3 * kd if on0 else 0.0
-            dd = g1 + g2 * vd + (g3 + g5) * kd if ond else 0.0
+            d0 = g1 + g2 * _hidden(z, top, quant) + g3 if _on(z, top, quant) else 0.0
+            dd = g1 + g2 * _hidden(zd, top, quant) + g3 + g5 if _on(zd, top, quant) else 0.0
             fix = dd - d0  # the loop took z_ii without its diagonal terms
             rows[h, i] = rs + fix
             colh[i] += fix
@@ -318,6 +331,18 @@ def _backward_pairs(x, dk, kk, n, wk, r, c, dg, kh, top, quant, drop, bn, k, g, 
                 e_all += e + fix * dki[i]
                 f_all += f + fix * kki[i]
         ef[h, 0], ef[h, 1], ef[h, 2] = ex_all, e_all, f_all
+    for e in range(nd):  # a dropped entry has no K3 (and on the diagonal no K5) term
+        i, j, h = di[e], dj[e], dh[e]
+        z = wk[h, 0] * x[i, j] + r[h, i] + c[h, j] + (dg[h, i] if i == j else 0.0)
+        fix = (g[h, 2] + (g[h, 4] if i == j else 0.0)) if _on(z, top, quant) else 0.0
+        rows[h, i] -= fix
+        cols[h, j] -= fix
+        ef[h, 0] -= fix * x[i, j]
+        if bn:
+            ef[h, 1] -= fix * dk[i, j]
+            ef[h, 2] -= fix * kk[i, j]
+        if i == j:
+            diag[h, i] -= fix
 
 
 @njit(inline="always")
@@ -379,15 +404,17 @@ FASTMATH = {"reassoc", "contract", "nsz"}
 
 
 @njit(inline="always")
-def _scratch(m, mpad, nf, ch):
+def _scratch(m, mpad, nf, ch, draws):
     return (np.zeros((m, mpad)), np.zeros((m, mpad)), np.zeros((m, mpad)), np.empty((nf, mpad)),
-            np.empty(m, np.int64), np.zeros(mpad), np.zeros(mpad), np.zeros(mpad),
-            np.empty((ch, m)), np.full((ch, mpad), -1e300), np.empty((ch, m)), np.zeros((ch, m, mpad)))
+            np.empty(m, np.int64), np.empty(m, np.int64), np.empty(max(draws, 1), np.int64),
+            np.zeros(mpad), np.zeros(mpad), np.zeros(mpad),
+            np.empty((ch, m)), np.full((ch, mpad), -1e300), np.empty((ch, m)),
+            np.empty(max(draws, 1), np.int64), np.empty(max(draws, 1), np.int64), np.empty(max(draws, 1), np.int64))
 
 
 @njit(parallel=True, cache=True, fastmath=FASTMATH)
-def _train_forward(p, l1, scale, beams, qin, shift, qg, ab, s_in, seeds_in, thr_in, seeds_h, thr_h, bn,
-                   w, t, bias, dbias, out):
+def _train_forward(p, l1, scale, beams, qin, shift, qg, ab, s_in, seeds_in, gaps_in, draws_in, seeds_h, gaps_h, draws_h,
+                   bn, w, t, bias, dbias, out):
     """out[jet] = K1..K6 (C, 6) of each jet of p (B, N, F)."""
     n_jets, nf, ch = p.shape[0], p.shape[2], w.shape[0]
     m = p.shape[1] + beams.shape[0]
@@ -397,21 +424,20 @@ def _train_forward(p, l1, scale, beams, qin, shift, qg, ab, s_in, seeds_in, thr_
     k = ga[0] if quant else 1.0
     wk = w * k
     unit = np.array([1.0, 0.0])
-    drop = thr_h > 0
     for task in prange((n_jets + JETS_PER_TASK - 1) // JETS_PER_TASK):
-        x, dk, kk, q, pos, s, cd, ck, r, c, dg, kh = _scratch(m, mpad, nf, ch)
+        x, dk, kk, q, pos, rowof, drops, s, cd, ck, r, c, dg, di, dj, dh = _scratch(m, mpad, nf, ch,
+                                                                                   max(draws_in, draws_h))
         for jet in range(task * JETS_PER_TASK, min(n_jets, (task + 1) * JETS_PER_TASK)):
-            n = _jet_input(p[jet], m, l1, scale, beams, qin, shift, qg[INVARIANT], ab, seeds_in[jet], thr_in, s_in,
-                           bn, unit, q, pos, x, dk, kk, s, cd, ck)
+            n = _jet_input(p[jet], m, l1, scale, beams, qin, shift, qg[INVARIANT], ab, seeds_in[jet], gaps_in,
+                           draws_in, s_in, bn, unit, q, pos, rowof, drops, x, dk, kk, s, cd, ck)
             _hidden_terms(n, s, t[jet], w, bias[jet], dbias[jet], k, qg[AGG2], r, c, dg)
-            if drop:
-                _hidden_keep(n, pos, m, thr_h, seeds_h[jet], kh)
-            _forward_sums(x, n, wk, r, c, dg, kh, ga[2] * ga[0], quant, drop, k, out[jet])
+            nd = _hidden_drops(n, m, ch, rowof, seeds_h[jet], gaps_h, draws_h, drops, di, dj, dh)
+            _forward_sums(x, n, wk, r, c, dg, ga[2] * ga[0], quant, k, nd, di, dj, dh, out[jet])
 
 
 @njit(parallel=True, cache=True, fastmath=FASTMATH)
-def _train_backward(p, l1, scale, beams, qin, shift, qg, ab, s_in, seeds_in, thr_in, seeds_h, thr_h, bn,
-                    w, t, bias, dbias, g, gw, gt, gb, gdb, gab):
+def _train_backward(p, l1, scale, beams, qin, shift, qg, ab, s_in, seeds_in, gaps_in, draws_in, seeds_h, gaps_h,
+                    draws_h, bn, w, t, bias, dbias, g, gw, gt, gb, gdb, gab):
     """Per jet, dL/d(w, t, bias, diag bias, (a, b)) into gw (B, C, 6), gt (B, 5), gb, gdb (B, C),
     gab (B, 2), from g = dL/dK (B, C, 6)."""
     n_jets, nf, ch = p.shape[0], p.shape[2], w.shape[0]
@@ -422,18 +448,17 @@ def _train_backward(p, l1, scale, beams, qin, shift, qg, ab, s_in, seeds_in, thr
     k = ga[0] if quant else 1.0
     wk = w * k
     unit = np.array([1.0, 0.0])
-    drop = thr_h > 0
     for task in prange((n_jets + JETS_PER_TASK - 1) // JETS_PER_TASK):
-        x, dk, kk, q, pos, s, cd, ck, r, c, dg, kh = _scratch(m, mpad, nf, ch)
+        x, dk, kk, q, pos, rowof, drops, s, cd, ck, r, c, dg, di, dj, dh = _scratch(m, mpad, nf, ch,
+                                                                                   max(draws_in, draws_h))
         rows, cols, diag, ef = np.empty((ch, m)), np.zeros((ch, mpad)), np.empty((ch, m)), np.empty((ch, 3))
         for jet in range(task * JETS_PER_TASK, min(n_jets, (task + 1) * JETS_PER_TASK)):
-            n = _jet_input(p[jet], m, l1, scale, beams, qin, shift, qg[INVARIANT], ab, seeds_in[jet], thr_in, s_in,
-                           bn, unit, q, pos, x, dk, kk, s, cd, ck)
+            n = _jet_input(p[jet], m, l1, scale, beams, qin, shift, qg[INVARIANT], ab, seeds_in[jet], gaps_in,
+                           draws_in, s_in, bn, unit, q, pos, rowof, drops, x, dk, kk, s, cd, ck)
             tsum = _hidden_terms(n, s, t[jet], w, bias[jet], dbias[jet], k, qg[AGG2], r, c, dg)
-            if drop:
-                _hidden_keep(n, pos, m, thr_h, seeds_h[jet], kh)
-            _backward_pairs(x, dk, kk, n, wk, r, c, dg, kh, ga[2] * ga[0], quant, drop, bn, k, g[jet], rows, cols,
-                            diag, ef)
+            nd = _hidden_drops(n, m, ch, rowof, seeds_h[jet], gaps_h, draws_h, drops, di, dj, dh)
+            _backward_pairs(x, dk, kk, n, wk, r, c, dg, ga[2] * ga[0], quant, bn, k, g[jet], nd, di, dj, dh,
+                            rows, cols, diag, ef)
             _backward_weights(n, s, tsum, t[jet], w, qg[AGG2], rows, cols, diag, ef, cd, ck, s_in, bn,
                               gw[jet], gt[jet], gb[jet], gdb[jet], gab[jet])
 
@@ -471,35 +496,36 @@ def _unsigned(seeds):
     return np.asarray(seeds, np.int64) & 0xFFFFFFFF
 
 
-def _dropout(layer):
-    """(threshold, scale) of a PairDropout (0, 1.0 without one)."""
-    if layer is None or layer.threshold == 0:
-        return 0, 1.0
-    return layer.threshold, LEVELS / (LEVELS - layer.threshold)
-
-
 class _Kernels:
     """The numba kernels with a plan's constants bound, as numpy functions for ``tf.numpy_function``."""
 
     def __init__(self, tp):
         self.tp = tp
-        self.thr_in, self.s_in = _dropout(tp.drop_in)
-        self.thr_h, self.s_h = _dropout(tp.drop_h)
-        self.front = (tp.l1, np.float32(tp.front_scale), tp.beams, tp.qin, tp.l1_shift)
-        self.channels = tp.eq2.channels
+        m, self.channels = tp.rows, tp.eq2.channels
         self.bn = tp.bn_in is not None  # and tp.bn_h: train_plan takes both or neither
+        self.drop_in, self.s_in = self._dropout(tp.drop_in, m * m)
+        self.drop_h, self.s_h = self._dropout(tp.drop_h, m * m * self.channels)
+        self.front = (tp.l1, np.float32(tp.front_scale), tp.beams, tp.qin, tp.l1_shift)
+
+    @staticmethod
+    def _dropout(layer, entries):
+        """((gap table, draws per jet), scale) of a PairDropout over ``entries`` per jet."""
+        if layer is None or layer.threshold == 0:
+            return (np.ones(LEVELS, np.uint16), 0), 1.0
+        thr = layer.threshold
+        gaps = gap_table(thr)  # read at random once per draw: as narrow as it goes, to stay in cache
+        gaps = gaps.astype(np.uint16) if gaps.max() < 1 << 16 else gaps
+        return (gaps, draws(entries, thr)), LEVELS / (LEVELS - thr)
 
     def _args(self, x, seeds_in, seeds_h, ab, w, t, bias, dbias):
         return (np.ascontiguousarray(x, np.float32), *self.front, self.tp.qgrid, np.asarray(ab, np.float64),
-                self.s_in, _unsigned(seeds_in), self.thr_in, _unsigned(seeds_h), self.thr_h,
-                self.bn,
+                self.s_in, _unsigned(seeds_in), *self.drop_in, _unsigned(seeds_h), *self.drop_h, self.bn,
                 np.ascontiguousarray(w), np.ascontiguousarray(t), np.ascontiguousarray(bias),
                 np.ascontiguousarray(dbias))
 
     def moments(self, x):
         out = np.zeros((len(x), 3))
-        _moments(np.ascontiguousarray(x, np.float32), *self.front, self.tp.qgrid[INVARIANT], self.tp.bn_in is not None,
-                 out)
+        _moments(np.ascontiguousarray(x, np.float32), *self.front, self.tp.qgrid[INVARIANT], self.bn, out)
         return out
 
     def forward(self, *inputs):
@@ -515,65 +541,91 @@ class _Kernels:
         return gab.sum(axis=0), gw.sum(axis=0), gt, gb, gdb  # the order of the inputs (ab, w, t, bias, dbias)
 
 
-def _batch_statistics(bn, first, second, count):
-    """A training BatchNorm's (a, b) from summed moments over ``count`` entries; moves its
-    inference statistics (as ``MaskedBatchNorm.call`` in training)."""
+def _moments_of(first, second, count):
+    """(mean, variance) over ``count`` entries from their sums of x and x^2 (``MaskedBatchNorm``'s
+    training statistics)."""
     mean = first / count
-    var = tf.maximum(second / count - tf.square(mean), 0.0)
-    bn.update_moving(mean, var)
-    return bn.affine(mean, var)
+    return mean, tf.maximum(second / count - tf.square(mean), 0.0)
 
 
 def loss_and_gradients(model, tp=None):
     """A ``tf.function`` ``(x, y) -> (loss, gradients of model.trainable_variables)`` of a
-    compiled model (its ``loss``) in training mode, through the kernels; ``tp`` its :func:`train_plan`."""
+    compiled model (its ``loss``) in training mode, through the kernels (``tp``: its
+    :func:`train_plan`). It moves the BatchNorms' inference statistics, as a training step does.
+
+    The TensorFlow parts run as three functions, compiled with XLA when the model was compiled so
+    (``model.jit_compile``): ``head`` (the 2->2 layer's effective weights per jet and the input
+    BatchNorm's map, from the variables), ``tail`` (hidden BatchNorm, readout and loss from the
+    kernel's sums: the loss, dL/dK and the gradients of its variables) and ``head_grads`` (the
+    gradients of the head's variables from the kernel's dL/d(weights), by ``output_gradients``)."""
     tp = tp or train_plan(model)
     kern = _Kernels(tp)
-    eq2, eq0 = tp.eq2, tp.eq0
+    eq2, eq0, bn_in, bn_h = tp.eq2, tp.eq0, tp.bn_in, tp.bn_h
     f64 = tf.float64
-    variables = model.trainable_variables
+    head_vars = eq2.trainable_weights + (bn_in.trainable_weights if bn_in is not None else [])
+    tail_vars = eq0.trainable_weights + (bn_h.trainable_weights if bn_h is not None else [])
+    where = {id(v): (0, i) for i, v in enumerate(head_vars)} | {id(v): (1, i) for i, v in enumerate(tail_vars)}
+    order = [where[id(v)] for v in model.trainable_variables]
+    jit = bool(getattr(model, "jit_compile", False))
 
-    def pair_sums(x, seeds_in, seeds_h, ab, w, t, bias, dbias):
-        @tf.custom_gradient
-        def sums(ab, w, t, bias, dbias):
-            inputs = [x, seeds_in, seeds_h, ab, w, t, bias, dbias]
-            out = tf.ensure_shape(tf.numpy_function(kern.forward, inputs, f64, stateful=False),
-                                  [None, kern.channels, N_SUMS])
+    def head_body(n, stats_in):
+        if bn_in is not None:
+            a, c = bn_in.affine(*stats_in)
+            ab = tf.concat([a, c], 0)
+        else:
+            ab = tf.constant([1.0, 0.0], f64)
+        w = tf.cast(eq2.q("coefficient", eq2.kernel), f64)[0]
+        bias, dbias = eq2.multiplicity_biases(f64)
+        t = tf.gather(tf.cast(eq2.scale_table(), f64)[:, :, 0], n)
+        return ab, w, t, tf.gather(bias, n), tf.gather(dbias, n)
 
-            def grad(g):
-                return tf.numpy_function(kern.backward, inputs + [g], [f64] * 5, stateful=False)
+    @tf.function(jit_compile=jit)
+    def head(n, stats_in):
+        return head_body(n, stats_in)
 
-            return out, grad
+    @tf.function(jit_compile=jit)
+    def head_grads(n, stats_in, g):
+        with tf.GradientTape() as tape:
+            out = head_body(n, stats_in)
+        return tape.gradient(list(out), head_vars, output_gradients=list(g))
 
-        return sums(ab, w, t, bias, dbias)
+    @tf.function(jit_compile=jit)
+    def tail(k, n, n2, y):
+        with tf.GradientTape() as tape:
+            tape.watch(k)
+            if bn_h is not None:
+                stats = _moments_of(tf.reduce_sum(k[:, :, 0], 0), tf.reduce_sum(k[:, :, 1], 0), n2)
+                a, c = bn_h.affine(*stats)
+            else:
+                stats, a, c = (tf.zeros([kern.channels], f64),) * 2, 1.0, 0.0
+            total = kern.s_h * (a * k[:, :, 2] + c * k[:, :, 3])
+            trace = kern.s_h * (a * k[:, :, 4] + c * k[:, :, 5])
+            logits = tf.ensure_shape(tf.cast(eq0.readout(total, trace, n, f64), tf.float32), [None, 1])
+            loss = model.loss(tf.ensure_shape(y, [None, 1]), logits)
+        g = tape.gradient(loss, [k] + tail_vars)
+        return loss, g[0], g[1:], stats
 
     @tf.function(reduce_retracing=True)
     def step(x, y):
         b = tf.shape(x)[0]
-        seeds_in = tp.drop_in.draw_seeds(b) if kern.thr_in else tf.zeros([b], tf.int32)
-        seeds_h = tp.drop_h.draw_seeds(b) if kern.thr_h else tf.zeros([b], tf.int32)
+        seeds_in = tp.drop_in.draw_seeds(b) if kern.drop_in[1] else tf.zeros([b], tf.int32)
+        seeds_h = tp.drop_h.draw_seeds(b) if kern.drop_h[1] else tf.zeros([b], tf.int32)
         mom = tf.numpy_function(kern.moments, [x], f64, stateful=False)
         n = tf.cast(mom[:, 0], tf.int32)
         n2 = tf.maximum(tf.reduce_sum(tf.square(mom[:, 0])), 1.0)
-        with tf.GradientTape() as tape:
-            if tp.bn_in is not None:
-                a, c = _batch_statistics(tp.bn_in, tf.reduce_sum(mom[:, 1:2], 0), tf.reduce_sum(mom[:, 2:3], 0), n2)
-                ab = tf.concat([a, c], 0)
-            else:
-                ab = tf.constant([1.0, 0.0], f64)
-            w = tf.cast(eq2.q("coefficient", eq2.kernel), f64)[0]
-            bias, dbias = eq2.multiplicity_biases(f64)
-            t = tf.gather(tf.cast(eq2.scale_table(), f64)[:, :, 0], n)
-            k = pair_sums(x, seeds_in, seeds_h, ab, w, t, tf.gather(bias, n), tf.gather(dbias, n))
-            if tp.bn_h is not None:
-                a, c = _batch_statistics(tp.bn_h, tf.reduce_sum(k[:, :, 0], 0), tf.reduce_sum(k[:, :, 1], 0), n2)
-            else:
-                a, c = 1.0, 0.0
-            total = kern.s_h * (a * k[:, :, 2] + c * k[:, :, 3])
-            trace = kern.s_h * (a * k[:, :, 4] + c * k[:, :, 5])
-            logits = tf.cast(eq0.readout(total, trace, n, f64), tf.float32)
-            loss = model.loss(y, logits)
-        return loss, tape.gradient(loss, variables)
+        stats_in = ()
+        if bn_in is not None:
+            stats_in = _moments_of(tf.reduce_sum(mom[:, 1:2], 0), tf.reduce_sum(mom[:, 2:3], 0), n2)
+            bn_in.update_moving(*stats_in)
+        weights = head(n, stats_in)
+        inputs = [x, seeds_in, seeds_h, *weights]
+        k = tf.ensure_shape(tf.numpy_function(kern.forward, inputs, f64, stateful=False), [None, kern.channels, N_SUMS])
+        loss, g_k, g_tail, stats_h = tail(k, n, n2, y)
+        if bn_h is not None:
+            bn_h.update_moving(*stats_h)
+        g_weights = tf.numpy_function(kern.backward, inputs + [g_k], [f64] * 5, stateful=False)
+        g_head = head_grads(n, stats_in, g_weights)
+        return loss, [(g_head, g_tail)[part][i] for part, i in order]
 
     return step
 

@@ -1,4 +1,7 @@
-"""Dropout for pair tensors: one random seed per jet, a hash of (seed, entry index) per entry."""
+"""Dropout for pair tensors: one random seed per jet, the dropped entries drawn as geometric gaps."""
+import math
+
+import numpy as np
 import tensorflow as tf
 import tf_keras
 
@@ -11,37 +14,64 @@ def _u32(v):
     return tf.constant(v, tf.uint32)
 
 
-def keep_mask(seeds, shape, threshold):
-    """Keep flags of inverted dropout for entries of ``shape`` (B, ...): 1.0 where the 16-bit hash
-    of (jet seed, entry index) is at least ``threshold``, else 0.0, float32.
+def gap_table(threshold):
+    """(LEVELS,) int32: the gap to the next dropped entry for each 16-bit uniform u, the inverse
+    distribution function of the geometric law of dropout rate p = threshold / 2^16:
+    ``1 + floor(log((u + 1/2) / 2^16) / log(1 - p))``. Over the table, the gaps' mean is 1/p to
+    1e-5 relative (p = 0.05: a rate of 0.0500006); the longest gap is where the 2^-16 tail ends."""
+    u = (np.arange(LEVELS) + 0.5) / LEVELS
+    return (1 + np.floor(np.log(u) / math.log1p(-threshold / LEVELS))).astype(np.int32)
 
-    The hash is one xorshift-multiply round on ``index * 0x9E3779B9 + seed_b`` (index = the entry's
-    position within its jet), and its top 16 bits are compared. It is a pure function of the seeds,
-    so the mask is never stored: XLA computes it inside the fused elementwise passes that use it,
-    the gradient recomputes it, and as XLA recomputes it in every consumer of the dropped array it
-    is kept to four integer operations (MurmurHash3's full finaliser made the paper's dropout cost
-    3x in a quantized training step, this 1.7x).
+
+def draws(entries, threshold):
+    """How many gaps a jet of ``entries`` entries draws: the mean number of dropped entries plus
+    8 standard deviations and 16 (a jet with more is about as likely as 1 in 10^15; its entries
+    past the last draw are kept)."""
+    p = threshold / LEVELS
+    return int(math.ceil(entries * p + 8.0 * math.sqrt(entries * p * (1.0 - p)) + 16))
+
+
+def _hash16(index, seeds):
+    """The 16-bit hash of (draw index, jet seed): one xorshift-multiply round on
+    ``index * 0x9E3779B9 + seed`` (uint32), its top 16 bits."""
+    h = tf.bitcast(index, tf.uint32)[None, :] * _u32(0x9E3779B9) + tf.bitcast(seeds, tf.uint32)[:, None]
+    h = tf.bitwise.bitwise_xor(h, tf.bitwise.right_shift(h, _u32(15))) * _u32(0x2C1B3C6D)
+    return tf.cast(tf.bitwise.right_shift(h, _u32(16)), tf.int32)
+
+
+def keep_mask(seeds, shape, threshold):
+    """Keep flags of inverted dropout for entries of ``shape`` (B, ...), float32: 0.0 at the
+    dropped entries of each jet, 1.0 elsewhere.
+
+    Each entry is dropped independently with probability p = threshold / 2^16, drawn the way a
+    sparse sampler does: jet b drops the entries at positions (in the jet's row-major order)
+    ``P_k = G_1 + ... + G_k - 1``, with geometric gaps ``G_k = gap_table[hash16(k, seed_b)]``.
+    A jet draws ``draws(entries, threshold)`` gaps, about 5% of its entries at p = 0.05, so the
+    training kernels (:mod:`qpelican.nn.fasttrain`) touch only the dropped entries; here they are
+    scattered into the mask. It is a pure function of the seeds: the gradient recomputes it.
     """
     per_jet = 1
     for d in shape[1:]:
         per_jet *= int(d)
-    idx = tf.reshape(tf.range(per_jet, dtype=tf.int32), [1, *(int(d) for d in shape[1:])])
-    h = tf.bitcast(idx, tf.uint32) * _u32(0x9E3779B9)
-    h = h + tf.reshape(tf.bitcast(seeds, tf.uint32), [-1] + [1] * (len(shape) - 1))
-    h = tf.bitwise.bitwise_xor(h, tf.bitwise.right_shift(h, _u32(15))) * _u32(0x2C1B3C6D)
-    return tf.cast(tf.bitwise.right_shift(h, _u32(16)) >= _u32(threshold), tf.float32)
+    k = draws(per_jet, threshold)
+    gaps = tf.gather(tf.constant(gap_table(threshold)), _hash16(tf.range(k, dtype=tf.int32), seeds))
+    pos = tf.minimum(tf.cumsum(gaps, axis=1) - 1, per_jet)  # past the end: the extra column, cut below
+    batch = tf.shape(seeds)[0]
+    rows = tf.broadcast_to(tf.range(batch)[:, None], tf.shape(pos))
+    dropped = tf.scatter_nd(tf.stack([rows, pos], -1), tf.ones_like(pos, tf.float32), [batch, per_jet + 1])
+    return tf.reshape(1.0 - tf.minimum(dropped[:, :per_jet], 1.0), [-1, *(int(d) for d in shape[1:])])
 
 
 class PairDropout(tf_keras.layers.Dropout):
     """Inverted dropout for the O(N^2) pair tensors of PELICAN: ``y = x * keep / (1 - rate)``.
 
     Same contract as ``tf_keras.layers.Dropout`` (identity at inference), but the random stream
-    gives one 32-bit seed per jet, and the keep flag of each entry is a hash of (seed, entry
-    index) (:func:`keep_mask`): keep = (16-bit hash >= round(rate * 2^16)). Random numbers for
-    every one of the B*N^2*C entries, and a stored mask for the backward pass, made dropout the
-    dominant cost of a training step (4x slower than none at N = 80); the hash is a few integer
-    operations inside the fused elementwise pass, recomputed in the backward pass. The rate is used
-    as ``round(rate * 2^16) / 2^16`` (0.05 -> 0.0500031).
+    gives one 32-bit seed per jet, from which the dropped entries are drawn as geometric gaps
+    (:func:`keep_mask`), each entry independently with probability ``round(rate * 2^16) / 2^16``
+    (0.05 -> 0.0500031). Random numbers for every one of the B*N^2*C entries, and a stored mask for
+    the backward pass, made dropout the dominant cost of a training step (4x slower than none at
+    N = 80); the gaps are about one draw per dropped entry, and the training kernels correct only
+    those entries.
 
     With ``tf_keras.backend.experimental.enable_tf_random_generator()`` (as ``qpelican fit`` sets)
     the seeds come from the layer's checkpointed ``tf.random.Generator`` (a resumed run draws the
