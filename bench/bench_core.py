@@ -1,4 +1,7 @@
-"""Forward+backward training throughput of nanoPELICAN (jets/s) and peak memory.
+"""Forward+backward training throughput of nanoPELICAN through the Keras graph (`model.fit`'s
+step, jets/s) and peak memory: the path of models outside the training kernels (full PELICAN), and
+the reference the kernels are tested against. `qpelican fit` trains nanoPELICAN through the
+kernels of qpelican.nn.fasttrain: `bench/bench_train.py` times that path.
 
     python bench/bench_core.py [--n 80] [--batch 512] [--channels 2] [--steps 30]
 

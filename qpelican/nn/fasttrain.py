@@ -33,7 +33,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import tensorflow as tf
-import tf_keras
 from numba import njit, prange
 
 from qpelican.nn import fastpath
