@@ -403,6 +403,16 @@ FASTMATH = {"reassoc", "contract", "nsz"}
 
 
 @njit(inline="always")
+def _sizes(p, beams, qg, w):
+    """(jets, channels, rows M, M padded to 8, quantized, the activation's 2^F (1 in float), its
+    top in LSBs) of a kernel call."""
+    m = p.shape[1] + beams.shape[0]
+    ga = qg[ACT2]
+    quant = ga[3] != 0.0
+    return p.shape[0], w.shape[0], m, (m + 7) // 8 * 8, quant, ga[0] if quant else 1.0, ga[2] * ga[0]
+
+
+@njit(inline="always")
 def _scratch(m, mpad, nf, ch, draws):
     return (np.zeros((m, mpad)), np.zeros((m, mpad)), np.zeros((m, mpad)), np.empty((nf, mpad)),
             np.empty(m, np.int64), np.empty(m, np.int64), np.empty(max(draws, 1), np.int64),
@@ -415,23 +425,17 @@ def _scratch(m, mpad, nf, ch, draws):
 def _train_forward(p, l1, scale, beams, qin, shift, qg, ab, s_in, seeds_in, gaps_in, draws_in, seeds_h, gaps_h, draws_h,
                    bn, w, t, bias, dbias, out):
     """out[jet] = K1..K6 (C, 6) of each jet of p (B, N, F)."""
-    n_jets, nf, ch = p.shape[0], p.shape[2], w.shape[0]
-    m = p.shape[1] + beams.shape[0]
-    mpad = (m + 7) // 8 * 8
-    ga = qg[ACT2]
-    quant = ga[3] != 0.0
-    k = ga[0] if quant else 1.0
-    wk = w * k
-    unit = np.array([1.0, 0.0])
+    n_jets, ch, m, mpad, quant, k, top = _sizes(p, beams, qg, w)
+    wk, unit = w * k, np.array([1.0, 0.0])
     for task in prange((n_jets + JETS_PER_TASK - 1) // JETS_PER_TASK):
-        x, dk, kk, q, pos, rowof, drops, s, cd, ck, r, c, dg, di, dj, dh = _scratch(m, mpad, nf, ch,
+        x, dk, kk, q, pos, rowof, drops, s, cd, ck, r, c, dg, di, dj, dh = _scratch(m, mpad, p.shape[2], ch,
                                                                                    max(draws_in, draws_h))
         for jet in range(task * JETS_PER_TASK, min(n_jets, (task + 1) * JETS_PER_TASK)):
             n = _jet_input(p[jet], m, l1, scale, beams, qin, shift, qg[INVARIANT], ab, seeds_in[jet], gaps_in,
                            draws_in, s_in, bn, unit, q, pos, rowof, drops, x, dk, kk, s, cd, ck)
             _hidden_terms(n, s, t[jet], w, bias[jet], dbias[jet], k, qg[AGG2], r, c, dg)
             nd = _hidden_drops(n, m, ch, rowof, seeds_h[jet], gaps_h, draws_h, drops, di, dj, dh)
-            _forward_sums(x, n, wk, r, c, dg, ga[2] * ga[0], quant, k, nd, di, dj, dh, out[jet])
+            _forward_sums(x, n, wk, r, c, dg, top, quant, k, nd, di, dj, dh, out[jet])
 
 
 @njit(parallel=True, cache=True, fastmath=FASTMATH)
@@ -439,16 +443,10 @@ def _train_backward(p, l1, scale, beams, qin, shift, qg, ab, s_in, seeds_in, gap
                     draws_h, bn, w, t, bias, dbias, g, gw, gt, gb, gdb, gab):
     """Per jet, dL/d(w, t, bias, diag bias, (a, b)) into gw (B, C, 6), gt (B, 5), gb, gdb (B, C),
     gab (B, 2), from g = dL/dK (B, C, 6)."""
-    n_jets, nf, ch = p.shape[0], p.shape[2], w.shape[0]
-    m = p.shape[1] + beams.shape[0]
-    mpad = (m + 7) // 8 * 8
-    ga = qg[ACT2]
-    quant = ga[3] != 0.0
-    k = ga[0] if quant else 1.0
-    wk = w * k
-    unit = np.array([1.0, 0.0])
+    n_jets, ch, m, mpad, quant, k, top = _sizes(p, beams, qg, w)
+    wk, unit = w * k, np.array([1.0, 0.0])
     for task in prange((n_jets + JETS_PER_TASK - 1) // JETS_PER_TASK):
-        x, dk, kk, q, pos, rowof, drops, s, cd, ck, r, c, dg, di, dj, dh = _scratch(m, mpad, nf, ch,
+        x, dk, kk, q, pos, rowof, drops, s, cd, ck, r, c, dg, di, dj, dh = _scratch(m, mpad, p.shape[2], ch,
                                                                                    max(draws_in, draws_h))
         rows, cols, diag, ef = np.empty((ch, m)), np.zeros((ch, mpad)), np.empty((ch, m)), np.empty((ch, 3))
         for jet in range(task * JETS_PER_TASK, min(n_jets, (task + 1) * JETS_PER_TASK)):
@@ -456,7 +454,7 @@ def _train_backward(p, l1, scale, beams, qin, shift, qg, ab, s_in, seeds_in, gap
                            draws_in, s_in, bn, unit, q, pos, rowof, drops, x, dk, kk, s, cd, ck)
             tsum = _hidden_terms(n, s, t[jet], w, bias[jet], dbias[jet], k, qg[AGG2], r, c, dg)
             nd = _hidden_drops(n, m, ch, rowof, seeds_h[jet], gaps_h, draws_h, drops, di, dj, dh)
-            _backward_pairs(x, dk, kk, n, wk, r, c, dg, ga[2] * ga[0], quant, bn, k, g[jet], nd, di, dj, dh,
+            _backward_pairs(x, dk, kk, n, wk, r, c, dg, top, quant, bn, k, g[jet], nd, di, dj, dh,
                             rows, cols, diag, ef)
             _backward_weights(n, s, tsum, t[jet], w, qg[AGG2], rows, cols, diag, ef, cd, ck, s_in, bn,
                               gw[jet], gt[jet], gb[jet], gdb[jet], gab[jet])
