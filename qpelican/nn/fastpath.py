@@ -257,7 +257,8 @@ def round_to(x, g):
 @njit(inline="always")
 def front_rows(xj, l1, scale, beams, g, q, pos):
     """The front layer's output of one jet, real particles only, into the columns of q (F, M):
-    returns their number n; pos[k] is the row of real particle k in the layer's output. The layer's arithmetic is float32, and so is this: p4
+    returns their number n; pos[k] is the row of real particle k in the layer's output. The
+    layer's arithmetic is float32, and so is this: p4
     (``MomentumInput``) ``Q_input(p * (1/scale))`` after the constant ``beams`` rows; l1
     (``L1CandidateInput``) ``Q_input(pT)`` and the angles clipped to the angle range and rounded.
     A particle is real when its first feature (E or pT) on the grid is not zero (``ParticleMask``,

@@ -54,7 +54,6 @@ class TrainPlan:
     bn_h: object             # MaskedBatchNorm before the readout, or None
     drop_in: object          # PairDropout before the 2->2 layer, or None
     drop_h: object           # PairDropout before the readout, or None
-    shape: tuple             # (N, F) of the inputs
     rows: int                # M: rows of the pair arrays (N plus the beams)
     l1: bool
     front_scale: float
@@ -104,11 +103,11 @@ def train_plan(model):
     if any(id(v) not in owned for v in model.trainable_variables):
         return "trainable weights outside the equivariant layers and BatchNorms"
     front = fastpath.front_constants(ch["front"])
-    n, f = (int(d) for d in model.inputs[0].shape[1:])
+    n = int(model.inputs[0].shape[1])
     inv = ch["inv"]
     l1 = type(inv) is L1Invariants
     return TrainPlan(eq2=eq2, eq0=eq0, bn_in=regs[0][0], bn_h=regs[1][0], drop_in=regs[0][1], drop_h=regs[1][1],
-                     shape=(n, f), rows=n + len(front["beams"]), l1=l1,
+                     rows=n + len(front["beams"]), l1=l1,
                      front_scale=front["front_scale"], beams=front["beams"], qin=front["qin"],
                      l1_shift=2.0 ** -inv.shift if l1 else 1.0,
                      qgrid=np.array([fastpath.grid(fmt) for fmt in (inv.invariant_format, eq2.aggregate_format,
