@@ -21,9 +21,16 @@ The forward pass is the model's, entry for entry: the same front and invariants 
 inference fast path (:mod:`qpelican.nn.fastpath`), the input BatchNorm with the batch's
 statistics, the hashed pair dropout with the layers' own seeds (``PairDropout.draw_seeds``,
 ``keep_mask``), the rounding points of the layers, and the straight-through gradients of
-QKeras's quantizers (1 inside the range, 0 where it clips; ReLU's 0 below 0). It computes in
-float64 where the layers compute in float32 in training; losses agree to ~1e-6 and gradients
-to ~1e-5 (tested).
+QKeras's quantizers (1 inside the range, 0 where it clips; ReLU's 0 below 0). The pair loops
+run in float32, as the layers do in training (8 lanes of AVX2; sums of h over a row are exact
+integers in LSB units when quantized), everything O(n) and every total in float64; losses agree
+with the layers' to ~1e-6 and gradients to ~1e-5 (tested). A training step is not bit-exact
+against ``model.fit`` (nor is one float32 order of operations against another); resume is, as
+it replays the same kernels.
+
+The dropped entries cost most of a step with dropout: they are decoded without branches (a
+dropped padding entry lands on a zero row), the draws stop after the last real row, and the gap
+table is uint8 at the paper's rate, so that it stays in cache.
 
 Supported: what :func:`qpelican.nn.fastpath.plan` supports, with at most one BatchNorm and one
 dropout (in that order) before each equivariant layer, as :func:`qpelican.nn.models.build_model`
@@ -42,6 +49,8 @@ from qpelican.nn.layers.dropout import LEVELS, draws, gap_table
 
 N_SUMS = 6  # K1..K6 (module docstring)
 JETS_PER_TASK = 8  # jets per parallel task: per-jet results, so the split changes no value
+FASTMATH = {"reassoc", "contract", "nsz"}
+ZERO = np.float32(0.0)  # the pair loops' arrays are float32: 8 lanes of AVX2 (module docstring)
 
 
 @dataclass
@@ -175,34 +184,43 @@ def _jet_input(p, m, l1, scale, beams, qin, shift, gi, ab, seed_in, gaps_in, dra
                 ck[j] += 1.0
             dki[n:npad] = 0.0
             kki[n:npad] = 0.0
-    count = _dropped(seed_in, gaps_in, draws_in, m * m, drops)
+    count = _dropped(seed_in, gaps_in, draws_in, _last_row(pos, n) * m, drops)
     magic_m = ((1 << 32) + m - 1) // m
-    for e in range(count):
+    for e in range(count):  # without branches: a dropped padding entry takes x's zero row m instead
         row, col = _divmod(drops[e], m, magic_m)
         i, j = rowof[row], rowof[col]
-        if i >= 0 and j >= 0:
-            s[j] -= x[i, j]
-            x[i, j] = 0.0
-            if bn:
-                cd[j] -= dk[i, j]
-                ck[j] -= 1.0
-                dk[i, j] = kk[i, j] = 0.0
+        real = (i | j) >= 0
+        i, j = i if real else m, j if real else 0
+        s[j] -= x[i, j]
+        x[i, j] = 0.0
+        if bn:
+            cd[j] -= dk[i, j]
+            ck[j] -= kk[i, j]
+            dk[i, j] = kk[i, j] = 0.0
     return n
 
 
 @njit(inline="always")
-def _hidden_drops(n, m, ch, rowof, seed_h, gaps_h, draws_h, drops, di, dj, dh):
+def _last_row(pos, n):
+    """1 + the last layer row holding a real particle: the dropout's draws can stop there."""
+    last = 0
+    for i in range(n):
+        last = max(last, pos[i] + 1)
+    return last
+
+
+@njit(inline="always")
+def _hidden_drops(n, m, ch, pos, rowof, seed_h, gaps_h, draws_h, drops, di, dj, dh):
     """The hidden dropout's dropped real entries (di, dj, dh) of one jet; returns their number."""
-    count = _dropped(seed_h, gaps_h, draws_h, m * m * ch, drops)
+    count = _dropped(seed_h, gaps_h, draws_h, _last_row(pos, n) * m * ch, drops)
     magic_m, magic_ch = ((1 << 32) + m - 1) // m, ((1 << 32) + ch - 1) // ch
     real = 0
-    for e in range(count):
+    for e in range(count):  # without branches (a padding entry is written, then overwritten)
         pair, h = _divmod(drops[e], ch, magic_ch)
         row, col = _divmod(pair, m, magic_m)
         i, j = rowof[row], rowof[col]
-        if i >= 0 and j >= 0:
-            di[real], dj[real], dh[real] = i, j, h
-            real += 1
+        di[real], dj[real], dh[real] = i, j, h
+        real += (i | j) >= 0
     return real
 
 
@@ -220,21 +238,21 @@ def _hidden_terms(n, s, t, w, bias, dbias, k, gq, r, c, dg):
             r[h, j] = (a_r * w[h, 3] + (bias[h] + a_ts * w[h, 4])) * k
             c[h, j] = a_c * w[h, 2] * k
             dg[h, j] = (a_d * w[h, 1] + a_td * w[h, 5] + dbias[h]) * k
-    c[:, n:] = -1e300  # the padding of the rows: z = -1e300 there, so h = 0 and no gradient
+    c[:, n:] = -1e30  # the padding of the rows: z = -1e30 there, so h = 0 and no gradient
     return tsum
 
 
 @njit(inline="always")
 def _hidden(z, top, quant):
-    """h of a pre-activation z (units of the LSB when quantized)."""
-    return min(max(np.rint(z), 0.0), top) if quant else max(z, 0.0)
+    """h of a pre-activation z (units of the LSB when quantized); float32 in the pair loops."""
+    return min(max(np.rint(z), ZERO), top) if quant else max(z, ZERO)
 
 
 @njit(inline="always")
 def _sums_row(xi, w0, ri, ch, npad, top, quant):
     """(sum h, sum h^2) over row i of the hidden array; ``quant`` is a literal at each call, so
     each variant is its own vectorised loop."""
-    a1 = a2 = 0.0
+    a1 = a2 = ZERO
     for j in range(npad):
         v = _hidden(w0 * xi[j] + ri + ch[j], top, quant)
         a1 += v
@@ -261,7 +279,7 @@ def _forward_sums(x, n, wk, r, c, dg, top, quant, k, nd, di, dj, dh, out):
         out[h, 0], out[h, 1], out[h, 2], out[h, 3], out[h, 4], out[h, 5] = k1, k2, k1, n * n, k5, n
     for e in range(nd):
         i, j, h = di[e], dj[e], dh[e]
-        z = wk[h, 0] * x[i, j] + r[h, i] + c[h, j] + (dg[h, i] if i == j else 0.0)
+        z = wk[h, 0] * x[i, j] + r[h, i] + c[h, j] + (dg[h, i] if i == j else ZERO)
         v = _hidden(z, top, quant)
         out[h, 2] -= v
         out[h, 3] -= 1.0
@@ -275,7 +293,7 @@ def _forward_sums(x, n, wk, r, c, dg, top, quant, k, nd, di, dj, dh, out):
 @njit(inline="always")
 def _on(z, top, quant):
     """Where the straight-through gradient of Q_act(relu(z)) is 1: z > 0, and z <= max quantized."""
-    return (z > 0.0) & (z <= top) if quant else z > 0.0
+    return (z > ZERO) & (z <= top) if quant else z > ZERO
 
 
 @njit(inline="always")
@@ -283,11 +301,11 @@ def _grad_row(xi, dki, kki, w0, ri, ch, colh, npad, top, g1, g2, quant, bn):
     """dz_ij = dL/dz_ij along row i (recomputing z), summed: returns (sum_j dz, sum dz x,
     sum dz dk, sum dz kk) (the last two with ``bn`` only) and adds dz to colh[j]. The flags are
     literals at each call."""
-    rs = ex = e = f = 0.0
+    rs = ex = e = f = ZERO
     for j in range(npad):
         z = w0 * xi[j] + ri + ch[j]
         g = g1 + g2 * _hidden(z, top, quant) if bn else g1
-        dz = g if _on(z, top, quant) else 0.0
+        dz = g if _on(z, top, quant) else ZERO
         rs += dz
         colh[j] += dz
         ex += dz * xi[j]
@@ -306,16 +324,17 @@ def _backward_pairs(x, dk, kk, n, wk, r, c, dg, top, quant, bn, k, g, nd, di, dj
     for h in range(wk.shape[0]):
         w0, ch, colh = wk[h, 0], c[h], cols[h]
         g1, g2, g3, g5 = g[h, 0], 2.0 * g[h, 1] / k, g[h, 2], g[h, 4]  # dK2/dv = 2 v / k^2
+        g13, g2f = np.float32(g1 + g3), np.float32(g2)  # the pair loops' float32
         colh[:npad] = 0.0
         ex_all = e_all = f_all = 0.0
         for i in range(n):
             xi, dki, kki, ri = x[i], dk[i], kk[i], r[h, i]
             if quant:
-                rs, ex, e, f = _grad_row(xi, dki, kki, w0, ri, ch, colh, npad, top, g1 + g3, g2, True, False)
+                rs, ex, e, f = _grad_row(xi, dki, kki, w0, ri, ch, colh, npad, top, g13, g2f, True, False)
             elif bn:
-                rs, ex, e, f = _grad_row(xi, dki, kki, w0, ri, ch, colh, npad, top, g1 + g3, g2, False, True)
+                rs, ex, e, f = _grad_row(xi, dki, kki, w0, ri, ch, colh, npad, top, g13, g2f, False, True)
             else:
-                rs, ex, e, f = _grad_row(xi, dki, kki, w0, ri, ch, colh, npad, top, g1 + g3, g2, False, False)
+                rs, ex, e, f = _grad_row(xi, dki, kki, w0, ri, ch, colh, npad, top, g13, g2f, False, False)
             z = w0 * xi[i] + ri + ch[i]
             zd = z + dg[h, i]
             d0 = g1 + g2 * _hidden(z, top, quant) + g3 if _on(z, top, quant) else 0.0
@@ -331,7 +350,7 @@ def _backward_pairs(x, dk, kk, n, wk, r, c, dg, top, quant, bn, k, g, nd, di, dj
         ef[h, 0], ef[h, 1], ef[h, 2] = ex_all, e_all, f_all
     for e in range(nd):  # a dropped entry has no K3 (and on the diagonal no K5) term
         i, j, h = di[e], dj[e], dh[e]
-        z = wk[h, 0] * x[i, j] + r[h, i] + c[h, j] + (dg[h, i] if i == j else 0.0)
+        z = wk[h, 0] * x[i, j] + r[h, i] + c[h, j] + (dg[h, i] if i == j else ZERO)
         fix = (g[h, 2] + (g[h, 4] if i == j else 0.0)) if _on(z, top, quant) else 0.0
         rows[h, i] -= fix
         cols[h, j] -= fix
@@ -398,7 +417,6 @@ def _backward_weights(n, s, tsum, t, w, gq, rows, cols, diag, ef, cd, ck, s_in, 
     gab[0], gab[1] = (s_in * ga, s_in * gb_) if bn else (0.0, 0.0)  # without the BatchNorm (a, b) = (1, 0)
 
 
-FASTMATH = {"reassoc", "contract", "nsz"}
 
 
 @njit(inline="always")
@@ -408,15 +426,16 @@ def _sizes(p, beams, qg, w):
     m = p.shape[1] + beams.shape[0]
     ga = qg[ACT2]
     quant = ga[3] != 0.0
-    return p.shape[0], w.shape[0], m, (m + 7) // 8 * 8, quant, ga[0] if quant else 1.0, ga[2] * ga[0]
+    return p.shape[0], w.shape[0], m, (m + 7) // 8 * 8, quant, ga[0] if quant else 1.0, np.float32(ga[2] * ga[0])
 
 
 @njit(inline="always")
 def _scratch(m, mpad, nf, ch, draws):
-    return (np.zeros((m, mpad)), np.zeros((m, mpad)), np.zeros((m, mpad)), np.empty((nf, mpad)),
-            np.empty(m, np.int64), np.empty(m, np.int64), np.empty(max(draws, 1), np.int64),
+    f32 = np.float32
+    return (np.zeros((m + 1, mpad), f32), np.zeros((m + 1, mpad), f32), np.zeros((m + 1, mpad), f32),
+            np.empty((nf, mpad)), np.empty(m, np.int64), np.empty(m, np.int64), np.empty(max(draws, 1), np.int64),
             np.zeros(mpad), np.zeros(mpad), np.zeros(mpad),
-            np.empty((ch, m)), np.full((ch, mpad), -1e300), np.empty((ch, m)),
+            np.empty((ch, m), f32), np.full((ch, mpad), f32(-1e30)), np.empty((ch, m), f32),
             np.empty(max(draws, 1), np.int64), np.empty(max(draws, 1), np.int64), np.empty(max(draws, 1), np.int64))
 
 
@@ -425,7 +444,7 @@ def _train_forward(p, l1, scale, beams, qin, shift, qg, ab, s_in, seeds_in, gaps
                    bn, w, t, bias, dbias, out):
     """out[jet] = K1..K6 (C, 6) of each jet of p (B, N, F)."""
     n_jets, ch, m, mpad, quant, k, top = _sizes(p, beams, qg, w)
-    wk, unit = w * k, np.array([1.0, 0.0])
+    wk, unit = (w * k).astype(np.float32), np.array([1.0, 0.0])
     for task in prange((n_jets + JETS_PER_TASK - 1) // JETS_PER_TASK):
         x, dk, kk, q, pos, rowof, drops, s, cd, ck, r, c, dg, di, dj, dh = _scratch(m, mpad, p.shape[2], ch,
                                                                                    max(draws_in, draws_h))
@@ -433,7 +452,7 @@ def _train_forward(p, l1, scale, beams, qin, shift, qg, ab, s_in, seeds_in, gaps
             n = _jet_input(p[jet], m, l1, scale, beams, qin, shift, qg[INVARIANT], ab, seeds_in[jet], gaps_in,
                            draws_in, s_in, bn, unit, q, pos, rowof, drops, x, dk, kk, s, cd, ck)
             _hidden_terms(n, s, t[jet], w, bias[jet], dbias[jet], k, qg[AGG2], r, c, dg)
-            nd = _hidden_drops(n, m, ch, rowof, seeds_h[jet], gaps_h, draws_h, drops, di, dj, dh)
+            nd = _hidden_drops(n, m, ch, pos, rowof, seeds_h[jet], gaps_h, draws_h, drops, di, dj, dh)
             _forward_sums(x, n, wk, r, c, dg, top, quant, k, nd, di, dj, dh, out[jet])
 
 
@@ -443,16 +462,16 @@ def _train_backward(p, l1, scale, beams, qin, shift, qg, ab, s_in, seeds_in, gap
     """Per jet, dL/d(w, t, bias, diag bias, (a, b)) into gw (B, C, 6), gt (B, 5), gb, gdb (B, C),
     gab (B, 2), from g = dL/dK (B, C, 6)."""
     n_jets, ch, m, mpad, quant, k, top = _sizes(p, beams, qg, w)
-    wk, unit = w * k, np.array([1.0, 0.0])
+    wk, unit = (w * k).astype(np.float32), np.array([1.0, 0.0])
     for task in prange((n_jets + JETS_PER_TASK - 1) // JETS_PER_TASK):
         x, dk, kk, q, pos, rowof, drops, s, cd, ck, r, c, dg, di, dj, dh = _scratch(m, mpad, p.shape[2], ch,
                                                                                    max(draws_in, draws_h))
-        rows, cols, diag, ef = np.empty((ch, m)), np.zeros((ch, mpad)), np.empty((ch, m)), np.empty((ch, 3))
+        rows, cols, diag, ef = np.empty((ch, m)), np.zeros((ch, mpad), np.float32), np.empty((ch, m)), np.empty((ch, 3))
         for jet in range(task * JETS_PER_TASK, min(n_jets, (task + 1) * JETS_PER_TASK)):
             n = _jet_input(p[jet], m, l1, scale, beams, qin, shift, qg[INVARIANT], ab, seeds_in[jet], gaps_in,
                            draws_in, s_in, bn, unit, q, pos, rowof, drops, x, dk, kk, s, cd, ck)
             tsum = _hidden_terms(n, s, t[jet], w, bias[jet], dbias[jet], k, qg[AGG2], r, c, dg)
-            nd = _hidden_drops(n, m, ch, rowof, seeds_h[jet], gaps_h, draws_h, drops, di, dj, dh)
+            nd = _hidden_drops(n, m, ch, pos, rowof, seeds_h[jet], gaps_h, draws_h, drops, di, dj, dh)
             _backward_pairs(x, dk, kk, n, wk, r, c, dg, top, quant, bn, k, g[jet], nd, di, dj, dh,
                             rows, cols, diag, ef)
             _backward_weights(n, s, tsum, t[jet], w, qg[AGG2], rows, cols, diag, ef, cd, ck, s_in, bn,
@@ -486,6 +505,17 @@ def _moments(p, l1, scale, beams, qin, shift, gi, pairs, out):
             out[jet, 1], out[jet, 2] = s1, s2
 
 
+def kernels_ready():
+    """Whether the kernels are compiled in this process or in numba's cache for this source (a
+    first step then loads them in seconds); False when that cannot be told. Compiling them takes
+    a few minutes, once per installation."""
+    kernels = (_train_forward, _train_backward, _moments)
+    try:  # numba's cache index of this source: its entries, or none if the source has changed
+        return all(k.signatures or k._cache._cache_file._load_index() for k in kernels)
+    except AttributeError:  # another numba's internals
+        return False
+
+
 # ------------------------------------------------------------------------------ TensorFlow side
 def _unsigned(seeds):
     """int32 jet seeds as the uint32 values the dropout hash adds (in int64)."""
@@ -505,13 +535,16 @@ class _Kernels:
 
     @staticmethod
     def _dropout(layer, entries):
-        """((gap table, draws per jet), scale) of a PairDropout over ``entries`` per jet."""
+        """((gap table, draws per jet), scale) of a PairDropout over ``entries`` per jet. The table
+        is read at random once per draw, so it is as narrow as its values allow (uint8 at rates above
+        ~4.6%, the paper's 5% included), to stay in cache; no dropout takes the same type, so
+        the common recipes share one compiled kernel."""
         if layer is None or layer.threshold == 0:
-            return (np.ones(LEVELS, np.uint16), 0), 1.0
+            return (np.ones(LEVELS, np.uint8), 0), 1.0
         thr = layer.threshold
-        gaps = gap_table(thr)  # read at random once per draw: as narrow as it goes, to stay in cache
-        gaps = gaps.astype(np.uint16) if gaps.max() < 1 << 16 else gaps
-        return (gaps, draws(entries, thr)), LEVELS / (LEVELS - thr)
+        gaps = gap_table(thr)
+        narrow = next(t for t in (np.uint8, np.uint16, gaps.dtype) if gaps.max() <= np.iinfo(t).max)
+        return (gaps.astype(narrow), draws(entries, thr)), LEVELS / (LEVELS - thr)
 
     def _args(self, x, seeds_in, seeds_h, ab, w, t, bias, dbias):
         return (np.ascontiguousarray(x, np.float32), *self.front, self.tp.qgrid, np.asarray(ab, np.float64),

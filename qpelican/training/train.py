@@ -42,6 +42,7 @@ from qpelican.core.errors import QpelicanError
 from qpelican.core.io import atomic_path, write_json, write_text
 from qpelican.core.metrics import logit_metrics, monitor_metrics
 from qpelican.hw.cost import model_cost
+from qpelican.nn import fasttrain
 from qpelican.nn.fold import FOLD_SAMPLE, transfer_weights
 from qpelican.nn.models import count_parameters, predict
 from qpelican.nn.serialize import load_model
@@ -107,6 +108,8 @@ class _Run:
         path = training_path(model)
         if path.startswith("model.fit"):
             path = f"XLA {'on' if jit else 'off'}"
+        elif not fasttrain.kernels_ready():
+            path = "kernels (compiling them first: a few minutes, once per installation)"
         self.log(f"seed {self.label}: phase {pname} ({'quantized' if quantized else 'float'}), {pepochs} epochs, "
                  f"{self.n_train} training jets, batch {self.batch_size}, lr {plr:g}, {path}")
 
