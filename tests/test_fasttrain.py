@@ -109,6 +109,7 @@ def test_an_epoch_follows_model_fit():
     for m in (fast, slow):
         reseed(m, 0, 0)
     loss_fast = train_epoch(fast, tf.constant(x), tf.constant(y), 1200, 256, 0, 0)
+    assert fasttrain.kernels_ready()  # compiled now: the phase line no longer announces a compile
     fasttrain_plan = fasttrain.train_plan
     try:  # the same epoch through model.fit: no plan, so train_epoch takes the fallback
         fasttrain.train_plan = lambda model: "forced for the test"
