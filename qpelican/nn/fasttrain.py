@@ -22,8 +22,8 @@ inference fast path (:mod:`qpelican.nn.fastpath`), the input BatchNorm with the 
 statistics, the hashed pair dropout with the layers' own seeds (``PairDropout.draw_seeds``,
 ``keep_mask``), the rounding points of the layers, and the straight-through gradients of
 QKeras's quantizers (1 inside the range, 0 where it clips; ReLU's 0 below 0). The pair loops
-run in float32, as the layers do in training (8 lanes of AVX2; sums of h over a row are exact
-integers in LSB units when quantized), everything O(n) and every total in float64; losses agree
+run in float32, as the layers do in training (8 lanes of AVX2; a row's sums in float32, exact
+integers in LSB units for an 8-bit activation), everything O(n) and every total in float64; losses agree
 with the layers' to ~1e-6 and gradients to ~1e-5 (tested). A training step is not bit-exact
 against ``model.fit`` (nor is one float32 order of operations against another); resume is, as
 it replays the same kernels.
@@ -512,7 +512,7 @@ def kernels_ready():
     kernels = (_train_forward, _train_backward, _moments)
     try:  # numba's cache index of this source: its entries, or none if the source has changed
         return all(k.signatures or k._cache._cache_file._load_index() for k in kernels)
-    except AttributeError:  # another numba's internals
+    except (AttributeError, OSError):  # another numba's internals, or an unreadable cache
         return False
 
 
