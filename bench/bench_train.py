@@ -118,7 +118,10 @@ def bench_one(a):
         row["peak_rss_mb_train"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
         infer.set_weights(model.get_weights())  # inference: a fresh model of the recipe with the trained weights
     plan = fastpath.model_plan(infer) if fastpath else "no fast path in this checkout"
-    row["infer_path"] = "fast" if not isinstance(plan, str) else f"xla ({plan})"
+    if isinstance(plan, str):
+        row["infer_path"] = f"xla ({plan})"
+    else:  # a checkout from before the float32 pair loops has no such field
+        row["infer_path"] = "fast (float32 pair loops)" if getattr(plan, "float32", False) else "fast"
     for name, fn in (("infer", predict), ("xla_infer", xla_predict)):  # predict's path, then XLA's
         fn(infer, p4[:4096])
         fn(infer, p4[:len(p4) % 4096 or 4096])  # compile the padded last batch's shape too

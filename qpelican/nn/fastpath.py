@@ -18,17 +18,19 @@ the grids (``FixedFormat``: 2^F, min, max), a float model's BatchNorms their inf
 written for numba (tested bit for bit against the layers).
 
 Where the time goes (N = 80, 30-79 constituents, one thread, a loaded 2-core machine): about
-3.5 us per jet for the inputs, invariants and aggregates, then about 0.9 us (float) or 1.3 us
-(8-bit) per hidden channel: c2 5-6 us, c10 12-17 us. The pair loops are vectorised (rows padded to
-a multiple of 8); what is left is their arithmetic (a fused multiply-add, an add, a round and a
-clip per pair and channel). Computing d_ij for i < j only and mirroring it would save about a
+2.5-3 us per jet for the inputs, invariants and aggregates, then about 0.75 us (float) or 0.9 us
+(8-bit) per hidden channel in float32 (1.2 and 1.6 us in float64): c2 5-8 us, c10 10-12 us. The
+pair loops are vectorised (rows padded to a multiple of 8, four rows per pass); what is left is
+their arithmetic (an add, a fused multiply-add, a round and a clip per pair and channel). Computing d_ij for i < j only and mirroring it would save about a
 third of the invariants, but the mirror is a strided copy that costs about as much.
 
 Exactness (docs/fixed_point.md): a quantized model's every sum is exact in float64, so the kernel
 computes in float64 and rounds half to even (``np.rint``, as ``tf.round``) exactly where the layers
-round: its logits are bit-identical to ``model(x, training=False)``. A float model is computed in
-float64 (the layers use float32): within 1e-7 of a float64 evaluation, 1e-5 of the Keras model
-(1e-3 with a float BatchNorm, whose centring costs the float32 sums digits).
+round: its logits are bit-identical to ``model(x, training=False)``. The hidden layer's pair loops
+run in float32 where :func:`float32_exact` shows that they give the same bits (the recipes'
+formats), else in float64. A float model's pair loops are float32, as the layers are; the rest is
+float64: within 1e-5 of a float64 evaluation and of the Keras model (1e-3 with a float BatchNorm,
+whose centring costs the float32 sums of the Keras model digits).
 
 Supported (:func:`plan` says why not otherwise, and ``predict`` then takes the XLA path): the
 nanoPELICAN graph of :func:`qpelican.nn.models.build_nanopelican` in the p4 or l1 (collider) input
@@ -43,6 +45,7 @@ import numba
 import numpy as np
 import tensorflow as tf
 import tf_keras
+from llvmlite import binding as llvm
 from numba import njit, prange
 
 from qpelican.nn.fold import batchnorm_affine
@@ -76,6 +79,7 @@ class Plan:
     bias0: np.ndarray        # (N+1,) LinEq2to0 bias per multiplicity
     relu0: bool              # ReLU on the logit (else linear)
     qgrid: np.ndarray        # (5, 4): step scale 2^F, min, max, on — per rounding point
+    float32: bool = False    # the pair loops in float32 (:func:`float32_exact`), else float64
 
 
 # ----------------------------------------------------------------------------------- the model
@@ -215,7 +219,7 @@ def plan(model):
     eq2, eq0, inv = ch["eq2"], ch["eq0"], ch["inv"]
     bias2, dbias2 = (_np(t) for t in eq2.multiplicity_biases(tf.float64))
     c = eq2.channels
-    return Plan(
+    p = Plan(
         shape=tuple(int(d) for d in model.inputs[0].shape[1:]), quantized=eq2.quantized,
         l1=type(inv) is L1Invariants, **front_constants(ch["front"]),
         l1_shift=2.0 ** -inv.shift if type(inv) is L1Invariants else 1.0,
@@ -231,6 +235,52 @@ def plan(model):
         qgrid=np.array([grid(f) for f in (inv.invariant_format, eq2.aggregate_format, eq2.output_format,
                                            eq0.aggregate_format, eq0.output_format)]),
     )
+    p.float32 = not p.quantized or float32_exact(p)
+    return p
+
+
+def grid_exponent(values, limit=64):
+    """The smallest e >= 0 with every value a multiple of 2^-e, or None (not dyadic within ``limit``)."""
+    v = np.abs(np.asarray(values, np.float64)).ravel()
+    for e in range(limit + 1):
+        if np.all(np.floor(v * 2.0 ** e) == v * 2.0 ** e):
+            return e
+    return None
+
+
+def fma_on_host():
+    """Whether numba compiles for this CPU and it has fused multiply-add (what makes
+    :func:`float32_exact`'s single rounding of w x + (r + c) hold)."""
+    return numba.config.CPU_NAME in (None, "host") and "+fma" in llvm.get_host_cpu_features().flatten().split(",")
+
+
+def float32_exact(p):
+    """Whether a quantized plan's pair loops give the same bits in float32 as in float64.
+
+    In units of the activation's LSB, the pre-activation of a pair is z = w x + (r + c): x on the
+    invariant grid, w a coefficient, r and c the row and column terms (aggregates times
+    coefficients plus the biases). Float32 computes r + c exactly when every sum of the two is a
+    float32 (its grid and bound below 2^24), then w x + (r + c) in one fused multiply-add: one
+    rounding, exact whenever z itself is a float32, which holds for |z| <= top + 1 on z's grid.
+    Outside that range the rounding can only move z further out (rounding is monotonic), where
+    round-and-clip gives 0 or top anyway. Column sums of h (at most M top) must be float32 too.
+    With the 8-bit recipes' formats this holds (z has 10 bits below the activation's LSB); wider
+    ones take float64, whose sums are exact (docs/fixed_point.md)."""
+    if not fma_on_host():
+        return False
+    f_act, top = np.log2(p.qgrid[ACT2, 0]), p.qgrid[ACT2, 2] * p.qgrid[ACT2, 0]
+    f_inv, f_agg = np.log2(p.qgrid[INVARIANT, 0]), np.log2(p.qgrid[AGG2, 0])
+    x_max = max(-p.qgrid[INVARIANT, 1], p.qgrid[INVARIANT, 2])
+    a_max = max(-p.qgrid[AGG2, 1], p.qgrid[AGG2, 2])
+    e_w, e_b = grid_exponent(p.w2), grid_exponent(p.bias2)
+    if e_w is None or e_b is None or x_max * 2.0 ** f_inv >= 2 ** 24:
+        return False
+    w = np.abs(p.w2) * 2.0 ** f_act
+    rc_max = (a_max * (w[:, 2] + w[:, 3] + w[:, 4]) + np.abs(p.bias2).max(0) * 2.0 ** f_act).max()
+    e_rc = max(f_agg + e_w, e_b) - f_act
+    e_z = max(f_inv + e_w - f_act, e_rc)
+    m = p.shape[0] + p.beams.shape[0]
+    return bool(rc_max * 2.0 ** e_rc < 2 ** 24 and (top + 1) * 2.0 ** e_z < 2 ** 24 and m * top < 2 ** 24)
 
 
 def model_plan(model):
@@ -357,47 +407,78 @@ def l1_beam(q, n, bn, g, x, s):
         s[j] += diff
 
 
-@njit(inline="always")
-def _hidden_sums(x, n, w, r, c, dg, top, quant, tot, tr):
-    """tot[h] = sum_ij h_ij, tr[h] = sum_i h_ii of h = Q_act(relu(w_h x_ij + r_hi + c_hj + delta_ij dg_hi)).
+@njit(fastmath=True, cache=True)
+def _channel_totals(x, n, w, r, c, dg, top, quant, col):
+    """(sum_ij h_ij, sum_i h_ii) of one channel from its column sums ``col`` of h without the diagonal
+    term dg (:func:`_hidden_sums`): the diagonal is redone in float64, exact for a quantized model
+    in any order, so these sums may be vectorised by reordering them."""
+    npad = (n + 7) // 8 * 8
+    t_all, t_diag = 0.0, 0.0
+    for j in range(npad):
+        t_all += col[j]
+    w64, top64 = np.float64(w), np.float64(top)
+    for i in range(n):
+        z = w64 * x[i, i] + (np.float64(r[i]) + c[i])
+        zd = z + dg[i]
+        if quant:
+            hd = min(max(np.rint(zd), 0.0), top64)
+            t_all += hd - min(max(np.rint(z), 0.0), top64)
+        else:
+            hd = max(zd, 0.0)
+            t_all += hd - max(z, 0.0)
+        t_diag += hd
+    return t_all, t_diag
+
+
+@njit(fastmath={"contract", "nsz"}, cache=True)
+def _hidden_sums(x, n, w, r, c, dg, top, quant, tot, tr, col):
+    """tot[h] = sum_ij h_ij, tr[h] = sum_i h_ii of h = Q_act(relu(w_h x_ij + (r_hi + c_hj) + delta_ij dg_hi)).
 
     Quantized, r, c, dg and w come scaled by the activation's 2^F, so that h is counted in units of
-    its LSB (integers, exact sums) and each h is one fused multiply-add, an add, a round and a clip.
-    Rows run to the next multiple of 8 (c is -1e300 there: h = 0), as in :func:`invariants`. The
-    symmetric form (x_ij serving h_ij and h_ji over i < j) was slower: rows starting at i + 1 leave
-    a long scalar remainder."""
+    its LSB (integers) and each h is one fused multiply-add, an add, a round and a clip. x, w, r, c
+    are float64 or float32 (:func:`float32_exact`: the same bits); the diagonal is redone in float64.
+    Four rows at a time add into column sums ``col`` (a plain vectorised loop, without the
+    reassociation a running sum would need: "contract" alone keeps the order of the additions, so
+    r + c is added before the product). Rows run to the next multiple of 8 (c is -1e30 there:
+    h = 0), as in :func:`invariants`."""
     npad = (n + 7) // 8 * 8
+    zero = top - top
     for h in range(w.shape[0]):
-        wk = w[h, 0]
-        ch = c[h]
-        t_all, t_diag = 0.0, 0.0
-        for i in range(n):
-            xi = x[i]
-            ri = r[h, i]
-            z = wk * xi[i] + ri + ch[i]
-            zd = z + dg[h, i]
-            acc = 0.0
+        wk, ch = w[h, 0], c[h]
+        col[:npad] = zero
+        i = 0
+        while i + 4 <= n:
+            xa, xb, xc, xd = x[i], x[i + 1], x[i + 2], x[i + 3]
+            ra, rb, rc, rd = r[h, i], r[h, i + 1], r[h, i + 2], r[h, i + 3]
             if quant:
                 for j in range(npad):
-                    acc += min(max(np.rint(wk * xi[j] + ri + ch[j]), 0.0), top)
-                hd = min(max(np.rint(zd), 0.0), top)
-                acc += hd - min(max(np.rint(z), 0.0), top)
+                    cj = ch[j]
+                    col[j] += ((min(max(np.rint(wk * xa[j] + (ra + cj)), zero), top)
+                                + min(max(np.rint(wk * xb[j] + (rb + cj)), zero), top))
+                               + (min(max(np.rint(wk * xc[j] + (rc + cj)), zero), top)
+                                  + min(max(np.rint(wk * xd[j] + (rd + cj)), zero), top)))
             else:
                 for j in range(npad):
-                    acc += max(wk * xi[j] + ri + ch[j], 0.0)
-                hd = max(zd, 0.0)
-                acc += hd - max(z, 0.0)
-            t_all += acc
-            t_diag += hd
-        tot[h] = t_all
-        tr[h] = t_diag
+                    cj = ch[j]
+                    col[j] += ((max(wk * xa[j] + (ra + cj), zero) + max(wk * xb[j] + (rb + cj), zero))
+                               + (max(wk * xc[j] + (rc + cj), zero) + max(wk * xd[j] + (rd + cj), zero)))
+            i += 4
+        for i in range(i, n):
+            xi, ri = x[i], r[h, i]
+            if quant:
+                for j in range(npad):
+                    col[j] += min(max(np.rint(wk * xi[j] + (ri + ch[j])), zero), top)
+            else:
+                for j in range(npad):
+                    col[j] += max(wk * xi[j] + (ri + ch[j]), zero)
+        tot[h], tr[h] = _channel_totals(x, n, wk, r[h], ch, dg[h], top, quant, col)
 
 
 @njit(parallel=True, cache=True, fastmath={"reassoc", "contract", "nsz"})
 def _forward(p, l1, scale, beams, qin, shift, bn_in, w2, tab2, bias2, dbias2, bn_h, w0, tab0, bias0, relu0, qg,
-             n_chunks, out):
+             dt, n_chunks, out):
     """Logits of the jets p (B, N, F) (float32 model inputs) into out (B,), float64 (see the module),
-    in ``n_chunks`` runs of consecutive jets shared among the threads.
+    in ``n_chunks`` runs of consecutive jets shared among the threads; ``dt`` the pair loops' type.
 
     fast-math lets the sums be reordered and products fused: a quantized model's sums and products
     are exact, so neither changes a value (and a float model's change at the 1e-16 level)."""
@@ -408,15 +489,16 @@ def _forward(p, l1, scale, beams, qin, shift, bn_in, w2, tab2, bias2, dbias2, bn
     ga = qg[ACT2]
     quant = ga[3] != 0.0
     k = ga[0] if quant else 1.0  # the activation's 2^F: hidden sums in units of its LSB
-    wk = w2 * k
+    wk = (w2 * k).astype(dt)
+    top = dt(ga[2] * ga[0])
     for chunk in prange(n_chunks):
-        x = np.zeros((m, mpad))
+        x = np.zeros((m, mpad), dt)
         q = np.empty((nf, mpad))
         pos = np.empty(m, np.int64)
         s = np.empty(m)
-        r, dg = np.empty((ch, m)), np.empty((ch, m))
-        c = np.full((ch, mpad), -1e300)
-        tot, tr = np.empty(ch), np.empty(ch)
+        r, dg = np.empty((ch, m), dt), np.empty((ch, m))
+        c = np.full((ch, mpad), -1e30, dt)
+        tot, tr, col = np.empty(ch), np.empty(ch), np.empty(mpad, dt)
         for jet in range(chunk * n_jets // n_chunks, (chunk + 1) * n_jets // n_chunks):
             n = front_rows(p[jet], l1, scale, beams, qin, q, pos)
             invariants(q, n, l1, shift, bn_in, qg[INVARIANT], x, s)
@@ -434,8 +516,8 @@ def _forward(p, l1, scale, beams, qin, shift, bn_in, w2, tab2, bias2, dbias2, bn
                     r[h, j] = (a_r * w2[h, 3] + (bias2[n, h] + a_ts * w2[h, 4])) * k
                     c[h, j] = a_c * w2[h, 2] * k
                     dg[h, j] = (a_d * w2[h, 1] + a_td * w2[h, 5] + dbias2[n, h]) * k
-            c[:, n:] = -1e300  # the padding of the rows: c = -1e300 gives h = 0 whatever x there
-            _hidden_sums(x, n, wk, r, c, dg, ga[2] * ga[0], quant, tot, tr)
+            c[:, n:] = -1e30  # the padding of the rows: c = -1e30 gives h = 0 whatever x there
+            _hidden_sums(x, n, wk, r, c, dg, top, quant, tot, tr, col)
             t0 = tab0[n]
             z = 0.0
             for h in range(ch):  # hidden BatchNorm on real entries: n^2 of them in the total, n on the trace
@@ -455,7 +537,7 @@ def predict_fast(p, x):
     for a in range(0, len(x), CHUNK):  # an array in memory is not copied; an HDF5 dataset is read a chunk at a time
         chunk = np.ascontiguousarray(x[a:a + CHUNK], np.float32)
         _forward(chunk, p.l1, np.float32(p.front_scale), p.beams, p.qin, p.l1_shift, p.bn_in, p.w2, p.tab2, p.bias2,
-                 p.dbias2, p.bn_h, p.w0, p.tab0, p.bias0, p.relu0, p.qgrid,
+                 p.dbias2, p.bn_h, p.w0, p.tab0, p.bias0, p.relu0, p.qgrid, np.float32 if p.float32 else np.float64,
                  min(len(chunk), 64 * numba.get_num_threads()), out[a:a + len(chunk)])
     return out.astype(np.float32)
 
