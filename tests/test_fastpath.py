@@ -238,3 +238,33 @@ def test_other_models_take_the_xla_path(sim_dir):
     assert isinstance(why, str) and "LinEq2to0" in why
     x = inputs(sim_dir, model, "p4", np.random.default_rng(6))
     np.testing.assert_array_equal(predict(model, x), xla_predict(model, x))
+
+
+def test_float32_pair_loops_are_exact_at_full_width():
+    """``fastpath.float32_exact``'s claim where it is tight: 8-bit coefficients with every bit set,
+    invariants up to 2^14 (w x has up to 26 significant bits, more than a float32 holds), the
+    8-bit recipes' grids (activation LSB 1/2, aggregates 2^-6, coefficients and invariants 2^-5),
+    half of the rows built so that the pre-activations land inside the activation's range, the
+    others mostly far beyond it. The float32 and float64 pair loops give the same sums, bit for bit."""
+    rng = np.random.default_rng(11)
+    c, n, mpad, k, top = 3, 45, 48, 2.0, 255.0  # k: the activation's 2^F; sums in units of its LSB
+    wk = (2 * rng.integers(-63, 64, (c, 1)) + 1) / 32 * k
+    r = rng.integers(-2 ** 20, 2 ** 20, (c, n)) * 2.0 ** -11 * k
+    col = np.full((c, mpad), -1e30)
+    col[:, :n] = rng.integers(-2 ** 20, 2 ** 20, (c, n)) * 2.0 ** -11 * k
+    dg = rng.integers(-2 ** 12, 2 ** 12, (c, n)) * 2.0 ** -11 * k
+    x = rng.integers(-2 ** 19, 2 ** 19, (mpad, mpad)) / 32.0  # mostly far outside the range
+    target = rng.uniform(-3.0, top + 3.0, (n, n))  # rows 0, 2, 4...: z near a target in the range
+    near = np.round((target - r[0][:, None] - col[0, :n][None, :]) / wk[0, 0] * 32.0) / 32.0
+    x[:n:2, :n] = np.clip(near, -2 ** 14, 2 ** 14)[::2]
+    z = wk[0, 0] * x[:n, :n] + (r[0][:, None] + col[0, :n][None, :])
+    assert ((z > 0.5) & (z < top - 0.5)).mean() > 0.3  # many pairs are rounded, not clipped
+    out = {}
+    for dt in (np.float64, np.float32):
+        tot, tr = np.zeros(c), np.zeros(c)
+        fastpath.hidden_sums(x.astype(dt), n, wk.astype(dt), r.astype(dt), col.astype(dt), dg, dt(top), True,
+                             tot, tr, np.zeros(mpad, dt))
+        out[dt] = (tot, tr)
+    assert out[np.float32][0][0] > 0
+    np.testing.assert_array_equal(out[np.float32][0], out[np.float64][0])
+    np.testing.assert_array_equal(out[np.float32][1], out[np.float64][1])

@@ -45,7 +45,6 @@ import numba
 import numpy as np
 import tensorflow as tf
 import tf_keras
-from llvmlite import binding as llvm
 from numba import njit, prange
 
 from qpelican.nn.fold import batchnorm_affine
@@ -248,39 +247,31 @@ def grid_exponent(values, limit=64):
     return None
 
 
-def fma_on_host():
-    """Whether numba compiles for this CPU and it has fused multiply-add (what makes
-    :func:`float32_exact`'s single rounding of w x + (r + c) hold)."""
-    return numba.config.CPU_NAME in (None, "host") and "+fma" in llvm.get_host_cpu_features().flatten().split(",")
-
-
 def float32_exact(p):
     """Whether a quantized plan's pair loops give the same bits in float32 as in float64.
 
-    In units of the activation's LSB, the pre-activation of a pair is z = w x + (r + c): x on the
-    invariant grid, w a coefficient, r and c the row and column terms (aggregates times
-    coefficients plus the biases). Float32 computes r + c exactly when every sum of the two is a
-    float32 (its grid and bound below 2^24), then w x + (r + c) in one fused multiply-add: one
-    rounding, exact whenever z itself is a float32, which holds for |z| <= top + 1 on z's grid.
-    Outside that range the rounding can only move z further out (rounding is monotonic), where
-    round-and-clip gives 0 or top anyway. Column sums of h (at most M top) must be float32 too.
-    With the 8-bit recipes' formats this holds (z has 10 bits below the activation's LSB); wider
-    ones take float64, whose sums are exact (docs/fixed_point.md)."""
-    if not fma_on_host():
-        return False
+    In units of the activation's LSB, the pre-activation of a pair is z = P + S, P = w x (x on the
+    invariant grid, w a coefficient), S = r + c (the row and column terms: aggregates times
+    coefficients plus the biases), |S| <= R. Float32 computes S exactly when R is below 2^24 steps
+    of S's grid. Let B = R + top + 1 be below 2^24 steps of the finest grid of P and S. If |P| <= B,
+    P is a float32, and so is z wherever |z| <= top + 1: exact there. Outside, and whenever
+    |P| > B (then |z| > top + 1), the roundings (monotonic, at most half a step of 2^-e <= 1) keep
+    z beyond top + 1/2 or below -1/2, where round-and-clip gives top or 0 anyway. This holds with
+    or without a fused multiply-add. Column sums of h (at most M top) must be float32 too. With the
+    8-bit recipes' formats it holds (z has 10 bits below the activation's LSB); wider formats take
+    float64, whose sums are exact (docs/fixed_point.md)."""
     f_act, top = np.log2(p.qgrid[ACT2, 0]), p.qgrid[ACT2, 2] * p.qgrid[ACT2, 0]
     f_inv, f_agg = np.log2(p.qgrid[INVARIANT, 0]), np.log2(p.qgrid[AGG2, 0])
     x_max = max(-p.qgrid[INVARIANT, 1], p.qgrid[INVARIANT, 2])
     a_max = max(-p.qgrid[AGG2, 1], p.qgrid[AGG2, 2])
     e_w, e_b = grid_exponent(p.w2), grid_exponent(p.bias2)
-    if e_w is None or e_b is None or x_max * 2.0 ** f_inv >= 2 ** 24:
-        return False
+    if e_w is None or e_b is None or max(x_max * 2.0 ** f_inv, np.abs(p.w2).max() * 2.0 ** e_w) >= 2 ** 24:
+        return False  # x or w itself is not a float32
     w = np.abs(p.w2) * 2.0 ** f_act
-    rc_max = (a_max * (w[:, 2] + w[:, 3] + w[:, 4]) + np.abs(p.bias2).max(0) * 2.0 ** f_act).max()
-    e_rc = max(f_agg + e_w, e_b) - f_act
-    e_z = max(f_inv + e_w - f_act, e_rc)
+    r_max = (a_max * (w[:, 2] + w[:, 3] + w[:, 4]) + np.abs(p.bias2).max(0) * 2.0 ** f_act).max()
+    e_z = max(f_inv + e_w, f_agg + e_w, e_b, f_act) - f_act  # a grid no coarser than the LSB
     m = p.shape[0] + p.beams.shape[0]
-    return bool(rc_max * 2.0 ** e_rc < 2 ** 24 and (top + 1) * 2.0 ** e_z < 2 ** 24 and m * top < 2 ** 24)
+    return bool((r_max + top + 1) * 2.0 ** e_z < 2 ** 24 and m * top < 2 ** 24)
 
 
 def model_plan(model):
@@ -410,7 +401,7 @@ def l1_beam(q, n, bn, g, x, s):
 @njit(fastmath=True, cache=True)
 def _channel_totals(x, n, w, r, c, dg, top, quant, col):
     """(sum_ij h_ij, sum_i h_ii) of one channel from its column sums ``col`` of h without the diagonal
-    term dg (:func:`_hidden_sums`): the diagonal is redone in float64, exact for a quantized model
+    term dg (:func:`hidden_sums`): the diagonal is redone in float64, exact for a quantized model
     in any order, so these sums may be vectorised by reordering them."""
     npad = (n + 7) // 8 * 8
     t_all, t_diag = 0.0, 0.0
@@ -431,15 +422,15 @@ def _channel_totals(x, n, w, r, c, dg, top, quant, col):
 
 
 @njit(fastmath={"contract", "nsz"}, cache=True)
-def _hidden_sums(x, n, w, r, c, dg, top, quant, tot, tr, col):
+def hidden_sums(x, n, w, r, c, dg, top, quant, tot, tr, col):
     """tot[h] = sum_ij h_ij, tr[h] = sum_i h_ii of h = Q_act(relu(w_h x_ij + (r_hi + c_hj) + delta_ij dg_hi)).
 
     Quantized, r, c, dg and w come scaled by the activation's 2^F, so that h is counted in units of
     its LSB (integers) and each h is one fused multiply-add, an add, a round and a clip. x, w, r, c
     are float64 or float32 (:func:`float32_exact`: the same bits); the diagonal is redone in float64.
-    Four rows at a time add into column sums ``col`` (a plain vectorised loop, without the
-    reassociation a running sum would need: "contract" alone keeps the order of the additions, so
-    r + c is added before the product). Rows run to the next multiple of 8 (c is -1e30 there:
+    Four rows at a time add into column sums ``col``: a plain vectorised loop, without the
+    reassociation a running sum would need (the float32 sums are exact whatever their order, by
+    :func:`float32_exact`'s bounds, but a float model's are not). Rows run to the next multiple of 8 (c is -1e30 there:
     h = 0), as in :func:`invariants`."""
     npad = (n + 7) // 8 * 8
     zero = top - top
@@ -517,7 +508,7 @@ def _forward(p, l1, scale, beams, qin, shift, bn_in, w2, tab2, bias2, dbias2, bn
                     c[h, j] = a_c * w2[h, 2] * k
                     dg[h, j] = (a_d * w2[h, 1] + a_td * w2[h, 5] + dbias2[n, h]) * k
             c[:, n:] = -1e30  # the padding of the rows: c = -1e30 gives h = 0 whatever x there
-            _hidden_sums(x, n, wk, r, c, dg, top, quant, tot, tr, col)
+            hidden_sums(x, n, wk, r, c, dg, top, quant, tot, tr, col)
             t0 = tab0[n]
             z = 0.0
             for h in range(ch):  # hidden BatchNorm on real entries: n^2 of them in the total, n on the trace
