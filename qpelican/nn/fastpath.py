@@ -312,7 +312,10 @@ def front_rows(xj, l1, scale, beams, g, q, pos):
                 q[f, n] = beams[k, f]
             pos[n] = k
             n += 1
+    lsb = np.float32(1.0) / g[0]  # 2^-F: a product, exactly the layer's division by 2^F
     for k in range(xj.shape[0]):
+        if xj[k, 0] == 0.0:  # padding: zero on any grid, so not a particle
+            continue
         for f in range(nf):
             v = xj[k, f]
             if l1 and f > 0:
@@ -321,7 +324,7 @@ def front_rows(xj, l1, scale, beams, g, q, pos):
                 if not l1:
                     v = v * scale
                 if g[3] != 0.0:
-                    v = min(max(np.rint(v * g[0]) / g[0], g[1]), g[2])
+                    v = min(max(np.rint(v * g[0]) * lsb, g[1]), g[2])
             q[f, n] = v
         pos[n] = beams.shape[0] + k
         if q[0, n] != 0.0:  # else the next particle overwrites this padded one
