@@ -19,10 +19,11 @@ written for numba (tested bit for bit against the layers).
 
 Where the time goes (N = 80, 30-79 constituents, one thread, a loaded 2-core machine): about
 2.5-3 us per jet for the inputs, invariants and aggregates, then about 0.75 us (float) or 0.9 us
-(8-bit) per hidden channel in float32 (1.2 and 1.6 us in float64): c2 5-8 us, c10 10-12 us. The
+(8-bit) per hidden channel in float32 (1.2 and 1.6 us in float64): c2 4-7 us, c10 10-12 us. The
 pair loops are vectorised (rows padded to a multiple of 8, four rows per pass); what is left is
-their arithmetic (an add, a fused multiply-add, a round and a clip per pair and channel). Computing d_ij for i < j only and mirroring it would save about a
-third of the invariants, but the mirror is a strided copy that costs about as much.
+their arithmetic (an add, a fused multiply-add, a round and a clip per pair and channel).
+Computing d_ij for i < j only and mirroring it would save about a third of the invariants, but the
+mirror is a strided copy that costs about as much.
 
 Exactness (docs/fixed_point.md): a quantized model's every sum is exact in float64, so the kernel
 computes in float64 and rounds half to even (``np.rint``, as ``tf.round``) exactly where the layers
@@ -401,7 +402,7 @@ def l1_beam(q, n, bn, g, x, s):
         s[j] += diff
 
 
-@njit(fastmath=True, cache=True)
+@njit(fastmath={"reassoc", "contract", "nsz"}, cache=True)
 def _channel_totals(x, n, w, r, c, dg, top, quant, col):
     """(sum_ij h_ij, sum_i h_ii) of one channel from its column sums ``col`` of h without the diagonal
     term dg (:func:`hidden_sums`): the diagonal is redone in float64, exact for a quantized model
