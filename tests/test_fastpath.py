@@ -161,7 +161,7 @@ def lively_recipe_model(path, quantized, sim_dir, salt=0):
 def test_quantized_recipes_are_bit_identical(path, sim_dir):
     """Every quantized recipe (p4 and l1, alpha tables, folded BatchNorm, C = 1..10, 4 to 8 bits):
     the fast path's logits equal the Keras model's bit for bit, with the pair loops in float32
-    (every recipe's formats allow it: ``fastpath.float32_exact``)."""
+    (every recipe's formats allow it: ``fastpath.pair_loops_float32``)."""
     model, x, ref = lively_recipe_model(path, True, sim_dir)
     assert not isinstance(fastpath.plan(model), str), fastpath.plan(model)
     assert fastpath.plan(model).float32
@@ -241,7 +241,7 @@ def test_other_models_take_the_xla_path(sim_dir):
 
 
 def test_float32_pair_loops_are_exact_at_full_width():
-    """``fastpath.float32_exact``'s claim where it is tight: 8-bit coefficients with every bit set,
+    """``fastpath.pair_loops_float32``'s claim where it is tight: 8-bit coefficients with every bit set,
     invariants up to 2^14 (w x has up to 26 significant bits, more than a float32 holds), the
     8-bit recipes' grids (activation LSB 1/2, aggregates 2^-6, coefficients and invariants 2^-5),
     half of the rows built so that the pre-activations land inside the activation's range, the

@@ -28,7 +28,7 @@ mirror is a strided copy that costs about as much.
 Exactness (docs/fixed_point.md): a quantized model's every sum is exact in float64, so the kernel
 computes in float64 and rounds half to even (``np.rint``, as ``tf.round``) exactly where the layers
 round: its logits are bit-identical to ``model(x, training=False)``. The hidden layer's pair loops
-run in float32 where :func:`float32_exact` shows that they give the same bits (the recipes'
+run in float32 where :func:`pair_loops_float32` shows that they give the same bits (the recipes'
 formats), else in float64. A float model's pair loops are float32, as the layers are; the rest is
 float64: within 1e-5 of a float64 evaluation and of the Keras model (1e-3 with a float BatchNorm,
 whose centring costs the float32 sums of the Keras model digits).
@@ -49,6 +49,7 @@ import tf_keras
 from numba import njit, prange
 
 from qpelican.nn.fold import batchnorm_affine
+from qpelican.nn.quant import float32_exact
 from qpelican.nn.layers.l1 import BEAM_PT
 from qpelican.nn.layers import (CandidateMask, L1CandidateInput, L1Invariants, LinEq2to0, LinEq2to2,
                                 LorentzInvariants, MaskedBatchNorm, MomentumInput, PairDropout, ParticleMask)
@@ -79,7 +80,7 @@ class Plan:
     bias0: np.ndarray        # (N+1,) LinEq2to0 bias per multiplicity
     relu0: bool              # ReLU on the logit (else linear)
     qgrid: np.ndarray        # (5, 4): step scale 2^F, min, max, on — per rounding point
-    float32: bool = False    # the pair loops in float32 (:func:`float32_exact`), else float64
+    float32: bool = False    # the pair loops in float32 (:func:`pair_loops_float32`), else float64
 
 
 # ----------------------------------------------------------------------------------- the model
@@ -235,7 +236,7 @@ def plan(model):
         qgrid=np.array([grid(f) for f in (inv.invariant_format, eq2.aggregate_format, eq2.output_format,
                                            eq0.aggregate_format, eq0.output_format)]),
     )
-    p.float32 = not p.quantized or float32_exact(p)
+    p.float32 = not p.quantized or pair_loops_float32(p)
     return p
 
 
@@ -248,31 +249,33 @@ def grid_exponent(values, limit=64):
     return None
 
 
-def float32_exact(p):
+def pair_loops_float32(p):
     """Whether a quantized plan's pair loops give the same bits in float32 as in float64.
 
     In units of the activation's LSB, the pre-activation of a pair is z = P + S, P = w x (x on the
     invariant grid, w a coefficient), S = r + c (the row and column terms: aggregates times
-    coefficients plus the biases), |S| <= R. Float32 computes S exactly when R is below 2^24 steps
-    of S's grid. Let B = R + top + 1 be below 2^24 steps of the finest grid of P and S. If |P| <= B,
-    P is a float32, and so is z wherever |z| <= top + 1: exact there. Outside, and whenever
-    |P| > B (then |z| > top + 1), the roundings (monotonic, at most half a step of 2^-e <= 1) keep
-    z beyond top + 1/2 or below -1/2, where round-and-clip gives top or 0 anyway. This holds with
-    or without a fused multiply-add. Column sums of h (at most M top) must be float32 too. With the
-    8-bit recipes' formats it holds (z has 10 bits below the activation's LSB); wider formats take
-    float64, whose sums are exact (docs/fixed_point.md)."""
+    coefficients plus the biases), |S| <= R. Float32 computes S exactly when R fits a float32 on
+    S's grid. Let B = R + top + 1 fit one on the finest grid of P and S. If |P| <= B, P is a
+    float32, and so is z wherever |z| <= top + 1: exact there. Outside, and whenever |P| > B (then
+    |z| > top + 1), the roundings (monotonic, at most half a step of 2^-e <= 1) keep z beyond
+    top + 1/2 or below -1/2, where round-and-clip gives top or 0 anyway. This holds with or without
+    a fused multiply-add. Column sums of h (at most M top) must be float32 too. Each "fits" is
+    ``qpelican.nn.quant.float32_exact``. With the 8-bit recipes' formats it holds (z has 10 bits
+    below the activation's LSB); wider formats take float64, whose sums are exact
+    (docs/fixed_point.md)."""
     f_act, top = np.log2(p.qgrid[ACT2, 0]), p.qgrid[ACT2, 2] * p.qgrid[ACT2, 0]
     f_inv, f_agg = np.log2(p.qgrid[INVARIANT, 0]), np.log2(p.qgrid[AGG2, 0])
     x_max = max(-p.qgrid[INVARIANT, 1], p.qgrid[INVARIANT, 2])
     a_max = max(-p.qgrid[AGG2, 1], p.qgrid[AGG2, 2])
     e_w, e_b = grid_exponent(p.w2), grid_exponent(p.bias2)
-    if e_w is None or e_b is None or max(x_max * 2.0 ** f_inv, np.abs(p.w2).max() * 2.0 ** e_w) >= 2 ** 24:
-        return False  # x or w itself is not a float32
+    if e_w is None or e_b is None:
+        return False
     w = np.abs(p.w2) * 2.0 ** f_act
     r_max = (a_max * (w[:, 2] + w[:, 3] + w[:, 4]) + np.abs(p.bias2).max(0) * 2.0 ** f_act).max()
     e_z = max(f_inv + e_w, f_agg + e_w, e_b, f_act) - f_act  # a grid no coarser than the LSB
     m = p.shape[0] + p.beams.shape[0]
-    return bool((r_max + top + 1) * 2.0 ** e_z < 2 ** 24 and m * top < 2 ** 24)
+    return all(float32_exact([(1, v)], e) for v, e in (
+        (x_max, f_inv), (np.abs(p.w2).max(), e_w), (r_max + top + 1, e_z), (m * top, 0)))
 
 
 def model_plan(model):
@@ -431,11 +434,11 @@ def hidden_sums(x, n, w, r, c, dg, top, quant, tot, tr, col):
 
     Quantized, r, c, dg and w come scaled by the activation's 2^F, so that h is counted in units of
     its LSB (integers) and each h is one fused multiply-add, an add, a round and a clip. x, w, r, c
-    are float64 or float32 (:func:`float32_exact`: the same bits); the diagonal is redone in float64.
-    Four rows at a time add into column sums ``col``: a plain vectorised loop, without the
+    are float64 or float32 (:func:`pair_loops_float32`: the same bits); the diagonal is redone in
+    float64. Four rows at a time add into column sums ``col``: a plain vectorised loop, without the
     reassociation a running sum would need (the float32 sums are exact whatever their order, by
-    :func:`float32_exact`'s bounds, but a float model's are not). Rows run to the next multiple of 8 (c is -1e30 there:
-    h = 0), as in :func:`invariants`."""
+    :func:`pair_loops_float32`'s bounds, but a float model's are not). Rows run to the next
+    multiple of 8 (c is -1e30 there: h = 0), as in :func:`invariants`."""
     npad = (n + 7) // 8 * 8
     zero = top - top
     for h in range(w.shape[0]):
