@@ -28,9 +28,12 @@ with the layers' to ~1e-6 and gradients to ~1e-5 (tested). A training step is no
 against ``model.fit`` (nor is one float32 order of operations against another); resume is, as
 it replays the same kernels.
 
-The dropped entries cost most of a step with dropout: they are decoded without branches (a
-dropped padding entry lands on a zero row), the draws stop after the last real row, and the gap
-table is uint8 at the paper's rate, so that it stays in cache.
+Dropout costs one draw and one decoding per dropped entry: without branches (a dropped padding
+entry lands on a zero row), the draws ending after the last real row, the gap table uint8 at
+the paper's rate so that it stays in cache. The input dropout's entries are zeroed in the
+layer's input; the hidden dropout's are scattered as zeros into a keep array (C, M + 1, Mpad)
+that the vectorised pair loops read (a variant of each loop without it, for models without
+hidden dropout), and set back to ones after the jet: no dropped entry is recomputed.
 
 Supported: what :func:`qpelican.nn.fastpath.plan` supports, with at most one BatchNorm and one
 dropout (in that order) before each equivariant layer, as :func:`qpelican.nn.models.build_model`
@@ -50,7 +53,7 @@ from qpelican.nn.layers.dropout import LEVELS, draws, gap_table
 N_SUMS = 6  # K1..K6 (module docstring)
 JETS_PER_TASK = 8  # jets per parallel task: per-jet results, so the split changes no value
 FASTMATH = {"reassoc", "contract", "nsz"}
-ZERO = np.float32(0.0)  # the pair loops' arrays are float32: 8 lanes of AVX2 (module docstring)
+ZERO, ONE = np.float32(0.0), np.float32(1.0)  # the pair loops' arrays are float32: 8 lanes of AVX2
 
 
 @dataclass
@@ -249,45 +252,55 @@ def _hidden(z, top, quant):
 
 
 @njit(inline="always")
-def _sums_row(xi, w0, ri, ch, npad, top, quant):
-    """(sum h, sum h^2) over row i of the hidden array; ``quant`` is a literal at each call, so
-    each variant is its own vectorised loop."""
-    a1 = a2 = ZERO
+def _sums_row(xi, ki, w0, ri, ch, npad, top, quant, keep):
+    """(sum h, sum h^2, sum k h) over row i of the hidden array (ki: the row's keep flags, read
+    with ``keep`` only, else all kept); the flags are literals at each call, so each variant is
+    its own vectorised loop."""
+    a1 = a2 = a3 = ZERO
     for j in range(npad):
         v = _hidden(w0 * xi[j] + ri + ch[j], top, quant)
         a1 += v
         a2 += v * v
-    return a1, a2
+        if keep:
+            a3 += ki[j] * v
+    return a1, a2, a3 if keep else a1
 
 
 @njit(inline="always")
-def _forward_sums(x, n, wk, r, c, dg, top, quant, k, nd, di, dj, dh, out):
-    """out[h] = K1..K6 (module docstring) of one jet: the sums over all real entries, then the
-    nd dropped ones (di, dj, dh) taken out of K3..K6. The pair loop counts h in units of k."""
+def _keep(kh, nd, di, dj, dh, value):
+    """Set the keep flags of the nd dropped entries (di, dj, dh) to value (0: drop; 1: restore)."""
+    for e in range(nd):
+        kh[dh[e], di[e], dj[e]] = value
+
+
+@njit(inline="always")
+def _forward_sums(x, n, wk, r, c, dg, top, quant, k, kh, hd, nd, di, dj, dh, out):
+    """out[h] = K1..K6 (module docstring) of one jet, the keep flags of row i in kh[h, i] (with
+    ``hd``, the hidden dropout; else kh[h, 0] is all ones) and the nd dropped entries (dh) counted
+    out of K4. The pair loop counts h in units of k."""
     npad = (n + 7) // 8 * 8
     for h in range(wk.shape[0]):
         w0, ch = wk[h, 0], c[h]
-        k1 = k2 = k5 = 0.0
+        k1 = k2 = k3 = k5 = k6 = 0.0
         for i in range(n):
-            xi, ri = x[i], r[h, i]
-            a1, a2 = _sums_row(xi, w0, ri, ch, npad, top, True) if quant else _sums_row(xi, w0, ri, ch, npad, top, False)
+            xi, ri, ki = x[i], r[h, i], kh[h, i if hd else 0]
+            if quant:
+                a1, a2, a3 = (_sums_row(xi, ki, w0, ri, ch, npad, top, True, True) if hd else
+                              _sums_row(xi, ki, w0, ri, ch, npad, top, True, False))
+            else:
+                a1, a2, a3 = (_sums_row(xi, ki, w0, ri, ch, npad, top, False, True) if hd else
+                              _sums_row(xi, ki, w0, ri, ch, npad, top, False, False))
             z = w0 * xi[i] + ri + ch[i]
-            v0, vd = _hidden(z, top, quant), _hidden(z + dg[h, i], top, quant)
+            v0, vd, kii = _hidden(z, top, quant), _hidden(z + dg[h, i], top, quant), ki[i]
             k1 += a1 + vd - v0  # the loop took z_ii without its diagonal terms
             k2 += a2 + vd * vd - v0 * v0
-            k5 += vd
-        out[h, 0], out[h, 1], out[h, 2], out[h, 3], out[h, 4], out[h, 5] = k1, k2, k1, n * n, k5, n
-    for e in range(nd):
-        i, j, h = di[e], dj[e], dh[e]
-        z = wk[h, 0] * x[i, j] + r[h, i] + c[h, j] + (dg[h, i] if i == j else ZERO)
-        v = _hidden(z, top, quant)
-        out[h, 2] -= v
-        out[h, 3] -= 1.0
-        if i == j:
-            out[h, 4] -= v
-            out[h, 5] -= 1.0
-    for h in range(wk.shape[0]):
-        out[h, 0], out[h, 1], out[h, 2], out[h, 4] = out[h, 0] / k, out[h, 1] / (k * k), out[h, 2] / k, out[h, 4] / k
+            k3 += a3 + kii * (vd - v0)
+            k5 += kii * vd
+            k6 += kii
+        dropped = 0
+        for e in range(nd):
+            dropped += dh[e] == h
+        out[h, 0], out[h, 1], out[h, 2], out[h, 3], out[h, 4], out[h, 5] = k1 / k, k2 / (k * k), k3 / k, n * n - dropped, k5 / k, k6
 
 
 @njit(inline="always")
@@ -297,14 +310,16 @@ def _on(z, top, quant):
 
 
 @njit(inline="always")
-def _grad_row(xi, dki, kki, w0, ri, ch, colh, npad, top, g1, g2, quant, bn):
-    """dz_ij = dL/dz_ij along row i (recomputing z), summed: returns (sum_j dz, sum dz x,
-    sum dz dk, sum dz kk) (the last two with ``bn`` only) and adds dz to colh[j]. The flags are
-    literals at each call."""
+def _grad_row(row, quant, bn, keep):
+    """dz_ij = dL/dz_ij along row i (recomputing z; ki: the row's hidden keep flags, read with
+    ``keep`` only), summed: returns (sum_j dz, sum dz x, sum dz dk, sum dz kk) (the last two with
+    ``bn`` only) and adds dz to colh[j]. The flags are literals at each call."""
+    xi, dki, kki, ki, w0, ri, ch, colh, npad, top, g1, g2, g3 = row
     rs = ex = e = f = ZERO
     for j in range(npad):
         z = w0 * xi[j] + ri + ch[j]
-        g = g1 + g2 * _hidden(z, top, quant) if bn else g1
+        gk = g1 + g3 * ki[j] if keep else g1 + g3
+        g = gk + g2 * _hidden(z, top, quant) if bn else gk
         dz = g if _on(z, top, quant) else ZERO
         rs += dz
         colh[j] += dz
@@ -316,29 +331,30 @@ def _grad_row(xi, dki, kki, w0, ri, ch, colh, npad, top, g1, g2, quant, bn):
 
 
 @njit(inline="always")
-def _backward_pairs(x, dk, kk, n, wk, r, c, dg, top, quant, bn, k, g, nd, di, dj, dh, rows, cols, diag, ef):
+def _backward_pairs(x, dk, kk, n, wk, r, c, dg, top, quant, bn, k, g, kh, hd, rows, cols, diag, ef):
     """dz_ij^h = dL/dz_ij^h from g[h] = dL/dK1..K6, recomputing z, summed into rows[h, i],
-    cols[h, j], diag[h, i] (dz_ii) and ef[h] = (sum dz x, sum dz dk, sum dz kk): over all real
-    entries as if kept, then the nd dropped ones (di, dj, dh) corrected."""
+    cols[h, j], diag[h, i] (dz_ii) and ef[h] = (sum dz x, sum dz dk, sum dz kk); the hidden
+    keep flags as in :func:`_forward_sums`."""
     npad = (n + 7) // 8 * 8
     for h in range(wk.shape[0]):
         w0, ch, colh = wk[h, 0], c[h], cols[h]
         g1, g2, g3, g5 = g[h, 0], 2.0 * g[h, 1] / k, g[h, 2], g[h, 4]  # dK2/dv = 2 v / k^2
-        g13, g2f = np.float32(g1 + g3), np.float32(g2)  # the pair loops' float32
+        g1f, g2f, g3f = np.float32(g1), np.float32(g2), np.float32(g3)  # the pair loops' float32
         colh[:npad] = 0.0
         ex_all = e_all = f_all = 0.0
         for i in range(n):
-            xi, dki, kki, ri = x[i], dk[i], kk[i], r[h, i]
-            if quant:
-                rs, ex, e, f = _grad_row(xi, dki, kki, w0, ri, ch, colh, npad, top, g13, g2f, True, False)
+            xi, dki, kki, ri, ki = x[i], dk[i], kk[i], r[h, i], kh[h, i if hd else 0]
+            p = (xi, dki, kki, ki, w0, ri, ch, colh, npad, top, g1f, g2f, g3f)
+            if quant:  # (quant, bn, keep): literals at each call, so each variant is its own loop
+                rs, ex, e, f = _grad_row(p, True, False, True) if hd else _grad_row(p, True, False, False)
             elif bn:
-                rs, ex, e, f = _grad_row(xi, dki, kki, w0, ri, ch, colh, npad, top, g13, g2f, False, True)
+                rs, ex, e, f = _grad_row(p, False, True, True) if hd else _grad_row(p, False, True, False)
             else:
-                rs, ex, e, f = _grad_row(xi, dki, kki, w0, ri, ch, colh, npad, top, g13, g2f, False, False)
+                rs, ex, e, f = _grad_row(p, False, False, True) if hd else _grad_row(p, False, False, False)
             z = w0 * xi[i] + ri + ch[i]
-            zd = z + dg[h, i]
-            d0 = g1 + g2 * _hidden(z, top, quant) + g3 if _on(z, top, quant) else 0.0
-            dd = g1 + g2 * _hidden(zd, top, quant) + g3 + g5 if _on(zd, top, quant) else 0.0
+            zd, kii = z + dg[h, i], ki[i]
+            d0 = g1 + g2 * _hidden(z, top, quant) + g3 * kii if _on(z, top, quant) else 0.0
+            dd = g1 + g2 * _hidden(zd, top, quant) + (g3 + g5) * kii if _on(zd, top, quant) else 0.0
             fix = dd - d0  # the loop took z_ii without its diagonal terms
             rows[h, i] = rs + fix
             colh[i] += fix
@@ -348,18 +364,6 @@ def _backward_pairs(x, dk, kk, n, wk, r, c, dg, top, quant, bn, k, g, nd, di, dj
                 e_all += e + fix * dki[i]
                 f_all += f + fix * kki[i]
         ef[h, 0], ef[h, 1], ef[h, 2] = ex_all, e_all, f_all
-    for e in range(nd):  # a dropped entry has no K3 (and on the diagonal no K5) term
-        i, j, h = di[e], dj[e], dh[e]
-        z = wk[h, 0] * x[i, j] + r[h, i] + c[h, j] + (dg[h, i] if i == j else ZERO)
-        fix = (g[h, 2] + (g[h, 4] if i == j else 0.0)) if _on(z, top, quant) else 0.0
-        rows[h, i] -= fix
-        cols[h, j] -= fix
-        ef[h, 0] -= fix * x[i, j]
-        if bn:
-            ef[h, 1] -= fix * dk[i, j]
-            ef[h, 2] -= fix * kk[i, j]
-        if i == j:
-            diag[h, i] -= fix
 
 
 @njit(inline="always")
@@ -430,13 +434,16 @@ def _sizes(p, beams, qg, w):
 
 
 @njit(inline="always")
-def _scratch(m, mpad, nf, ch, draws):
+def _scratch(m, mpad, nf, ch, draws, hidden_drops):
+    """A task's arrays; the last, the hidden keep flags, (C, M + 1, Mpad) with a hidden dropout,
+    else one row of ones (C, 1, Mpad)."""
     f32 = np.float32
     return (np.zeros((m + 1, mpad), f32), np.zeros((m + 1, mpad), f32), np.zeros((m + 1, mpad), f32),
             np.empty((nf, mpad)), np.empty(m, np.int64), np.empty(m, np.int64), np.empty(max(draws, 1), np.int64),
             np.zeros(mpad), np.zeros(mpad), np.zeros(mpad),
             np.empty((ch, m), f32), np.full((ch, mpad), f32(-1e30)), np.empty((ch, m), f32),
-            np.empty(max(draws, 1), np.int64), np.empty(max(draws, 1), np.int64), np.empty(max(draws, 1), np.int64))
+            np.empty(max(draws, 1), np.int64), np.empty(max(draws, 1), np.int64), np.empty(max(draws, 1), np.int64),
+            np.ones((ch, m + 1 if hidden_drops else 1, mpad), f32))
 
 
 @njit(parallel=True, cache=True, fastmath=FASTMATH)
@@ -446,14 +453,16 @@ def _train_forward(p, l1, scale, beams, qin, shift, qg, ab, s_in, seeds_in, gaps
     n_jets, ch, m, mpad, quant, k, top = _sizes(p, beams, qg, w)
     wk, unit = (w * k).astype(np.float32), np.array([1.0, 0.0])
     for task in prange((n_jets + JETS_PER_TASK - 1) // JETS_PER_TASK):
-        x, dk, kk, q, pos, rowof, drops, s, cd, ck, r, c, dg, di, dj, dh = _scratch(m, mpad, p.shape[2], ch,
-                                                                                   max(draws_in, draws_h))
+        x, dk, kk, q, pos, rowof, drops, s, cd, ck, r, c, dg, di, dj, dh, kh = _scratch(
+            m, mpad, p.shape[2], ch, max(draws_in, draws_h), draws_h > 0)
         for jet in range(task * JETS_PER_TASK, min(n_jets, (task + 1) * JETS_PER_TASK)):
             n = _jet_input(p[jet], m, l1, scale, beams, qin, shift, qg[INVARIANT], ab, seeds_in[jet], gaps_in,
                            draws_in, s_in, bn, unit, q, pos, rowof, drops, x, dk, kk, s, cd, ck)
             _hidden_terms(n, s, t[jet], w, bias[jet], dbias[jet], k, qg[AGG2], r, c, dg)
             nd = _hidden_drops(n, m, ch, pos, rowof, seeds_h[jet], gaps_h, draws_h, drops, di, dj, dh)
-            _forward_sums(x, n, wk, r, c, dg, top, quant, k, nd, di, dj, dh, out[jet])
+            _keep(kh, nd, di, dj, dh, ZERO)
+            _forward_sums(x, n, wk, r, c, dg, top, quant, k, kh, draws_h > 0, nd, di, dj, dh, out[jet])
+            _keep(kh, nd, di, dj, dh, ONE)
 
 
 @njit(parallel=True, cache=True, fastmath=FASTMATH)
@@ -464,16 +473,18 @@ def _train_backward(p, l1, scale, beams, qin, shift, qg, ab, s_in, seeds_in, gap
     n_jets, ch, m, mpad, quant, k, top = _sizes(p, beams, qg, w)
     wk, unit = (w * k).astype(np.float32), np.array([1.0, 0.0])
     for task in prange((n_jets + JETS_PER_TASK - 1) // JETS_PER_TASK):
-        x, dk, kk, q, pos, rowof, drops, s, cd, ck, r, c, dg, di, dj, dh = _scratch(m, mpad, p.shape[2], ch,
-                                                                                   max(draws_in, draws_h))
+        x, dk, kk, q, pos, rowof, drops, s, cd, ck, r, c, dg, di, dj, dh, kh = _scratch(
+            m, mpad, p.shape[2], ch, max(draws_in, draws_h), draws_h > 0)
         rows, cols, diag, ef = np.empty((ch, m)), np.zeros((ch, mpad), np.float32), np.empty((ch, m)), np.empty((ch, 3))
         for jet in range(task * JETS_PER_TASK, min(n_jets, (task + 1) * JETS_PER_TASK)):
             n = _jet_input(p[jet], m, l1, scale, beams, qin, shift, qg[INVARIANT], ab, seeds_in[jet], gaps_in,
                            draws_in, s_in, bn, unit, q, pos, rowof, drops, x, dk, kk, s, cd, ck)
             tsum = _hidden_terms(n, s, t[jet], w, bias[jet], dbias[jet], k, qg[AGG2], r, c, dg)
             nd = _hidden_drops(n, m, ch, pos, rowof, seeds_h[jet], gaps_h, draws_h, drops, di, dj, dh)
-            _backward_pairs(x, dk, kk, n, wk, r, c, dg, top, quant, bn, k, g[jet], nd, di, dj, dh,
+            _keep(kh, nd, di, dj, dh, ZERO)
+            _backward_pairs(x, dk, kk, n, wk, r, c, dg, top, quant, bn, k, g[jet], kh, draws_h > 0,
                             rows, cols, diag, ef)
+            _keep(kh, nd, di, dj, dh, ONE)
             _backward_weights(n, s, tsum, t[jet], w, qg[AGG2], rows, cols, diag, ef, cd, ck, s_in, bn,
                               gw[jet], gt[jet], gb[jet], gdb[jet], gab[jet])
 
