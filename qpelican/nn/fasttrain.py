@@ -242,6 +242,7 @@ def _hidden_terms(n, s, t, w, bias, dbias, k, gq, r, c, dg):
             c[h, j] = a_c * w[h, 2] * k
             dg[h, j] = (a_d * w[h, 1] + a_td * w[h, 5] + dbias[h]) * k
     c[:, n:] = -1e30  # the padding of the rows: z = -1e30 there, so h = 0 and no gradient
+    r[:, n:n + 3] = -1e30  # and of the columns, for the forward's blocks of four rows
     return tsum
 
 
@@ -252,18 +253,22 @@ def _hidden(z, top, quant):
 
 
 @njit(inline="always")
-def _sums_row(xi, ki, w0, ri, ch, npad, top, quant, keep):
-    """(sum h, sum h^2, sum k h) over row i of the hidden array (ki: the row's keep flags, read
-    with ``keep`` only, else all kept); the flags are literals at each call, so each variant is
-    its own vectorised loop."""
-    a1 = a2 = a3 = ZERO
+def _add_rows(x, kr, i, w0, r, ch, cols, npad, top, quant, keep):
+    """Adds rows i..i+3 of the hidden array into the column sums cols: h, h^2 and, with ``keep``,
+    k h (kr: the channel's keep flags). Four rows per pass, so that each column sum is loaded and
+    stored once per four rows and no row ends in a horizontal reduction; the flags are literals
+    at each call, so each variant is its own vectorised loop."""
+    xa, xb, xc, xd = x[i], x[i + 1], x[i + 2], x[i + 3]
+    ra, rb, rc, rd = r[i], r[i + 1], r[i + 2], r[i + 3]
+    c1, c2, c3 = cols[0], cols[1], cols[2]
     for j in range(npad):
-        v = _hidden(w0 * xi[j] + ri + ch[j], top, quant)
-        a1 += v
-        a2 += v * v
+        cj = ch[j]
+        va, vb = _hidden(w0 * xa[j] + ra + cj, top, quant), _hidden(w0 * xb[j] + rb + cj, top, quant)
+        vc, vd = _hidden(w0 * xc[j] + rc + cj, top, quant), _hidden(w0 * xd[j] + rd + cj, top, quant)
+        c1[j] += (va + vb) + (vc + vd)
+        c2[j] += (va * va + vb * vb) + (vc * vc + vd * vd)
         if keep:
-            a3 += ki[j] * v
-    return a1, a2, a3 if keep else a1
+            c3[j] += (kr[i, j] * va + kr[i + 1, j] * vb) + (kr[i + 2, j] * vc + kr[i + 3, j] * vd)
 
 
 @njit(inline="always")
@@ -274,27 +279,37 @@ def _keep(kh, nd, di, dj, dh, value):
 
 
 @njit(inline="always")
-def _forward_sums(x, n, wk, r, c, dg, top, quant, k, kh, hd, nd, di, dj, dh, out):
+def _forward_sums(x, n, wk, r, c, dg, top, quant, k, kh, hd, nd, di, dj, dh, cols, out):
     """out[h] = K1..K6 (module docstring) of one jet, the keep flags of row i in kh[h, i] (with
     ``hd``, the hidden dropout; else kh[h, 0] is all ones) and the nd dropped entries (dh) counted
-    out of K4. The pair loop counts h in units of k."""
+    out of K4. The pair loops count h in units of k, four rows at a time into the column sums
+    cols (rows n..n+2 are padding: r = -1e30 there, so h = 0), and take z_ii without its
+    diagonal terms, corrected row by row."""
     npad = (n + 7) // 8 * 8
     for h in range(wk.shape[0]):
-        w0, ch = wk[h, 0], c[h]
-        k1 = k2 = k3 = k5 = k6 = 0.0
-        for i in range(n):
-            xi, ri, ki = x[i], r[h, i], kh[h, i if hd else 0]
+        w0, ch, rh, kr = wk[h, 0], c[h], r[h], kh[h]
+        cols[:, :npad] = ZERO
+        for i in range(0, n, 4):
             if quant:
-                a1, a2, a3 = (_sums_row(xi, ki, w0, ri, ch, npad, top, True, True) if hd else
-                              _sums_row(xi, ki, w0, ri, ch, npad, top, True, False))
+                if hd:
+                    _add_rows(x, kr, i, w0, rh, ch, cols, npad, top, True, True)
+                else:
+                    _add_rows(x, kr, i, w0, rh, ch, cols, npad, top, True, False)
+            elif hd:
+                _add_rows(x, kr, i, w0, rh, ch, cols, npad, top, False, True)
             else:
-                a1, a2, a3 = (_sums_row(xi, ki, w0, ri, ch, npad, top, False, True) if hd else
-                              _sums_row(xi, ki, w0, ri, ch, npad, top, False, False))
-            z = w0 * xi[i] + ri + ch[i]
-            v0, vd, kii = _hidden(z, top, quant), _hidden(z + dg[h, i], top, quant), ki[i]
-            k1 += a1 + vd - v0  # the loop took z_ii without its diagonal terms
-            k2 += a2 + vd * vd - v0 * v0
-            k3 += a3 + kii * (vd - v0)
+                _add_rows(x, kr, i, w0, rh, ch, cols, npad, top, False, False)
+        k1 = k2 = k3 = k5 = k6 = 0.0
+        for j in range(npad):
+            k1 += cols[0, j]
+            k2 += cols[1, j]
+            k3 += cols[2, j] if hd else cols[0, j]
+        for i in range(n):
+            z = w0 * x[i, i] + rh[i] + ch[i]
+            v0, vd, kii = _hidden(z, top, quant), _hidden(z + dg[h, i], top, quant), kr[i if hd else 0, i]
+            k1 += vd - v0
+            k2 += vd * vd - v0 * v0
+            k3 += kii * (vd - v0)
             k5 += kii * vd
             k6 += kii
         dropped = 0
@@ -435,15 +450,16 @@ def _sizes(p, beams, qg, w):
 
 @njit(inline="always")
 def _scratch(m, mpad, nf, ch, draws, hidden_drops):
-    """A task's arrays; the last, the hidden keep flags, (C, M + 1, Mpad) with a hidden dropout,
-    else one row of ones (C, 1, Mpad)."""
+    """A task's arrays; the last, the hidden keep flags, (C, M + 3, Mpad) with a hidden dropout,
+    else one row of ones (C, 1, Mpad). x, r and the flags have rows up to M + 2, for the
+    forward's blocks of four rows (:func:`_forward_sums`); x's row M stays zero."""
     f32 = np.float32
-    return (np.zeros((m + 1, mpad), f32), np.zeros((m + 1, mpad), f32), np.zeros((m + 1, mpad), f32),
+    return (np.zeros((m + 3, mpad), f32), np.zeros((m + 1, mpad), f32), np.zeros((m + 1, mpad), f32),
             np.empty((nf, mpad)), np.empty(m, np.int64), np.empty(m, np.int64), np.empty(max(draws, 1), np.int64),
             np.zeros(mpad), np.zeros(mpad), np.zeros(mpad),
-            np.empty((ch, m), f32), np.full((ch, mpad), f32(-1e30)), np.empty((ch, m), f32),
+            np.empty((ch, m + 3), f32), np.full((ch, mpad), f32(-1e30)), np.empty((ch, m), f32),
             np.empty(max(draws, 1), np.int64), np.empty(max(draws, 1), np.int64), np.empty(max(draws, 1), np.int64),
-            np.ones((ch, m + 1 if hidden_drops else 1, mpad), f32))
+            np.ones((ch, m + 3 if hidden_drops else 1, mpad), f32))
 
 
 @njit(parallel=True, cache=True, fastmath=FASTMATH)
@@ -455,13 +471,14 @@ def _train_forward(p, l1, scale, beams, qin, shift, qg, ab, s_in, seeds_in, gaps
     for task in prange((n_jets + JETS_PER_TASK - 1) // JETS_PER_TASK):
         x, dk, kk, q, pos, rowof, drops, s, cd, ck, r, c, dg, di, dj, dh, kh = _scratch(
             m, mpad, p.shape[2], ch, max(draws_in, draws_h), draws_h > 0)
+        cols = np.zeros((3, mpad), np.float32)
         for jet in range(task * JETS_PER_TASK, min(n_jets, (task + 1) * JETS_PER_TASK)):
             n = _jet_input(p[jet], m, l1, scale, beams, qin, shift, qg[INVARIANT], ab, seeds_in[jet], gaps_in,
                            draws_in, s_in, bn, unit, q, pos, rowof, drops, x, dk, kk, s, cd, ck)
             _hidden_terms(n, s, t[jet], w, bias[jet], dbias[jet], k, qg[AGG2], r, c, dg)
             nd = _hidden_drops(n, m, ch, pos, rowof, seeds_h[jet], gaps_h, draws_h, drops, di, dj, dh)
             _keep(kh, nd, di, dj, dh, ZERO)
-            _forward_sums(x, n, wk, r, c, dg, top, quant, k, kh, draws_h > 0, nd, di, dj, dh, out[jet])
+            _forward_sums(x, n, wk, r, c, dg, top, quant, k, kh, draws_h > 0, nd, di, dj, dh, cols, out[jet])
             _keep(kh, nd, di, dj, dh, ONE)
 
 
