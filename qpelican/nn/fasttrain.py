@@ -283,7 +283,7 @@ def _forward_sums(x, n, wk, r, c, dg, top, quant, k, kh, hd, nd, di, dj, dh, col
     """out[h] = K1..K6 (module docstring) of one jet, the keep flags of row i in kh[h, i] (with
     ``hd``, the hidden dropout; else kh[h, 0] is all ones) and the nd dropped entries (dh) counted
     out of K4. The pair loops count h in units of k, four rows at a time into the column sums
-    cols (rows n..n+2 are padding: r = -1e30 there, so h = 0), and take z_ii without its
+    cols (rows n..n+2 are padding: r = -1e30 there, so h = 0 and dz = 0), and take z_ii without its
     diagonal terms, corrected row by row."""
     npad = (n + 7) // 8 * 8
     for h in range(wk.shape[0]):
@@ -325,59 +325,84 @@ def _on(z, top, quant):
 
 
 @njit(inline="always")
-def _grad_row(row, quant, bn, keep):
-    """dz_ij = dL/dz_ij along row i (recomputing z; ki: the row's hidden keep flags, read with
-    ``keep`` only), summed: returns (sum_j dz, sum dz x, sum dz dk, sum dz kk) (the last two with
-    ``bn`` only) and adds dz to colh[j]. The flags are literals at each call."""
-    xi, dki, kki, ki, w0, ri, ch, colh, npad, top, g1, g2, g3 = row
-    rs = ex = e = f = ZERO
+def _grad_rows(x, dk, kk, kr, i, w0, r, ch, acc, npad, top, gs, quant, bn, keep):
+    """dz_ij = dL/dz_ij along rows i..i+3 (recomputing z; kr: the channel's hidden keep flags,
+    read with ``keep`` only): returns the four rows' sums of dz and adds, per column j, dz,
+    dz x and (with ``bn``) dz dk, dz kk into acc[0..3]. Four rows per pass, as in
+    :func:`_add_rows`; the flags are literals at each call."""
+    g1, g2, g3 = gs
+    xa, xb, xc, xd = x[i], x[i + 1], x[i + 2], x[i + 3]
+    ra, rb, rc, rd = r[i], r[i + 1], r[i + 2], r[i + 3]
+    col, cx, ce, cf = acc[0], acc[1], acc[2], acc[3]
+    sa = sb = sc = sd = ZERO
     for j in range(npad):
-        z = w0 * xi[j] + ri + ch[j]
-        gk = g1 + g3 * ki[j] if keep else g1 + g3
-        g = gk + g2 * _hidden(z, top, quant) if bn else gk
-        dz = g if _on(z, top, quant) else ZERO
-        rs += dz
-        colh[j] += dz
-        ex += dz * xi[j]
+        cj = ch[j]
+        za, zb, zc, zd = w0 * xa[j] + ra + cj, w0 * xb[j] + rb + cj, w0 * xc[j] + rc + cj, w0 * xd[j] + rd + cj
+        if keep:
+            ga, gb, gc, gd = g1 + g3 * kr[i, j], g1 + g3 * kr[i + 1, j], g1 + g3 * kr[i + 2, j], g1 + g3 * kr[i + 3, j]
+        else:
+            ga = gb = gc = gd = g1 + g3
         if bn:
-            e += dz * dki[j]
-            f += dz * kki[j]
-    return rs, ex, e, f
+            ga, gb = ga + g2 * _hidden(za, top, quant), gb + g2 * _hidden(zb, top, quant)
+            gc, gd = gc + g2 * _hidden(zc, top, quant), gd + g2 * _hidden(zd, top, quant)
+        da, db = ga if _on(za, top, quant) else ZERO, gb if _on(zb, top, quant) else ZERO
+        dc, dd = gc if _on(zc, top, quant) else ZERO, gd if _on(zd, top, quant) else ZERO
+        sa, sb, sc, sd = sa + da, sb + db, sc + dc, sd + dd
+        col[j] += (da + db) + (dc + dd)
+        cx[j] += (da * xa[j] + db * xb[j]) + (dc * xc[j] + dd * xd[j])
+        if bn:
+            ce[j] += (da * dk[i, j] + db * dk[i + 1, j]) + (dc * dk[i + 2, j] + dd * dk[i + 3, j])
+            cf[j] += (da * kk[i, j] + db * kk[i + 1, j]) + (dc * kk[i + 2, j] + dd * kk[i + 3, j])
+    return sa, sb, sc, sd
 
 
 @njit(inline="always")
-def _backward_pairs(x, dk, kk, n, wk, r, c, dg, top, quant, bn, k, g, kh, hd, rows, cols, diag, ef):
+def _backward_pairs(x, dk, kk, n, wk, r, c, dg, top, quant, bn, k, g, kh, hd, rows, acc, diag, ef):
     """dz_ij^h = dL/dz_ij^h from g[h] = dL/dK1..K6, recomputing z, summed into rows[h, i],
-    cols[h, j], diag[h, i] (dz_ii) and ef[h] = (sum dz x, sum dz dk, sum dz kk); the hidden
-    keep flags as in :func:`_forward_sums`."""
+    acc[h, 0, j] (the column sums), diag[h, i] (dz_ii) and ef[h] = (sum dz x, sum dz dk,
+    sum dz kk); the hidden keep flags and the blocks of four rows as in :func:`_forward_sums`."""
     npad = (n + 7) // 8 * 8
     for h in range(wk.shape[0]):
-        w0, ch, colh = wk[h, 0], c[h], cols[h]
+        w0, ch, rh, kr, ah = wk[h, 0], c[h], r[h], kh[h], acc[h]
         g1, g2, g3, g5 = g[h, 0], 2.0 * g[h, 1] / k, g[h, 2], g[h, 4]  # dK2/dv = 2 v / k^2
-        g1f, g2f, g3f = np.float32(g1), np.float32(g2), np.float32(g3)  # the pair loops' float32
-        colh[:npad] = 0.0
-        ex_all = e_all = f_all = 0.0
-        for i in range(n):
-            xi, dki, kki, ri, ki = x[i], dk[i], kk[i], r[h, i], kh[h, i if hd else 0]
-            p = (xi, dki, kki, ki, w0, ri, ch, colh, npad, top, g1f, g2f, g3f)
+        gs = (np.float32(g1), np.float32(g2), np.float32(g3))  # the pair loops' float32
+        ah[:, :npad] = ZERO
+        for i in range(0, n, 4):
             if quant:  # (quant, bn, keep): literals at each call, so each variant is its own loop
-                rs, ex, e, f = _grad_row(p, True, False, True) if hd else _grad_row(p, True, False, False)
+                if hd:
+                    sums = _grad_rows(x, dk, kk, kr, i, w0, rh, ch, ah, npad, top, gs, True, False, True)
+                else:
+                    sums = _grad_rows(x, dk, kk, kr, i, w0, rh, ch, ah, npad, top, gs, True, False, False)
             elif bn:
-                rs, ex, e, f = _grad_row(p, False, True, True) if hd else _grad_row(p, False, True, False)
+                if hd:
+                    sums = _grad_rows(x, dk, kk, kr, i, w0, rh, ch, ah, npad, top, gs, False, True, True)
+                else:
+                    sums = _grad_rows(x, dk, kk, kr, i, w0, rh, ch, ah, npad, top, gs, False, True, False)
+            elif hd:
+                sums = _grad_rows(x, dk, kk, kr, i, w0, rh, ch, ah, npad, top, gs, False, False, True)
             else:
-                rs, ex, e, f = _grad_row(p, False, False, True) if hd else _grad_row(p, False, False, False)
-            z = w0 * xi[i] + ri + ch[i]
-            zd, kii = z + dg[h, i], ki[i]
+                sums = _grad_rows(x, dk, kk, kr, i, w0, rh, ch, ah, npad, top, gs, False, False, False)
+            for e in range(4):  # rows n..n+2 are padding (dz = 0), written and never read
+                rows[h, i + e] = sums[e]
+        ex_all = e_all = f_all = 0.0
+        for j in range(npad):
+            ex_all += ah[1, j]
+            if bn:
+                e_all += ah[2, j]
+                f_all += ah[3, j]
+        for i in range(n):
+            z = w0 * x[i, i] + rh[i] + ch[i]
+            zd, kii = z + dg[h, i], kr[i if hd else 0, i]
             d0 = g1 + g2 * _hidden(z, top, quant) + g3 * kii if _on(z, top, quant) else 0.0
             dd = g1 + g2 * _hidden(zd, top, quant) + (g3 + g5) * kii if _on(zd, top, quant) else 0.0
             fix = dd - d0  # the loop took z_ii without its diagonal terms
-            rows[h, i] = rs + fix
-            colh[i] += fix
+            rows[h, i] += fix
+            ah[0, i] += fix
             diag[h, i] = dd
-            ex_all += ex + fix * xi[i]
+            ex_all += fix * x[i, i]
             if bn:
-                e_all += e + fix * dki[i]
-                f_all += f + fix * kki[i]
+                e_all += fix * dk[i, i]
+                f_all += fix * kk[i, i]
         ef[h, 0], ef[h, 1], ef[h, 2] = ex_all, e_all, f_all
 
 
@@ -451,10 +476,10 @@ def _sizes(p, beams, qg, w):
 @njit(inline="always")
 def _scratch(m, mpad, nf, ch, draws, hidden_drops):
     """A task's arrays; the last, the hidden keep flags, (C, M + 3, Mpad) with a hidden dropout,
-    else one row of ones (C, 1, Mpad). x, r and the flags have rows up to M + 2, for the
-    forward's blocks of four rows (:func:`_forward_sums`); x's row M stays zero."""
+    else one row of ones (C, 1, Mpad). x, dk, kk, r and the flags have rows up to M + 2, for
+    the pair loops' blocks of four rows (:func:`_forward_sums`); x's row M stays zero."""
     f32 = np.float32
-    return (np.zeros((m + 3, mpad), f32), np.zeros((m + 1, mpad), f32), np.zeros((m + 1, mpad), f32),
+    return (np.zeros((m + 3, mpad), f32), np.zeros((m + 3, mpad), f32), np.zeros((m + 3, mpad), f32),
             np.empty((nf, mpad)), np.empty(m, np.int64), np.empty(m, np.int64), np.empty(max(draws, 1), np.int64),
             np.zeros(mpad), np.zeros(mpad), np.zeros(mpad),
             np.empty((ch, m + 3), f32), np.full((ch, mpad), f32(-1e30)), np.empty((ch, m), f32),
@@ -492,7 +517,7 @@ def _train_backward(p, l1, scale, beams, qin, shift, qg, ab, s_in, seeds_in, gap
     for task in prange((n_jets + JETS_PER_TASK - 1) // JETS_PER_TASK):
         x, dk, kk, q, pos, rowof, drops, s, cd, ck, r, c, dg, di, dj, dh, kh = _scratch(
             m, mpad, p.shape[2], ch, max(draws_in, draws_h), draws_h > 0)
-        rows, cols, diag, ef = np.empty((ch, m)), np.zeros((ch, mpad), np.float32), np.empty((ch, m)), np.empty((ch, 3))
+        rows, acc, diag, ef = np.empty((ch, m + 3)), np.zeros((ch, 4, mpad), np.float32), np.empty((ch, m)), np.empty((ch, 3))
         for jet in range(task * JETS_PER_TASK, min(n_jets, (task + 1) * JETS_PER_TASK)):
             n = _jet_input(p[jet], m, l1, scale, beams, qin, shift, qg[INVARIANT], ab, seeds_in[jet], gaps_in,
                            draws_in, s_in, bn, unit, q, pos, rowof, drops, x, dk, kk, s, cd, ck)
@@ -500,9 +525,9 @@ def _train_backward(p, l1, scale, beams, qin, shift, qg, ab, s_in, seeds_in, gap
             nd = _hidden_drops(n, m, ch, pos, rowof, seeds_h[jet], gaps_h, draws_h, drops, di, dj, dh)
             _keep(kh, nd, di, dj, dh, ZERO)
             _backward_pairs(x, dk, kk, n, wk, r, c, dg, top, quant, bn, k, g[jet], kh, draws_h > 0,
-                            rows, cols, diag, ef)
+                            rows, acc, diag, ef)
             _keep(kh, nd, di, dj, dh, ONE)
-            _backward_weights(n, s, tsum, t[jet], w, qg[AGG2], rows, cols, diag, ef, cd, ck, s_in, bn,
+            _backward_weights(n, s, tsum, t[jet], w, qg[AGG2], rows, acc[:, 0], diag, ef, cd, ck, s_in, bn,
                               gw[jet], gt[jet], gb[jet], gdb[jet], gab[jet])
 
 
