@@ -22,8 +22,9 @@ inference fast path (:mod:`qpelican.nn.fastpath`), the input BatchNorm with the 
 statistics, the hashed pair dropout with the layers' own seeds (``PairDropout.draw_seeds``,
 ``keep_mask``), the rounding points of the layers, and the straight-through gradients of
 QKeras's quantizers (1 inside the range, 0 where it clips; ReLU's 0 below 0). The pair loops
-run in float32, as the layers do in training (8 lanes of AVX2; a row's sums in float32, exact
-integers in LSB units for an 8-bit activation), everything O(n) and every total in float64; losses agree
+run in float32, as the layers do in training (8 lanes of AVX2), four rows at a time into
+column sums (float32, exact integers in LSB units for an 8-bit activation; a row's own sum
+only where the gradient needs it), everything O(n) and every total in float64; losses agree
 with the layers' to ~1e-6 and gradients to ~1e-5 (tested). A training step is not bit-exact
 against ``model.fit`` (nor is one float32 order of operations against another); resume is, as
 it replays the same kernels.
