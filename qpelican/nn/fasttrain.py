@@ -32,7 +32,7 @@ it replays the same kernels.
 Dropout costs one draw and one decoding per dropped entry: without branches (a dropped padding
 entry lands on a zero row), the draws ending after the last real row, the gap table uint8 at
 the paper's rate so that it stays in cache. The input dropout's entries are zeroed in the
-layer's input; the hidden dropout's are scattered as zeros into a keep array (C, M + 1, Mpad)
+layer's input; the hidden dropout's are scattered as zeros into a keep array (C, M + 3, Mpad)
 that the vectorised pair loops read (a variant of each loop without it, for models without
 hidden dropout), and set back to ones after the jet: no dropped entry is recomputed.
 
@@ -243,7 +243,7 @@ def _hidden_terms(n, s, t, w, bias, dbias, k, gq, r, c, dg):
             c[h, j] = a_c * w[h, 2] * k
             dg[h, j] = (a_d * w[h, 1] + a_td * w[h, 5] + dbias[h]) * k
     c[:, n:] = -1e30  # the padding of the rows: z = -1e30 there, so h = 0 and no gradient
-    r[:, n:n + 3] = -1e30  # and of the columns, for the forward's blocks of four rows
+    r[:, n:n + 3] = -1e30  # and of the columns, for the pair loops' blocks of four rows
     return tsum
 
 
