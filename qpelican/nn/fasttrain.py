@@ -280,13 +280,16 @@ def _keep(kh, nd, di, dj, dh, value):
 
 
 @njit(inline="always")
-def _forward_sums(x, n, wk, r, c, dg, top, quant, k, kh, hd, nd, di, dj, dh, cols, out):
+def _forward_sums(x, n, wk, r, c, dg, top, quant, k, kh, hd, nd, dh, cols, out):
     """out[h] = K1..K6 (module docstring) of one jet, the keep flags of row i in kh[h, i] (with
     ``hd``, the hidden dropout; else kh[h, 0] is all ones) and the nd dropped entries (dh) counted
     out of K4. The pair loops count h in units of k, four rows at a time into the column sums
     cols (rows n..n+2 are padding: r = -1e30 there, so h = 0 and dz = 0), and take z_ii without its
     diagonal terms, corrected row by row."""
     npad = (n + 7) // 8 * 8
+    out[:, 3] = n * n
+    for e in range(nd):  # one pass over the drops, whatever the number of channels
+        out[dh[e], 3] -= 1.0
     for h in range(wk.shape[0]):
         w0, ch, rh, kr = wk[h, 0], c[h], r[h], kh[h]
         cols[:, :npad] = ZERO
@@ -313,10 +316,7 @@ def _forward_sums(x, n, wk, r, c, dg, top, quant, k, kh, hd, nd, di, dj, dh, col
             k3 += kii * (vd - v0)
             k5 += kii * vd
             k6 += kii
-        dropped = 0
-        for e in range(nd):
-            dropped += dh[e] == h
-        out[h, 0], out[h, 1], out[h, 2], out[h, 3], out[h, 4], out[h, 5] = k1 / k, k2 / (k * k), k3 / k, n * n - dropped, k5 / k, k6
+        out[h, 0], out[h, 1], out[h, 2], out[h, 4], out[h, 5] = k1 / k, k2 / (k * k), k3 / k, k5 / k, k6
 
 
 @njit(inline="always")
@@ -504,7 +504,7 @@ def _train_forward(p, l1, scale, beams, qin, shift, qg, ab, s_in, seeds_in, gaps
             _hidden_terms(n, s, t[jet], w, bias[jet], dbias[jet], k, qg[AGG2], r, c, dg)
             nd = _hidden_drops(n, m, ch, pos, rowof, seeds_h[jet], gaps_h, draws_h, drops, di, dj, dh)
             _keep(kh, nd, di, dj, dh, ZERO)
-            _forward_sums(x, n, wk, r, c, dg, top, quant, k, kh, draws_h > 0, nd, di, dj, dh, cols, out[jet])
+            _forward_sums(x, n, wk, r, c, dg, top, quant, k, kh, draws_h > 0, nd, dh, cols, out[jet])
             _keep(kh, nd, di, dj, dh, ONE)
 
 
