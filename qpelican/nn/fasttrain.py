@@ -156,13 +156,12 @@ def _divmod(p, d, magic):
 
 
 @njit(inline="always")
-def _jet_input(p, m, l1, scale, beams, qin, shift, gi, ab, seed_in, gaps_in, draws_in, s_in, bn, unit, q, pos, rowof,
-               drops, x, dk, kk, s, cd, ck):
-    """The 2->2 layer's input of one jet: returns n and fills, over the real rows i < n,
-    x_ij = k_ij s (a d_ij + b) (k: the input dropout's keep flags, s its scale; (a, b) the input
-    BatchNorm) and the column sums s_j = sum_i x_ij; with ``bn`` also dk_ij = k_ij d_ij,
-    kk_ij = k_ij and their column sums cd_j, ck_j (for the BatchNorm's gradient). Columns
-    n..npad-1 are zero; rowof[r] is the real particle in row r of the layer (-1: padding)."""
+def _jet_input(p, l1, scale, beams, qin, shift, gi, ab, s_in, bn, unit, q, pos, rowof, x, dk, kk, s, cd, ck):
+    """The 2->2 layer's input of one jet before the input dropout: returns n and fills, over the
+    real rows i < n, x_ij = s (a d_ij + b) (s the dropout's scale; (a, b) the input BatchNorm) and
+    the column sums s_j = sum_i x_ij; with ``bn`` also dk_ij = d_ij, kk_ij = 1 and their column
+    sums cd_j, ck_j (for the BatchNorm's gradient). Columns n..npad-1 are zero; rowof[r] is the
+    real particle in row r of the layer (-1: padding)."""
     n = front_rows(p, l1, scale, beams, qin, q, pos)
     rowof[:] = -1
     for i in range(n):
@@ -188,20 +187,36 @@ def _jet_input(p, m, l1, scale, beams, qin, shift, gi, ab, seed_in, gaps_in, dra
                 ck[j] += 1.0
             dki[n:npad] = 0.0
             kki[n:npad] = 0.0
-    count = _dropped(seed_in, gaps_in, draws_in, _last_row(pos, n) * m, drops)
+    return n
+
+
+@njit(inline="always")
+def _input_drops(seed, gaps, draws, entries, m, rowof, drops, codes):
+    """The input dropout's dropped real entries (i, j) of one jet, as codes i 2^16 + j; returns
+    their number."""
+    count = _dropped(seed, gaps, draws, entries, drops)
     magic_m = ((1 << 32) + m - 1) // m
-    for e in range(count):  # without branches: a dropped padding entry takes x's zero row m instead
+    real = 0
+    for e in range(count):  # without branches (a padding entry is written, then overwritten)
         row, col = _divmod(drops[e], m, magic_m)
         i, j = rowof[row], rowof[col]
-        real = (i | j) >= 0
-        i, j = i if real else m, j if real else 0
+        codes[real] = (i << 16) | (j & 0xFFFF)
+        real += (i | j) >= 0
+    return real
+
+
+@njit(inline="always")
+def _drop_inputs(codes, count, bn, x, dk, kk, s, cd, ck):
+    """Zero the input dropout's dropped entries (codes of :func:`_input_drops`) in x (and dk, kk
+    with ``bn``), taking them out of the column sums."""
+    for e in range(count):
+        i, j = codes[e] >> 16, codes[e] & 0xFFFF
         s[j] -= x[i, j]
         x[i, j] = 0.0
         if bn:
             cd[j] -= dk[i, j]
             ck[j] -= kk[i, j]
             dk[i, j] = kk[i, j] = 0.0
-    return n
 
 
 @njit(inline="always")
@@ -214,16 +229,17 @@ def _last_row(pos, n):
 
 
 @njit(inline="always")
-def _hidden_drops(n, m, ch, pos, rowof, seed_h, gaps_h, draws_h, drops, di, dj, dh):
-    """The hidden dropout's dropped real entries (di, dj, dh) of one jet; returns their number."""
-    count = _dropped(seed_h, gaps_h, draws_h, _last_row(pos, n) * m * ch, drops)
+def _hidden_drops(n, m, mpad, ch, last, rowof, seed_h, gaps_h, draws_h, drops, flat, dh):
+    """The hidden dropout's dropped real entries (i, j, h) of one jet: their offsets in the keep
+    flags (C, M + 3, Mpad) into flat, their channels into dh; returns their number."""
+    count = _dropped(seed_h, gaps_h, draws_h, last * m * ch, drops)
     magic_m, magic_ch = ((1 << 32) + m - 1) // m, ((1 << 32) + ch - 1) // ch
     real = 0
     for e in range(count):  # without branches (a padding entry is written, then overwritten)
         pair, h = _divmod(drops[e], ch, magic_ch)
         row, col = _divmod(pair, m, magic_m)
         i, j = rowof[row], rowof[col]
-        di[real], dj[real], dh[real] = i, j, h
+        flat[real], dh[real] = (h * (m + 3) + i) * mpad + j, h
         real += (i | j) >= 0
     return real
 
@@ -273,10 +289,12 @@ def _add_rows(x, kr, i, w0, r, ch, cols, npad, top, quant, keep):
 
 
 @njit(inline="always")
-def _keep(kh, nd, di, dj, dh, value):
-    """Set the keep flags of the nd dropped entries (di, dj, dh) to value (0: drop; 1: restore)."""
+def _keep(kh, nd, flat, value):
+    """Set the keep flags kh (C, M + 3, Mpad) at the nd offsets flat (the dropped entries of
+    :func:`_hidden_drops`) to value (0: drop; 1: restore)."""
+    k = kh.reshape(-1)
     for e in range(nd):
-        kh[dh[e], di[e], dj[e]] = value
+        k[flat[e]] = value
 
 
 @njit(inline="always")
@@ -475,59 +493,69 @@ def _sizes(p, beams, qg, w):
 
 
 @njit(inline="always")
-def _scratch(m, mpad, nf, ch, draws, hidden_drops):
+def _scratch(m, mpad, nf, ch, hidden_drops):
     """A task's arrays; the last, the hidden keep flags, (C, M + 3, Mpad) with a hidden dropout,
     else one row of ones (C, 1, Mpad). x, dk, kk, r and the flags have rows up to M + 2, for
     the pair loops' blocks of four rows (:func:`_forward_sums`); x's row M stays zero."""
     f32 = np.float32
     return (np.zeros((m + 3, mpad), f32), np.zeros((m + 3, mpad), f32), np.zeros((m + 3, mpad), f32),
-            np.empty((nf, mpad)), np.empty(m, np.int64), np.empty(m, np.int64), np.empty(max(draws, 1), np.int64),
+            np.empty((nf, mpad)), np.empty(m, np.int64), np.empty(m, np.int64),
             np.zeros(mpad), np.zeros(mpad), np.zeros(mpad),
             np.empty((ch, m + 3), f32), np.full((ch, mpad), f32(-1e30)), np.empty((ch, m), f32),
-            np.empty(max(draws, 1), np.int64), np.empty(max(draws, 1), np.int64), np.empty(max(draws, 1), np.int64),
             np.ones((ch, m + 3 if hidden_drops else 1, mpad), f32))
+
+
+@njit(inline="always")
+def _drop_slots(dl, draws_in):
+    """A jet's row of the drop lists: (input codes, hidden offsets), after the two counts."""
+    return dl[2:2 + draws_in], dl[2 + draws_in:]
 
 
 @njit(parallel=True, cache=True, fastmath=FASTMATH)
 def _train_forward(p, l1, scale, beams, qin, shift, qg, ab, s_in, seeds_in, gaps_in, draws_in, seeds_h, gaps_h, draws_h,
-                   bn, w, t, bias, dbias, out):
-    """out[jet] = K1..K6 (C, 6) of each jet of p (B, N, F)."""
+                   bn, w, t, bias, dbias, out, dl):
+    """out[jet] = K1..K6 (C, 6) of each jet of p (B, N, F); dl[jet] (2 + draws_in + draws_h,) int32
+    its dropped entries for the backward pass: their numbers (input, hidden), the input's codes
+    (:func:`_input_drops`) and the hidden's offsets in the keep flags (:func:`_hidden_drops`)."""
     n_jets, ch, m, mpad, quant, k, top = _sizes(p, beams, qg, w)
     wk, unit = (w * k).astype(np.float32), np.array([1.0, 0.0])
     for task in prange((n_jets + JETS_PER_TASK - 1) // JETS_PER_TASK):
-        x, dk, kk, q, pos, rowof, drops, s, cd, ck, r, c, dg, di, dj, dh, kh = _scratch(
-            m, mpad, p.shape[2], ch, max(draws_in, draws_h), draws_h > 0)
+        x, dk, kk, q, pos, rowof, s, cd, ck, r, c, dg, kh = _scratch(m, mpad, p.shape[2], ch, draws_h > 0)
+        drops, dh = np.empty(max(draws_in, draws_h, 1), np.int64), np.empty(max(draws_h, 1), np.int64)
         cols = np.zeros((3, mpad), np.float32)
         for jet in range(task * JETS_PER_TASK, min(n_jets, (task + 1) * JETS_PER_TASK)):
-            n = _jet_input(p[jet], m, l1, scale, beams, qin, shift, qg[INVARIANT], ab, seeds_in[jet], gaps_in,
-                           draws_in, s_in, bn, unit, q, pos, rowof, drops, x, dk, kk, s, cd, ck)
+            n = _jet_input(p[jet], l1, scale, beams, qin, shift, qg[INVARIANT], ab, s_in, bn, unit, q, pos, rowof,
+                           x, dk, kk, s, cd, ck)
+            last, (codes, flat) = _last_row(pos, n), _drop_slots(dl[jet], draws_in)
+            dl[jet, 0] = ni = _input_drops(seeds_in[jet], gaps_in, draws_in, last * m, m, rowof, drops, codes)
+            _drop_inputs(codes, ni, bn, x, dk, kk, s, cd, ck)
             _hidden_terms(n, s, t[jet], w, bias[jet], dbias[jet], k, qg[AGG2], r, c, dg)
-            nd = _hidden_drops(n, m, ch, pos, rowof, seeds_h[jet], gaps_h, draws_h, drops, di, dj, dh)
-            _keep(kh, nd, di, dj, dh, ZERO)
+            dl[jet, 1] = nd = _hidden_drops(n, m, mpad, ch, last, rowof, seeds_h[jet], gaps_h, draws_h, drops, flat, dh)
+            _keep(kh, nd, flat, ZERO)
             _forward_sums(x, n, wk, r, c, dg, top, quant, k, kh, draws_h > 0, nd, dh, cols, out[jet])
-            _keep(kh, nd, di, dj, dh, ONE)
+            _keep(kh, nd, flat, ONE)
 
 
 @njit(parallel=True, cache=True, fastmath=FASTMATH)
-def _train_backward(p, l1, scale, beams, qin, shift, qg, ab, s_in, seeds_in, gaps_in, draws_in, seeds_h, gaps_h,
-                    draws_h, bn, w, t, bias, dbias, g, gw, gt, gb, gdb, gab):
+def _train_backward(p, l1, scale, beams, qin, shift, qg, ab, s_in, dl, draws_in, hidden_drops, bn, w, t, bias, dbias,
+                    g, gw, gt, gb, gdb, gab):
     """Per jet, dL/d(w, t, bias, diag bias, (a, b)) into gw (B, C, 6), gt (B, 5), gb, gdb (B, C),
-    gab (B, 2), from g = dL/dK (B, C, 6)."""
+    gab (B, 2), from g = dL/dK (B, C, 6) and the drop lists dl of :func:`_train_forward`."""
     n_jets, ch, m, mpad, quant, k, top = _sizes(p, beams, qg, w)
     wk, unit = (w * k).astype(np.float32), np.array([1.0, 0.0])
     for task in prange((n_jets + JETS_PER_TASK - 1) // JETS_PER_TASK):
-        x, dk, kk, q, pos, rowof, drops, s, cd, ck, r, c, dg, di, dj, dh, kh = _scratch(
-            m, mpad, p.shape[2], ch, max(draws_in, draws_h), draws_h > 0)
+        x, dk, kk, q, pos, rowof, s, cd, ck, r, c, dg, kh = _scratch(m, mpad, p.shape[2], ch, hidden_drops)
         rows, acc, diag, ef = np.empty((ch, m + 3)), np.zeros((ch, 4, mpad), np.float32), np.empty((ch, m)), np.empty((ch, 3))
         for jet in range(task * JETS_PER_TASK, min(n_jets, (task + 1) * JETS_PER_TASK)):
-            n = _jet_input(p[jet], m, l1, scale, beams, qin, shift, qg[INVARIANT], ab, seeds_in[jet], gaps_in,
-                           draws_in, s_in, bn, unit, q, pos, rowof, drops, x, dk, kk, s, cd, ck)
+            n = _jet_input(p[jet], l1, scale, beams, qin, shift, qg[INVARIANT], ab, s_in, bn, unit, q, pos, rowof,
+                           x, dk, kk, s, cd, ck)
+            codes, flat = _drop_slots(dl[jet], draws_in)
+            _drop_inputs(codes, dl[jet, 0], bn, x, dk, kk, s, cd, ck)
             tsum = _hidden_terms(n, s, t[jet], w, bias[jet], dbias[jet], k, qg[AGG2], r, c, dg)
-            nd = _hidden_drops(n, m, ch, pos, rowof, seeds_h[jet], gaps_h, draws_h, drops, di, dj, dh)
-            _keep(kh, nd, di, dj, dh, ZERO)
-            _backward_pairs(x, dk, kk, n, wk, r, c, dg, top, quant, bn, k, g[jet], kh, draws_h > 0,
+            _keep(kh, dl[jet, 1], flat, ZERO)
+            _backward_pairs(x, dk, kk, n, wk, r, c, dg, top, quant, bn, k, g[jet], kh, hidden_drops,
                             rows, acc, diag, ef)
-            _keep(kh, nd, di, dj, dh, ONE)
+            _keep(kh, dl[jet, 1], flat, ONE)
             _backward_weights(n, s, tsum, t[jet], w, qg[AGG2], rows, acc[:, 0], diag, ef, cd, ck, s_in, bn,
                               gw[jet], gt[jet], gb[jet], gdb[jet], gab[jet])
 
@@ -600,27 +628,31 @@ class _Kernels:
         narrow = next(t for t in (np.uint8, np.uint16, gaps.dtype) if gaps.max() <= np.iinfo(t).max)
         return (gaps.astype(narrow), draws(entries, thr)), LEVELS / (LEVELS - thr)
 
-    def _args(self, x, seeds_in, seeds_h, ab, w, t, bias, dbias):
-        return (np.ascontiguousarray(x, np.float32), *self.front, self.tp.qgrid, np.asarray(ab, np.float64),
-                self.s_in, _unsigned(seeds_in), *self.drop_in, _unsigned(seeds_h), *self.drop_h, self.bn,
-                np.ascontiguousarray(w), np.ascontiguousarray(t), np.ascontiguousarray(bias),
-                np.ascontiguousarray(dbias))
+    def _front(self, x, ab):
+        return (np.ascontiguousarray(x, np.float32), *self.front, self.tp.qgrid, np.asarray(ab, np.float64), self.s_in)
+
+    @staticmethod
+    def _weights(w, t, bias, dbias):
+        return tuple(np.ascontiguousarray(v) for v in (w, t, bias, dbias))
 
     def moments(self, x):
         out = np.zeros((len(x), 3))
         _moments(np.ascontiguousarray(x, np.float32), *self.front, self.tp.qgrid[INVARIANT], self.bn, out)
         return out
 
-    def forward(self, *inputs):
-        out = np.zeros((len(inputs[0]), self.channels, N_SUMS))
-        _train_forward(*self._args(*inputs), out)
-        return out
+    def forward(self, x, seeds_in, seeds_h, ab, *weights):
+        """(K (B, C, 6), the drop lists (B, 2 + draws) int32 the backward pass reads)."""
+        out = np.zeros((len(x), self.channels, N_SUMS))
+        dl = np.empty((len(x), 2 + self.drop_in[1] + self.drop_h[1]), np.int32)
+        _train_forward(*self._front(x, ab), _unsigned(seeds_in), *self.drop_in, _unsigned(seeds_h), *self.drop_h,
+                       self.bn, *self._weights(*weights), out, dl)
+        return out, dl
 
-    def backward(self, *inputs_and_g):
-        *inputs, g = inputs_and_g
-        b, ch = len(inputs[0]), self.channels
+    def backward(self, x, dl, ab, w, t, bias, dbias, g):
+        b, ch = len(x), self.channels
         gw, gt, gb, gdb, gab = np.zeros((b, ch, 6)), np.zeros((b, 5)), np.zeros((b, ch)), np.zeros((b, ch)), np.zeros((b, 2))
-        _train_backward(*self._args(*inputs), np.ascontiguousarray(g, np.float64), gw, gt, gb, gdb, gab)
+        _train_backward(*self._front(x, ab), dl, self.drop_in[1], self.drop_h[1] > 0, self.bn,
+                        *self._weights(w, t, bias, dbias), np.ascontiguousarray(g, np.float64), gw, gt, gb, gdb, gab)
         return gab.sum(axis=0), gw.sum(axis=0), gt, gb, gdb  # the order of the inputs (ab, w, t, bias, dbias)
 
 
@@ -701,12 +733,11 @@ def loss_and_gradients(model, tp=None):
             stats_in = _moments_of(tf.reduce_sum(mom[:, 1:2], 0), tf.reduce_sum(mom[:, 2:3], 0), n2)
             bn_in.update_moving(*stats_in)
         weights = head(n, stats_in)
-        inputs = [x, seeds_in, seeds_h, *weights]
-        k = tf.ensure_shape(tf.numpy_function(kern.forward, inputs, f64, stateful=False), [None, kern.channels, N_SUMS])
-        loss, g_k, g_tail, stats_h = tail(k, n, n2, y)
+        k, dl = tf.numpy_function(kern.forward, [x, seeds_in, seeds_h, *weights], [f64, tf.int32], stateful=False)
+        loss, g_k, g_tail, stats_h = tail(tf.ensure_shape(k, [None, kern.channels, N_SUMS]), n, n2, y)
         if bn_h is not None:
             bn_h.update_moving(*stats_h)
-        g_weights = tf.numpy_function(kern.backward, inputs + [g_k], [f64] * 5, stateful=False)
+        g_weights = tf.numpy_function(kern.backward, [x, dl, *weights, g_k], [f64] * 5, stateful=False)
         g_head = head_grads(n, stats_in, g_weights)
         return loss, [(g_head, g_tail)[part][i] for part, i in order]
 
