@@ -29,12 +29,16 @@ with the layers' to ~1e-6 and gradients to ~1e-5 (tested). A training step is no
 against ``model.fit`` (nor is one float32 order of operations against another); resume is, as
 it replays the same kernels.
 
-Dropout costs one draw and one decoding per dropped entry: without branches (a dropped padding
-entry lands on a zero row), the draws ending after the last real row, the gap table uint8 at
-the paper's rate so that it stays in cache. The input dropout's entries are zeroed in the
-layer's input; the hidden dropout's are scattered as zeros into a keep array (C, M + 3, Mpad)
-that the vectorised pair loops read (a variant of each loop without it, for models without
-hidden dropout), and set back to ones after the jet: no dropped entry is recomputed.
+Dropout costs one draw and one decoding per dropped entry, in the forward pass only: without
+branches (a dropped padding entry lands on a zero row, or on a negative offset), the draws
+ending after the last real row, the gap table uint8 at the paper's rate so that it stays in
+cache, each position split into row and column by a multiply and a shift. The forward kernel
+hands the decoded entries to the backward one as a small int32 tensor per jet (the input
+dropout's (i, j), the hidden dropout's offsets in the keep flags). The input dropout's entries
+are zeroed in the layer's input; the hidden dropout's are scattered as zeros into a uint8 keep
+array (C, M + 3, Mpad) that the vectorised pair loops read (a variant of each loop without it,
+for models without hidden dropout), and set back to ones after the jet: no dropped entry is
+recomputed.
 
 Supported: what :func:`qpelican.nn.fastpath.plan` supports, with at most one BatchNorm and one
 dropout (in that order) before each equivariant layer, as :func:`qpelican.nn.models.build_model`
@@ -54,7 +58,8 @@ from qpelican.nn.layers.dropout import LEVELS, draws, gap_table
 N_SUMS = 6  # K1..K6 (module docstring)
 JETS_PER_TASK = 8  # jets per parallel task: per-jet results, so the split changes no value
 FASTMATH = {"reassoc", "contract", "nsz"}
-ZERO, ONE = np.float32(0.0), np.float32(1.0)  # the pair loops' arrays are float32: 8 lanes of AVX2
+f32, ZERO = np.float32, np.float32(0.0)  # the pair loops' arrays are float32: 8 lanes of AVX2
+OUT = -(1 << 30)  # a padding row's or column's offset in the keep flags: any sum with it is negative
 
 
 @dataclass
@@ -146,12 +151,21 @@ def _dropped(seed, gaps, draws, entries, out):
 
 
 @njit(inline="always")
+def _magic(d):
+    """(magic, shift) of :func:`_divmod` by d: shift = 31 + ceil(log2 d), magic = ceil(2^shift / d) < 2^32."""
+    shift = 31
+    while (1 << (shift - 31)) < d:
+        shift += 1
+    return ((1 << shift) + d - 1) // d, shift
+
+
+@njit(inline="always")
 def _divmod(p, d, magic):
-    """(p // d, p % d) by a multiply and a shift, magic = ceil(2^32 / d): exact for
-    0 <= p < min(2^32 / d, 2^31), as the product's error is below p / 2^32 < 1 / d (here p < M^2 C
-    and d = M or C: any N below ~1600; an integer division costs ~30 cycles, and the dropped entries
-    are decoded one by one)."""
-    q = (p * magic) >> 32
+    """(p // d, p % d) by a multiply and a shift, magic = :func:`_magic` (d): exact for 0 <= p < 2^31,
+    as the product's error is below p / 2^shift < 1 / d, and p magic < 2^63 (an integer division
+    costs ~30 cycles, a float64 product with its conversions more than this, and the dropped
+    entries are decoded one by one)."""
+    q = (p * magic[0]) >> magic[1]
     return q, p - q * d
 
 
@@ -195,7 +209,7 @@ def _input_drops(seed, gaps, draws, entries, m, rowof, drops, codes):
     """The input dropout's dropped real entries (i, j) of one jet, as codes i 2^16 + j; returns
     their number."""
     count = _dropped(seed, gaps, draws, entries, drops)
-    magic_m = ((1 << 32) + m - 1) // m
+    magic_m = _magic(m)
     real = 0
     for e in range(count):  # without branches (a padding entry is written, then overwritten)
         row, col = _divmod(drops[e], m, magic_m)
@@ -229,19 +243,44 @@ def _last_row(pos, n):
 
 
 @njit(inline="always")
-def _hidden_drops(n, m, mpad, ch, last, rowof, seed_h, gaps_h, draws_h, drops, flat, dh):
-    """The hidden dropout's dropped real entries (i, j, h) of one jet: their offsets in the keep
-    flags (C, M + 3, Mpad) into flat, their channels into dh; returns their number."""
+def _keep_offsets(m, mpad, ch, rowof, rowoff, coloff):
+    """A jet's offsets in the keep flags (C, M + 3, Mpad): rowoff[row] = i Mpad for the layer row
+    holding real particle i, coloff[col C + h] = h (M + 3) Mpad + j for the column holding j, and
+    OUT for padding, so that a dropped entry's offset is one sum, negative on padding."""
+    for row in range(m):
+        i = rowof[row]
+        rowoff[row] = i * mpad if i >= 0 else OUT
+        for h in range(ch):
+            coloff[row * ch + h] = h * (m + 3) * mpad + i if i >= 0 else OUT
+
+
+@njit(inline="always")
+def _hidden_drops(m, ch, last, rowoff, coloff, seed_h, gaps_h, draws_h, drops, flat):
+    """The hidden dropout's dropped real entries of one jet, as their offsets in the keep flags
+    (:func:`_keep_offsets`) into flat; returns their number."""
     count = _dropped(seed_h, gaps_h, draws_h, last * m * ch, drops)
-    magic_m, magic_ch = ((1 << 32) + m - 1) // m, ((1 << 32) + ch - 1) // ch
+    mc = m * ch
+    magic = _magic(mc)
     real = 0
     for e in range(count):  # without branches (a padding entry is written, then overwritten)
-        pair, h = _divmod(drops[e], ch, magic_ch)
-        row, col = _divmod(pair, m, magic_m)
-        i, j = rowof[row], rowof[col]
-        flat[real], dh[real] = (h * (m + 3) + i) * mpad + j, h
-        real += (i | j) >= 0
+        row, rem = _divmod(drops[e], mc, magic)
+        off = rowoff[row] + coloff[rem]
+        flat[real] = off
+        real += off >= 0
     return real
+
+
+@njit(inline="always")
+def _dropped_per_channel(flat, nd, ch, stride, out):
+    """out[h] = the number of the nd offsets flat in channel h (offsets h stride to (h + 1) stride):
+    one vectorised count per channel of those at or above its start."""
+    above = 0
+    for h in range(ch - 1, -1, -1):
+        lo, cnt = np.int32(h * stride), 0
+        for e in range(nd):
+            cnt += flat[e] >= lo
+        out[h] = cnt - above
+        above = cnt
 
 
 @njit(inline="always")
@@ -285,7 +324,8 @@ def _add_rows(x, kr, i, w0, r, ch, cols, npad, top, quant, keep):
         c1[j] += (va + vb) + (vc + vd)
         c2[j] += (va * va + vb * vb) + (vc * vc + vd * vd)
         if keep:
-            c3[j] += (kr[i, j] * va + kr[i + 1, j] * vb) + (kr[i + 2, j] * vc + kr[i + 3, j] * vd)
+            c3[j] += ((f32(kr[i, j]) * va + f32(kr[i + 1, j]) * vb)
+                      + (f32(kr[i + 2, j]) * vc + f32(kr[i + 3, j]) * vd))
 
 
 @njit(inline="always")
@@ -298,16 +338,15 @@ def _keep(kh, nd, flat, value):
 
 
 @njit(inline="always")
-def _forward_sums(x, n, wk, r, c, dg, top, quant, k, kh, hd, nd, dh, cols, out):
+def _forward_sums(x, n, wk, r, c, dg, top, quant, k, kh, hd, nd, flat, cols, out):
     """out[h] = K1..K6 (module docstring) of one jet, the keep flags of row i in kh[h, i] (with
-    ``hd``, the hidden dropout; else kh[h, 0] is all ones) and the nd dropped entries (dh) counted
-    out of K4. The pair loops count h in units of k, four rows at a time into the column sums
+    ``hd``, the hidden dropout; else kh[h, 0] is all ones) and the nd dropped entries (their
+    offsets flat in kh) counted out of K4. The pair loops count h in units of k, four rows at a time into the column sums
     cols (rows n..n+2 are padding: r = -1e30 there, so h = 0 and dz = 0), and take z_ii without its
     diagonal terms, corrected row by row."""
     npad = (n + 7) // 8 * 8
-    out[:, 3] = n * n
-    for e in range(nd):  # one pass over the drops, whatever the number of channels
-        out[dh[e], 3] -= 1.0
+    _dropped_per_channel(flat, nd, wk.shape[0], kh.shape[1] * kh.shape[2], out[:, 3])
+    out[:, 3] = n * n - out[:, 3]
     for h in range(wk.shape[0]):
         w0, ch, rh, kr = wk[h, 0], c[h], r[h], kh[h]
         cols[:, :npad] = ZERO
@@ -328,7 +367,7 @@ def _forward_sums(x, n, wk, r, c, dg, top, quant, k, kh, hd, nd, dh, cols, out):
             k3 += cols[2, j] if hd else cols[0, j]
         for i in range(n):
             z = w0 * x[i, i] + rh[i] + ch[i]
-            v0, vd, kii = _hidden(z, top, quant), _hidden(z + dg[h, i], top, quant), kr[i if hd else 0, i]
+            v0, vd, kii = _hidden(z, top, quant), _hidden(z + dg[h, i], top, quant), f32(kr[i if hd else 0, i])
             k1 += vd - v0
             k2 += vd * vd - v0 * v0
             k3 += kii * (vd - v0)
@@ -358,7 +397,8 @@ def _grad_rows(x, dk, kk, kr, i, w0, r, ch, acc, npad, top, gs, quant, bn, keep)
         cj = ch[j]
         za, zb, zc, zd = w0 * xa[j] + ra + cj, w0 * xb[j] + rb + cj, w0 * xc[j] + rc + cj, w0 * xd[j] + rd + cj
         if keep:
-            ga, gb, gc, gd = g1 + g3 * kr[i, j], g1 + g3 * kr[i + 1, j], g1 + g3 * kr[i + 2, j], g1 + g3 * kr[i + 3, j]
+            ga, gb = g1 + g3 * f32(kr[i, j]), g1 + g3 * f32(kr[i + 1, j])
+            gc, gd = g1 + g3 * f32(kr[i + 2, j]), g1 + g3 * f32(kr[i + 3, j])
         else:
             ga = gb = gc = gd = g1 + g3
         if bn:
@@ -411,7 +451,7 @@ def _backward_pairs(x, dk, kk, n, wk, r, c, dg, top, quant, bn, k, g, kh, hd, ro
                 f_all += ah[3, j]
         for i in range(n):
             z = w0 * x[i, i] + rh[i] + ch[i]
-            zd, kii = z + dg[h, i], kr[i if hd else 0, i]
+            zd, kii = z + dg[h, i], f32(kr[i if hd else 0, i])
             d0 = g1 + g2 * _hidden(z, top, quant) + g3 * kii if _on(z, top, quant) else 0.0
             dd = g1 + g2 * _hidden(zd, top, quant) + (g3 + g5) * kii if _on(zd, top, quant) else 0.0
             fix = dd - d0  # the loop took z_ii without its diagonal terms
@@ -494,15 +534,14 @@ def _sizes(p, beams, qg, w):
 
 @njit(inline="always")
 def _scratch(m, mpad, nf, ch, hidden_drops):
-    """A task's arrays; the last, the hidden keep flags, (C, M + 3, Mpad) with a hidden dropout,
+    """A task's arrays; the last, the hidden keep flags (uint8), (C, M + 3, Mpad) with a hidden dropout,
     else one row of ones (C, 1, Mpad). x, dk, kk, r and the flags have rows up to M + 2, for
     the pair loops' blocks of four rows (:func:`_forward_sums`); x's row M stays zero."""
-    f32 = np.float32
     return (np.zeros((m + 3, mpad), f32), np.zeros((m + 3, mpad), f32), np.zeros((m + 3, mpad), f32),
             np.empty((nf, mpad)), np.empty(m, np.int64), np.empty(m, np.int64),
             np.zeros(mpad), np.zeros(mpad), np.zeros(mpad),
             np.empty((ch, m + 3), f32), np.full((ch, mpad), f32(-1e30)), np.empty((ch, m), f32),
-            np.ones((ch, m + 3 if hidden_drops else 1, mpad), f32))
+            np.ones((ch, m + 3 if hidden_drops else 1, mpad), np.uint8))
 
 
 @njit(inline="always")
@@ -521,7 +560,7 @@ def _train_forward(p, l1, scale, beams, qin, shift, qg, ab, s_in, seeds_in, gaps
     wk, unit = (w * k).astype(np.float32), np.array([1.0, 0.0])
     for task in prange((n_jets + JETS_PER_TASK - 1) // JETS_PER_TASK):
         x, dk, kk, q, pos, rowof, s, cd, ck, r, c, dg, kh = _scratch(m, mpad, p.shape[2], ch, draws_h > 0)
-        drops, dh = np.empty(max(draws_in, draws_h, 1), np.int64), np.empty(max(draws_h, 1), np.int64)
+        drops, rowoff, coloff = np.empty(max(draws_in, draws_h, 1), np.int64), np.empty(m, np.int64), np.empty(m * ch, np.int64)
         cols = np.zeros((3, mpad), np.float32)
         for jet in range(task * JETS_PER_TASK, min(n_jets, (task + 1) * JETS_PER_TASK)):
             n = _jet_input(p[jet], l1, scale, beams, qin, shift, qg[INVARIANT], ab, s_in, bn, unit, q, pos, rowof,
@@ -530,10 +569,12 @@ def _train_forward(p, l1, scale, beams, qin, shift, qg, ab, s_in, seeds_in, gaps
             dl[jet, 0] = ni = _input_drops(seeds_in[jet], gaps_in, draws_in, last * m, m, rowof, drops, codes)
             _drop_inputs(codes, ni, bn, x, dk, kk, s, cd, ck)
             _hidden_terms(n, s, t[jet], w, bias[jet], dbias[jet], k, qg[AGG2], r, c, dg)
-            dl[jet, 1] = nd = _hidden_drops(n, m, mpad, ch, last, rowof, seeds_h[jet], gaps_h, draws_h, drops, flat, dh)
-            _keep(kh, nd, flat, ZERO)
-            _forward_sums(x, n, wk, r, c, dg, top, quant, k, kh, draws_h > 0, nd, dh, cols, out[jet])
-            _keep(kh, nd, flat, ONE)
+            if draws_h > 0:
+                _keep_offsets(m, mpad, ch, rowof, rowoff, coloff)
+            dl[jet, 1] = nd = _hidden_drops(m, ch, last, rowoff, coloff, seeds_h[jet], gaps_h, draws_h, drops, flat)
+            _keep(kh, nd, flat, 0)
+            _forward_sums(x, n, wk, r, c, dg, top, quant, k, kh, draws_h > 0, nd, flat, cols, out[jet])
+            _keep(kh, nd, flat, 1)
 
 
 @njit(parallel=True, cache=True, fastmath=FASTMATH)
@@ -552,10 +593,10 @@ def _train_backward(p, l1, scale, beams, qin, shift, qg, ab, s_in, dl, draws_in,
             codes, flat = _drop_slots(dl[jet], draws_in)
             _drop_inputs(codes, dl[jet, 0], bn, x, dk, kk, s, cd, ck)
             tsum = _hidden_terms(n, s, t[jet], w, bias[jet], dbias[jet], k, qg[AGG2], r, c, dg)
-            _keep(kh, dl[jet, 1], flat, ZERO)
+            _keep(kh, dl[jet, 1], flat, 0)
             _backward_pairs(x, dk, kk, n, wk, r, c, dg, top, quant, bn, k, g[jet], kh, hidden_drops,
                             rows, acc, diag, ef)
-            _keep(kh, dl[jet, 1], flat, ONE)
+            _keep(kh, dl[jet, 1], flat, 1)
             _backward_weights(n, s, tsum, t[jet], w, qg[AGG2], rows, acc[:, 0], diag, ef, cd, ck, s_in, bn,
                               gw[jet], gt[jet], gb[jet], gdb[jet], gab[jet])
 
