@@ -2,6 +2,7 @@
 same gradients as ``model(x, training=True)`` under a GradientTape (the same dropout masks: the
 layers' own seeds), for every option of the nano chain; an epoch through them against an epoch
 of ``model.fit``; models outside the chain fall back to ``model.fit``."""
+import numba
 import numpy as np
 import pytest
 
@@ -133,3 +134,15 @@ def test_full_pelican_trains_through_model_fit():
     rng = np.random.default_rng(4)
     loss = train_epoch(model, tf.constant(momenta(rng, 64, 8)), tf.constant(np.ones(64, np.float32)), 64, 32, 0, 0)
     assert np.isfinite(loss) and int(model.optimizer.iterations) == 2
+
+
+@pytest.mark.parametrize("d", [1, 2, 3, 10, 82, 164, 820, 8320, 999_983, 2**30 + 3])
+def test_the_dropout_decoding_divides_exactly(d):
+    """The multiply-shift division that splits each dropped position: exact for every position below
+    2^31, here at the divisor's multiples and their neighbours, at random and at the top."""
+    divide = numba.njit(lambda p, d: fasttrain._divmod(p, d, fasttrain._magic(d)))
+    rng = np.random.default_rng(d)
+    k = rng.integers(0, (2**31 - 1) // d, 300)
+    for p in np.concatenate([k * d - 1, k * d, k * d + 1, rng.integers(0, 2**31, 300), 2**31 - 1 - np.arange(50)]):
+        if 0 <= p < 2**31:
+            assert divide(int(p), d) == divmod(int(p), d)
