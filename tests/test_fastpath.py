@@ -259,6 +259,7 @@ def test_float32_pair_loops_are_exact_at_full_width():
     x[:n:2, :n] = np.clip(near, -2 ** 14, 2 ** 14)[::2]
     z = wk[0, 0] * x[:n, :n] + (r[0][:, None] + col[0, :n][None, :])
     assert ((z > 0.5) & (z < top - 0.5)).mean() > 0.3  # many pairs are rounded, not clipped
+    r = np.concatenate([r, np.full((c, 3), -1e30)], axis=1)  # rows n..n+2: padding of the blocks of four rows
     out = {}
     for dt in (np.float64, np.float32):
         tot, tr = np.zeros(c), np.zeros(c)

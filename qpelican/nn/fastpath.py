@@ -17,11 +17,13 @@ the grids (``FixedFormat``: 2^F, min, max), a float model's BatchNorms their inf
 (``qpelican.nn.fold``). The rounding itself, clip(rint(x 2^F) 2^-F), is ``qpelican.nn.quant.quantize``
 written for numba (tested bit for bit against the layers).
 
-Where the time goes (N = 80, 30-79 constituents, one thread, a loaded 2-core machine): about
-2.5-3 us per jet for the inputs, invariants and aggregates, then about 0.75 us (float) or 0.9 us
-(8-bit) per hidden channel in float32 (1.2 and 1.6 us in float64): c2 4-7 us, c10 10-12 us. The
-pair loops are vectorised (rows padded to a multiple of 8, four rows per pass); what is left is
-their arithmetic (an add, a fused multiply-add, a round and a clip per pair and channel).
+Where the time goes (N = 80, 30-79 constituents, one thread, a quiet 2-core machine): about
+2-3 us per jet for the inputs, invariants and aggregates, then about 0.4 us (float) or 0.5 us
+(8-bit) per hidden channel in float32: c10 5.7 us (float) and 7.6 us (8-bit). The pair loops are
+vectorised (rows padded to a multiple of 8, four rows per pass, the last block padded too, so that
+no row takes a pass of its own); what is left is their arithmetic (an add, a fused multiply-add, a
+round and a clip per pair and channel). The per-channel terms r, c and dg are one
+vectorised loop per channel over the columns.
 Computing d_ij for i < j only and mirroring it would save about a third of the invariants, but the
 mirror is a strided copy that costs about as much.
 
@@ -438,14 +440,15 @@ def hidden_sums(x, n, w, r, c, dg, top, quant, tot, tr, col):
     float64. Four rows at a time add into column sums ``col``: a plain vectorised loop, without the
     reassociation a running sum would need (the float32 sums are exact whatever their order, by
     :func:`pair_loops_float32`'s bounds, but a float model's are not). Rows run to the next
-    multiple of 8 (c is -1e30 there: h = 0), as in :func:`invariants`."""
+    multiple of 8 (c is -1e30 there: h = 0), as in :func:`invariants`, and the blocks of four rows
+    past n (r is -1e30 on rows n..n+2: h = 0), so that no row is left to a loop of its own (one
+    such pass per row cost about as much as a block of four)."""
     npad = (n + 7) // 8 * 8
     zero = top - top
     for h in range(w.shape[0]):
         wk, ch = w[h, 0], c[h]
         col[:npad] = zero
-        i = 0
-        while i + 4 <= n:
+        for i in range(0, n, 4):  # rows n..n+2 are padding (r = -1e30 there: h = 0)
             xa, xb, xc, xd = x[i], x[i + 1], x[i + 2], x[i + 3]
             ra, rb, rc, rd = r[h, i], r[h, i + 1], r[h, i + 2], r[h, i + 3]
             if quant:
@@ -460,15 +463,6 @@ def hidden_sums(x, n, w, r, c, dg, top, quant, tot, tr, col):
                     cj = ch[j]
                     col[j] += ((max(wk * xa[j] + (ra + cj), zero) + max(wk * xb[j] + (rb + cj), zero))
                                + (max(wk * xc[j] + (rc + cj), zero) + max(wk * xd[j] + (rd + cj), zero)))
-            i += 4
-        for i in range(i, n):
-            xi, ri = x[i], r[h, i]
-            if quant:
-                for j in range(npad):
-                    col[j] += min(max(np.rint(wk * xi[j] + (ri + ch[j])), zero), top)
-            else:
-                for j in range(npad):
-                    col[j] += max(wk * xi[j] + (ri + ch[j]), zero)
         tot[h], tr[h] = _channel_totals(x, n, wk, r[h], ch, dg[h], top, quant, col)
 
 
@@ -490,13 +484,14 @@ def _forward(p, l1, scale, beams, qin, shift, bn_in, w2, tab2, bias2, dbias2, bn
     wk = (w2 * k).astype(dt)
     top = dt(ga[2] * ga[0])
     for chunk in prange(n_chunks):
-        x = np.zeros((m, mpad), dt)
+        x = np.zeros((m + 3, mpad), dt)  # rows up to M + 2: the blocks of four rows
         q = np.empty((nf, mpad))
         pos = np.empty(m, np.int64)
         s = np.empty(m)
-        r, dg = np.empty((ch, m), dt), np.empty((ch, m))
+        r, dg = np.empty((ch, m + 3), dt), np.empty((ch, m))
         c = np.full((ch, mpad), -1e30, dt)
         tot, tr, col = np.empty(ch), np.empty(ch), np.empty(mpad, dt)
+        agg = np.empty((3, m))
         for jet in range(chunk * n_jets // n_chunks, (chunk + 1) * n_jets // n_chunks):
             n = front_rows(p[jet], l1, scale, beams, qin, q, pos)
             invariants(q, n, l1, shift, bn_in, qg[INVARIANT], x, s)
@@ -506,15 +501,19 @@ def _forward(p, l1, scale, beams, qin, shift, bn_in, w2, tab2, bias2, dbias2, bn
             tsum = 0.0
             for j in range(n):
                 tsum += s[j]
-            a_ts, a_td = round_to(tsum * t[3], qg[AGG2]), round_to(tsum * t[4], qg[AGG2])
+            agg_t, agg_td = round_to(tsum * t[3], qg[AGG2]), round_to(tsum * t[4], qg[AGG2])
             for j in range(n):  # nano basis: x, delta S, S_j (col), S_i (row), T, delta T
-                a_d, a_c, a_r = (round_to(s[j] * t[0], qg[AGG2]), round_to(s[j] * t[1], qg[AGG2]),
-                                 round_to(s[j] * t[2], qg[AGG2]))
-                for h in range(ch):
-                    r[h, j] = (a_r * w2[h, 3] + (bias2[n, h] + a_ts * w2[h, 4])) * k
-                    c[h, j] = a_c * w2[h, 2] * k
-                    dg[h, j] = (a_d * w2[h, 1] + a_td * w2[h, 5] + dbias2[n, h]) * k
+                agg[0, j], agg[1, j], agg[2, j] = (round_to(s[j] * t[0], qg[AGG2]), round_to(s[j] * t[1], qg[AGG2]),
+                                                   round_to(s[j] * t[2], qg[AGG2]))
+            for h in range(ch):  # per channel, one vectorised loop over the columns
+                r_h, c_h, d_h = r[h], c[h], dg[h]
+                r_b, d_b = bias2[n, h] + agg_t * w2[h, 4], agg_td * w2[h, 5] + dbias2[n, h]
+                for j in range(n):
+                    r_h[j] = (agg[2, j] * w2[h, 3] + r_b) * k
+                    c_h[j] = agg[1, j] * w2[h, 2] * k
+                    d_h[j] = (agg[0, j] * w2[h, 1] + d_b) * k
             c[:, n:] = -1e30  # the padding of the rows: c = -1e30 gives h = 0 whatever x there
+            r[:, n:n + 3] = -1e30  # and of the columns, for the blocks of four rows
             hidden_sums(x, n, wk, r, c, dg, top, quant, tot, tr, col)
             t0 = tab0[n]
             z = 0.0
