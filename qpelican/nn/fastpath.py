@@ -407,6 +407,32 @@ def l1_beam(q, n, bn, g, x, s):
         s[j] += diff
 
 
+@njit(inline="always")
+def hidden_terms(n, s, t, w, bias, dbias, k, gq, agg, r, c, dg):
+    """r, c, dg of z_ij = w0 x_ij + r_i + c_j + delta_ij dg_i, the 2->2 layer's pre-activation in
+    the nano basis (x, delta S, S_j (column), S_i (row), T, delta T), in units of the activation's
+    LSB k (1 in float), from the column sums s (n,), the normalisers t (5,) and the biases (C,) of
+    the multiplicity n; returns T. The aggregates go through agg (3, M) so that each channel's
+    terms are one vectorised loop over the columns. r and c are -1e30 on the padding (columns from
+    n, rows n..n+2: the pair loops' blocks of four rows), where h = 0 and its gradient too."""
+    tsum = 0.0
+    for j in range(n):
+        tsum += s[j]
+    agg_t, agg_td = round_to(tsum * t[3], gq), round_to(tsum * t[4], gq)
+    for j in range(n):
+        agg[0, j], agg[1, j], agg[2, j] = round_to(s[j] * t[0], gq), round_to(s[j] * t[1], gq), round_to(s[j] * t[2], gq)
+    for h in range(w.shape[0]):
+        r_h, c_h, d_h = r[h], c[h], dg[h]
+        r_b, d_b = bias[h] + agg_t * w[h, 4], agg_td * w[h, 5] + dbias[h]
+        for j in range(n):
+            r_h[j] = (agg[2, j] * w[h, 3] + r_b) * k
+            c_h[j] = agg[1, j] * w[h, 2] * k
+            d_h[j] = (agg[0, j] * w[h, 1] + d_b) * k
+    c[:, n:] = -1e30
+    r[:, n:n + 3] = -1e30
+    return tsum
+
+
 @njit(fastmath={"reassoc", "contract", "nsz"}, cache=True)
 def _channel_totals(x, n, w, r, c, dg, top, quant, col):
     """(sum_ij h_ij, sum_i h_ii) of one channel from its column sums ``col`` of h without the diagonal
@@ -497,23 +523,7 @@ def _forward(p, l1, scale, beams, qin, shift, bn_in, w2, tab2, bias2, dbias2, bn
             invariants(q, n, l1, shift, bn_in, qg[INVARIANT], x, s)
             if l1 and beams.shape[0] > 0:
                 l1_beam(q, n, bn_in, qg[INVARIANT], x, s)
-            t = tab2[n]
-            tsum = 0.0
-            for j in range(n):
-                tsum += s[j]
-            agg_t, agg_td = round_to(tsum * t[3], qg[AGG2]), round_to(tsum * t[4], qg[AGG2])
-            for j in range(n):  # nano basis: x, delta S, S_j (col), S_i (row), T, delta T
-                agg[0, j], agg[1, j], agg[2, j] = (round_to(s[j] * t[0], qg[AGG2]), round_to(s[j] * t[1], qg[AGG2]),
-                                                   round_to(s[j] * t[2], qg[AGG2]))
-            for h in range(ch):  # per channel, one vectorised loop over the columns
-                r_h, c_h, d_h = r[h], c[h], dg[h]
-                r_b, d_b = bias2[n, h] + agg_t * w2[h, 4], agg_td * w2[h, 5] + dbias2[n, h]
-                for j in range(n):
-                    r_h[j] = (agg[2, j] * w2[h, 3] + r_b) * k
-                    c_h[j] = agg[1, j] * w2[h, 2] * k
-                    d_h[j] = (agg[0, j] * w2[h, 1] + d_b) * k
-            c[:, n:] = -1e30  # the padding of the rows: c = -1e30 gives h = 0 whatever x there
-            r[:, n:n + 3] = -1e30  # and of the columns, for the blocks of four rows
+            hidden_terms(n, s, tab2[n], w2, bias2[n], dbias2[n], k, qg[AGG2], agg, r, c, dg)
             hidden_sums(x, n, wk, r, c, dg, top, quant, tot, tr, col)
             t0 = tab0[n]
             z = 0.0

@@ -51,7 +51,7 @@ import tensorflow as tf
 from numba import njit, prange
 
 from qpelican.nn import fastpath
-from qpelican.nn.fastpath import ACT2, AGG2, INVARIANT, front_rows, invariants, l1_beam, round_to
+from qpelican.nn.fastpath import ACT2, AGG2, INVARIANT, front_rows, hidden_terms, invariants, l1_beam, round_to
 from qpelican.nn.layers import L1Invariants, MaskedBatchNorm, PairDropout
 from qpelican.nn.layers.dropout import LEVELS, draws, gap_table
 
@@ -281,25 +281,6 @@ def _dropped_per_channel(flat, nd, ch, stride, out):
             cnt += flat[e] >= lo
         out[h] = cnt - above
         above = cnt
-
-
-@njit(inline="always")
-def _hidden_terms(n, s, t, w, bias, dbias, k, gq, r, c, dg):
-    """r, c, dg of z_ij = w0 x_ij + r_i + c_j + delta_ij dg_i (nano basis), in units of the
-    activation's LSB k (1 in float), from the column sums s and normalisers t; returns T."""
-    tsum = 0.0
-    for j in range(n):
-        tsum += s[j]
-    a_ts, a_td = round_to(tsum * t[3], gq), round_to(tsum * t[4], gq)
-    for j in range(n):
-        a_d, a_c, a_r = round_to(s[j] * t[0], gq), round_to(s[j] * t[1], gq), round_to(s[j] * t[2], gq)
-        for h in range(w.shape[0]):
-            r[h, j] = (a_r * w[h, 3] + (bias[h] + a_ts * w[h, 4])) * k
-            c[h, j] = a_c * w[h, 2] * k
-            dg[h, j] = (a_d * w[h, 1] + a_td * w[h, 5] + dbias[h]) * k
-    c[:, n:] = -1e30  # the padding of the rows: z = -1e30 there, so h = 0 and no gradient
-    r[:, n:n + 3] = -1e30  # and of the columns, for the pair loops' blocks of four rows
-    return tsum
 
 
 @njit(inline="always")
@@ -534,14 +515,15 @@ def _sizes(p, beams, qg, w):
 
 @njit(inline="always")
 def _scratch(m, mpad, nf, ch, hidden_drops):
-    """A task's arrays; the last, the hidden keep flags (uint8), (C, M + 3, Mpad) with a hidden dropout,
-    else one row of ones (C, 1, Mpad). x, dk, kk, r and the flags have rows up to M + 2, for
-    the pair loops' blocks of four rows (:func:`_forward_sums`); x's row M stays zero."""
+    """A task's arrays; the last two, the hidden keep flags (uint8), (C, M + 3, Mpad) with a hidden
+    dropout, else one row of ones (C, 1, Mpad), and the aggregates of ``fastpath.hidden_terms``.
+    x, dk, kk, r and the flags have rows up to M + 2, for the pair loops' blocks of four rows
+    (:func:`_forward_sums`); x's row M stays zero."""
     return (np.zeros((m + 3, mpad), f32), np.zeros((m + 3, mpad), f32), np.zeros((m + 3, mpad), f32),
             np.empty((nf, mpad)), np.empty(m, np.int64), np.empty(m, np.int64),
             np.zeros(mpad), np.zeros(mpad), np.zeros(mpad),
             np.empty((ch, m + 3), f32), np.full((ch, mpad), f32(-1e30)), np.empty((ch, m), f32),
-            np.ones((ch, m + 3 if hidden_drops else 1, mpad), np.uint8))
+            np.ones((ch, m + 3 if hidden_drops else 1, mpad), np.uint8), np.empty((3, m)))
 
 
 @njit(inline="always")
@@ -559,7 +541,7 @@ def _train_forward(p, l1, scale, beams, qin, shift, qg, ab, s_in, seeds_in, gaps
     n_jets, ch, m, mpad, quant, k, top = _sizes(p, beams, qg, w)
     wk, unit = (w * k).astype(np.float32), np.array([1.0, 0.0])
     for task in prange((n_jets + JETS_PER_TASK - 1) // JETS_PER_TASK):
-        x, dk, kk, q, pos, rowof, s, cd, ck, r, c, dg, kh = _scratch(m, mpad, p.shape[2], ch, draws_h > 0)
+        x, dk, kk, q, pos, rowof, s, cd, ck, r, c, dg, kh, agg = _scratch(m, mpad, p.shape[2], ch, draws_h > 0)
         drops, rowoff, coloff = np.empty(max(draws_in, draws_h, 1), np.int64), np.empty(m, np.int64), np.empty(m * ch, np.int64)
         cols = np.zeros((3, mpad), np.float32)
         for jet in range(task * JETS_PER_TASK, min(n_jets, (task + 1) * JETS_PER_TASK)):
@@ -568,7 +550,7 @@ def _train_forward(p, l1, scale, beams, qin, shift, qg, ab, s_in, seeds_in, gaps
             last, (codes, flat) = _last_row(pos, n), _drop_slots(dl[jet], draws_in)
             dl[jet, 0] = ni = _input_drops(seeds_in[jet], gaps_in, draws_in, last * m, m, rowof, drops, codes)
             _drop_inputs(codes, ni, bn, x, dk, kk, s, cd, ck)
-            _hidden_terms(n, s, t[jet], w, bias[jet], dbias[jet], k, qg[AGG2], r, c, dg)
+            hidden_terms(n, s, t[jet], w, bias[jet], dbias[jet], k, qg[AGG2], agg, r, c, dg)
             if draws_h > 0:
                 _keep_offsets(m, mpad, ch, rowof, rowoff, coloff)
             dl[jet, 1] = nd = _hidden_drops(m, ch, last, rowoff, coloff, seeds_h[jet], gaps_h, draws_h, drops, flat)
@@ -585,14 +567,14 @@ def _train_backward(p, l1, scale, beams, qin, shift, qg, ab, s_in, dl, draws_in,
     n_jets, ch, m, mpad, quant, k, top = _sizes(p, beams, qg, w)
     wk, unit = (w * k).astype(np.float32), np.array([1.0, 0.0])
     for task in prange((n_jets + JETS_PER_TASK - 1) // JETS_PER_TASK):
-        x, dk, kk, q, pos, rowof, s, cd, ck, r, c, dg, kh = _scratch(m, mpad, p.shape[2], ch, hidden_drops)
+        x, dk, kk, q, pos, rowof, s, cd, ck, r, c, dg, kh, agg = _scratch(m, mpad, p.shape[2], ch, hidden_drops)
         rows, acc, diag, ef = np.empty((ch, m + 3)), np.zeros((ch, 4, mpad), np.float32), np.empty((ch, m)), np.empty((ch, 3))
         for jet in range(task * JETS_PER_TASK, min(n_jets, (task + 1) * JETS_PER_TASK)):
             n = _jet_input(p[jet], l1, scale, beams, qin, shift, qg[INVARIANT], ab, s_in, bn, unit, q, pos, rowof,
                            x, dk, kk, s, cd, ck)
             codes, flat = _drop_slots(dl[jet], draws_in)
             _drop_inputs(codes, dl[jet, 0], bn, x, dk, kk, s, cd, ck)
-            tsum = _hidden_terms(n, s, t[jet], w, bias[jet], dbias[jet], k, qg[AGG2], r, c, dg)
+            tsum = hidden_terms(n, s, t[jet], w, bias[jet], dbias[jet], k, qg[AGG2], agg, r, c, dg)
             _keep(kh, dl[jet, 1], flat, 0)
             _backward_pairs(x, dk, kk, n, wk, r, c, dg, top, quant, bn, k, g[jet], kh, hidden_drops,
                             rows, acc, diag, ef)
