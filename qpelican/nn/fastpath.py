@@ -420,7 +420,8 @@ def hidden_terms(n, s, t, w, bias, dbias, k, gq, agg, r, c, dg):
         tsum += s[j]
     agg_t, agg_td = round_to(tsum * t[3], gq), round_to(tsum * t[4], gq)
     for j in range(n):
-        agg[0, j], agg[1, j], agg[2, j] = round_to(s[j] * t[0], gq), round_to(s[j] * t[1], gq), round_to(s[j] * t[2], gq)
+        for a in range(3):
+            agg[a, j] = round_to(s[j] * t[a], gq)
     for h in range(w.shape[0]):
         r_h, c_h, d_h = r[h], c[h], dg[h]
         r_b, d_b = bias[h] + agg_t * w[h, 4], agg_td * w[h, 5] + dbias[h]

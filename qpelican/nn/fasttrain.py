@@ -30,7 +30,7 @@ against ``model.fit`` (nor is one float32 order of operations against another); 
 it replays the same kernels.
 
 Dropout costs one draw and one decoding per dropped entry, in the forward pass only: without
-branches (a dropped padding entry lands on a zero row, or on a negative offset), the draws
+branches (a dropped padding entry is written, then overwritten by the next), the draws
 ending after the last real row, the gap table uint8 at the paper's rate so that it stays in
 cache, each position split into row and column by a multiply and a shift. The forward kernel
 hands the decoded entries to the backward one as a small int32 tensor per jet (the input
@@ -322,9 +322,9 @@ def _keep(kh, nd, flat, value):
 def _forward_sums(x, n, wk, r, c, dg, top, quant, k, kh, hd, nd, flat, cols, out):
     """out[h] = K1..K6 (module docstring) of one jet, the keep flags of row i in kh[h, i] (with
     ``hd``, the hidden dropout; else kh[h, 0] is all ones) and the nd dropped entries (their
-    offsets flat in kh) counted out of K4. The pair loops count h in units of k, four rows at a time into the column sums
-    cols (rows n..n+2 are padding: r = -1e30 there, so h = 0 and dz = 0), and take z_ii without its
-    diagonal terms, corrected row by row."""
+    offsets flat in kh) counted out of K4. The pair loops count h in units of k, four rows at a
+    time into the column sums cols (rows n..n+2 are padding: r = -1e30 there, so h = 0 and
+    dz = 0), and take z_ii without its diagonal terms, corrected row by row."""
     npad = (n + 7) // 8 * 8
     _dropped_per_channel(flat, nd, wk.shape[0], kh.shape[1] * kh.shape[2], out[:, 3])
     out[:, 3] = n * n - out[:, 3]
@@ -542,7 +542,8 @@ def _train_forward(p, l1, scale, beams, qin, shift, qg, ab, s_in, seeds_in, gaps
     wk, unit = (w * k).astype(np.float32), np.array([1.0, 0.0])
     for task in prange((n_jets + JETS_PER_TASK - 1) // JETS_PER_TASK):
         x, dk, kk, q, pos, rowof, s, cd, ck, r, c, dg, kh, agg = _scratch(m, mpad, p.shape[2], ch, draws_h > 0)
-        drops, rowoff, coloff = np.empty(max(draws_in, draws_h, 1), np.int64), np.empty(m, np.int64), np.empty(m * ch, np.int64)
+        drops = np.empty(max(draws_in, draws_h, 1), np.int64)
+        rowoff, coloff = np.empty(m, np.int64), np.empty(m * ch, np.int64)
         cols = np.zeros((3, mpad), np.float32)
         for jet in range(task * JETS_PER_TASK, min(n_jets, (task + 1) * JETS_PER_TASK)):
             n = _jet_input(p[jet], l1, scale, beams, qin, shift, qg[INVARIANT], ab, s_in, bn, unit, q, pos, rowof,
