@@ -170,12 +170,11 @@ def _divmod(p, d, magic):
 
 
 @njit(inline="always")
-def _jet_input(p, l1, scale, beams, qin, shift, gi, ab, s_in, bn, unit, q, pos, rowof, x, dk, kk, s, cd, ck):
-    """The 2->2 layer's input of one jet before the input dropout: returns n and fills, over the
-    real rows i < n, x_ij = s (a d_ij + b) (s the dropout's scale; (a, b) the input BatchNorm) and
-    the column sums s_j = sum_i x_ij; with ``bn`` also dk_ij = d_ij, kk_ij = 1 and their column
-    sums cd_j, ck_j (for the BatchNorm's gradient). Columns n..npad-1 are zero; rowof[r] is the
-    real particle in row r of the layer (-1: padding)."""
+def _jet_input(p, l1, scale, beams, qin, shift, gi, s_in, bn, unit, q, pos, rowof, x, s):
+    """The invariants of one jet: returns n and fills, over the real rows i < n, x_ij = d_ij with
+    ``bn`` (the BatchNorm comes with the input dropout, :func:`_drop_inputs`), else x_ij = s d_ij
+    (s the dropout's scale) and its column sums s_j = sum_i x_ij. Columns n..npad-1 are zero;
+    rowof[r] is the real particle in row r of the layer (-1: padding)."""
     n = front_rows(p, l1, scale, beams, qin, q, pos)
     rowof[:] = -1
     for i in range(n):
@@ -184,23 +183,6 @@ def _jet_input(p, l1, scale, beams, qin, shift, gi, ab, s_in, bn, unit, q, pos, 
     invariants(q, n, l1, shift, affine, gi, x, s)  # x = affine(d) (d_ii = 0), s its row sums (= column sums)
     if l1 and beams.shape[0] > 0:
         l1_beam(q, n, affine, gi, x, s)
-    npad = (n + 7) // 8 * 8
-    a, b = ab[0] * s_in, ab[1] * s_in
-    if bn:
-        for j in range(npad):
-            s[j] = cd[j] = ck[j] = 0.0
-        for i in range(n):
-            xi, dki, kki = x[i], dk[i], kk[i]
-            for j in range(n):
-                d = xi[j]
-                dki[j] = d
-                kki[j] = 1.0
-                xi[j] = a * d + b
-                s[j] += xi[j]
-                cd[j] += d
-                ck[j] += 1.0
-            dki[n:npad] = 0.0
-            kki[n:npad] = 0.0
     return n
 
 
@@ -220,17 +202,37 @@ def _input_drops(seed, gaps, draws, entries, m, rowof, drops, codes):
 
 
 @njit(inline="always")
-def _drop_inputs(codes, count, bn, x, dk, kk, s, cd, ck):
-    """Zero the input dropout's dropped entries (codes of :func:`_input_drops`) in x (and dk, kk
-    with ``bn``), taking them out of the column sums."""
+def _drop_inputs(n, codes, count, ab, s_in, bn, x, dk, kk, s, cd, ck):
+    """The 2->2 layer's input after the input dropout's dropped entries (codes of
+    :func:`_input_drops`): without ``bn`` they are zeroed in x and taken out of its column sums s.
+    With ``bn``, x holds d: the flags kk_ij (1 kept, 0 dropped) are set first, then one pass makes
+    x_ij = s kk_ij (a d_ij + b), dk_ij = kk_ij d_ij ((a, b) the BatchNorm's map, s the dropout's
+    scale) and their column sums s_j, cd_j, ck_j (for the BatchNorm's gradient): a dropped entry
+    costs one store, not a correction of five arrays."""
+    if not bn:
+        for e in range(count):
+            i, j = codes[e] >> 16, codes[e] & 0xFFFF
+            s[j] -= x[i, j]
+            x[i, j] = 0.0
+        return
+    npad = (n + 7) // 8 * 8
+    for i in range(n):
+        kk[i, :n] = 1.0
+        kk[i, n:npad] = 0.0
     for e in range(count):
-        i, j = codes[e] >> 16, codes[e] & 0xFFFF
-        s[j] -= x[i, j]
-        x[i, j] = 0.0
-        if bn:
-            cd[j] -= dk[i, j]
-            ck[j] -= kk[i, j]
-            dk[i, j] = kk[i, j] = 0.0
+        kk[codes[e] >> 16, codes[e] & 0xFFFF] = 0.0
+    a, b = f32(ab[0] * s_in), f32(ab[1] * s_in)  # float32, the layer's precision: 8 lanes, not 4
+    for j in range(npad):
+        s[j] = cd[j] = ck[j] = 0.0
+    for i in range(n):
+        xi, dki, kki = x[i], dk[i], kk[i]
+        for j in range(npad):
+            d, k = xi[j], kki[j]
+            dki[j] = k * d
+            xi[j] = k * (a * d + b)
+            s[j] += xi[j]
+            cd[j] += dki[j]
+            ck[j] += k
 
 
 @njit(inline="always")
@@ -546,11 +548,10 @@ def _train_forward(p, l1, scale, beams, qin, shift, qg, ab, s_in, seeds_in, gaps
         rowoff, coloff = np.empty(m, np.int64), np.empty(m * ch, np.int64)
         cols = np.zeros((3, mpad), np.float32)
         for jet in range(task * JETS_PER_TASK, min(n_jets, (task + 1) * JETS_PER_TASK)):
-            n = _jet_input(p[jet], l1, scale, beams, qin, shift, qg[INVARIANT], ab, s_in, bn, unit, q, pos, rowof,
-                           x, dk, kk, s, cd, ck)
+            n = _jet_input(p[jet], l1, scale, beams, qin, shift, qg[INVARIANT], s_in, bn, unit, q, pos, rowof, x, s)
             last, (codes, flat) = _last_row(pos, n), _drop_slots(dl[jet], draws_in)
             dl[jet, 0] = ni = _input_drops(seeds_in[jet], gaps_in, draws_in, last * m, m, rowof, drops, codes)
-            _drop_inputs(codes, ni, bn, x, dk, kk, s, cd, ck)
+            _drop_inputs(n, codes, ni, ab, s_in, bn, x, dk, kk, s, cd, ck)
             hidden_terms(n, s, t[jet], w, bias[jet], dbias[jet], k, qg[AGG2], agg, r, c, dg)
             if draws_h > 0:
                 _keep_offsets(m, mpad, ch, rowof, rowoff, coloff)
@@ -571,10 +572,9 @@ def _train_backward(p, l1, scale, beams, qin, shift, qg, ab, s_in, dl, draws_in,
         x, dk, kk, q, pos, rowof, s, cd, ck, r, c, dg, kh, agg = _scratch(m, mpad, p.shape[2], ch, hidden_drops)
         rows, acc, diag, ef = np.empty((ch, m + 3)), np.zeros((ch, 4, mpad), np.float32), np.empty((ch, m)), np.empty((ch, 3))
         for jet in range(task * JETS_PER_TASK, min(n_jets, (task + 1) * JETS_PER_TASK)):
-            n = _jet_input(p[jet], l1, scale, beams, qin, shift, qg[INVARIANT], ab, s_in, bn, unit, q, pos, rowof,
-                           x, dk, kk, s, cd, ck)
+            n = _jet_input(p[jet], l1, scale, beams, qin, shift, qg[INVARIANT], s_in, bn, unit, q, pos, rowof, x, s)
             codes, flat = _drop_slots(dl[jet], draws_in)
-            _drop_inputs(codes, dl[jet, 0], bn, x, dk, kk, s, cd, ck)
+            _drop_inputs(n, codes, dl[jet, 0], ab, s_in, bn, x, dk, kk, s, cd, ck)
             tsum = hidden_terms(n, s, t[jet], w, bias[jet], dbias[jet], k, qg[AGG2], agg, r, c, dg)
             _keep(kh, dl[jet, 1], flat, 0)
             _backward_pairs(x, dk, kk, n, wk, r, c, dg, top, quant, bn, k, g[jet], kh, hidden_drops,
