@@ -170,9 +170,9 @@ def _divmod(p, d, magic):
 
 
 @njit(inline="always")
-def _jet_input(p, l1, scale, beams, qin, shift, gi, s_in, bn, unit, q, pos, rowof, x, s):
+def _jet_invariants(p, l1, scale, beams, qin, shift, gi, s_in, bn, unit, q, pos, rowof, x, s):
     """The invariants of one jet: returns n and fills, over the real rows i < n, x_ij = d_ij with
-    ``bn`` (the BatchNorm comes with the input dropout, :func:`_drop_inputs`), else x_ij = s d_ij
+    ``bn`` (the BatchNorm comes with the input dropout, :func:`_layer_input`), else x_ij = s d_ij
     (s the dropout's scale) and its column sums s_j = sum_i x_ij. Columns n..npad-1 are zero;
     rowof[r] is the real particle in row r of the layer (-1: padding)."""
     n = front_rows(p, l1, scale, beams, qin, q, pos)
@@ -202,7 +202,7 @@ def _input_drops(seed, gaps, draws, entries, m, rowof, drops, codes):
 
 
 @njit(inline="always")
-def _drop_inputs(n, codes, count, ab, s_in, bn, x, dk, kk, s, cd, ck):
+def _layer_input(n, codes, count, ab, s_in, bn, x, dk, kk, s, cd, ck):
     """The 2->2 layer's input after the input dropout's dropped entries (codes of
     :func:`_input_drops`): without ``bn`` they are zeroed in x and taken out of its column sums s.
     With ``bn``, x holds d: the flags kk_ij (1 kept, 0 dropped) are set first, then one pass makes
@@ -548,10 +548,11 @@ def _train_forward(p, l1, scale, beams, qin, shift, qg, ab, s_in, seeds_in, gaps
         rowoff, coloff = np.empty(m, np.int64), np.empty(m * ch, np.int64)
         cols = np.zeros((3, mpad), np.float32)
         for jet in range(task * JETS_PER_TASK, min(n_jets, (task + 1) * JETS_PER_TASK)):
-            n = _jet_input(p[jet], l1, scale, beams, qin, shift, qg[INVARIANT], s_in, bn, unit, q, pos, rowof, x, s)
+            n = _jet_invariants(p[jet], l1, scale, beams, qin, shift, qg[INVARIANT], s_in, bn, unit, q, pos, rowof,
+                                x, s)
             last, (codes, flat) = _last_row(pos, n), _drop_slots(dl[jet], draws_in)
             dl[jet, 0] = ni = _input_drops(seeds_in[jet], gaps_in, draws_in, last * m, m, rowof, drops, codes)
-            _drop_inputs(n, codes, ni, ab, s_in, bn, x, dk, kk, s, cd, ck)
+            _layer_input(n, codes, ni, ab, s_in, bn, x, dk, kk, s, cd, ck)
             hidden_terms(n, s, t[jet], w, bias[jet], dbias[jet], k, qg[AGG2], agg, r, c, dg)
             if draws_h > 0:
                 _keep_offsets(m, mpad, ch, rowof, rowoff, coloff)
@@ -572,9 +573,10 @@ def _train_backward(p, l1, scale, beams, qin, shift, qg, ab, s_in, dl, draws_in,
         x, dk, kk, q, pos, rowof, s, cd, ck, r, c, dg, kh, agg = _scratch(m, mpad, p.shape[2], ch, hidden_drops)
         rows, acc, diag, ef = np.empty((ch, m + 3)), np.zeros((ch, 4, mpad), np.float32), np.empty((ch, m)), np.empty((ch, 3))
         for jet in range(task * JETS_PER_TASK, min(n_jets, (task + 1) * JETS_PER_TASK)):
-            n = _jet_input(p[jet], l1, scale, beams, qin, shift, qg[INVARIANT], s_in, bn, unit, q, pos, rowof, x, s)
+            n = _jet_invariants(p[jet], l1, scale, beams, qin, shift, qg[INVARIANT], s_in, bn, unit, q, pos, rowof,
+                                x, s)
             codes, flat = _drop_slots(dl[jet], draws_in)
-            _drop_inputs(n, codes, dl[jet, 0], ab, s_in, bn, x, dk, kk, s, cd, ck)
+            _layer_input(n, codes, dl[jet, 0], ab, s_in, bn, x, dk, kk, s, cd, ck)
             tsum = hidden_terms(n, s, t[jet], w, bias[jet], dbias[jet], k, qg[AGG2], agg, r, c, dg)
             _keep(kh, dl[jet, 1], flat, 0)
             _backward_pairs(x, dk, kk, n, wk, r, c, dg, top, quant, bn, k, g[jet], kh, hidden_drops,
