@@ -202,12 +202,19 @@ def _input_drops(seed, gaps, draws, entries, m, rowof, drops, codes):
 
 
 @njit(inline="always")
-def _layer_input(n, codes, count, ab, s_in, bn, x, dk, kk, s, cd, ck):
+def _input_map(ab, s_in):
+    """(a, b) of x = a d + b: the input BatchNorm's map with the dropout's scale s_in, in float32
+    (the layer's precision: 8 lanes, not 4)."""
+    return np.array([ab[0] * s_in, ab[1] * s_in], np.float32)
+
+
+@njit(inline="always")
+def _layer_input(n, codes, count, ab_in, bn, x, dk, kk, s, cd, ck):
     """The 2->2 layer's input after the input dropout's dropped entries (codes of
     :func:`_input_drops`): without ``bn`` they are zeroed in x and taken out of its column sums s.
     With ``bn``, x holds d: the flags kk_ij (1 kept, 0 dropped) are set first, then one pass makes
-    x_ij = s kk_ij (a d_ij + b), dk_ij = kk_ij d_ij ((a, b) the BatchNorm's map, s the dropout's
-    scale) and their column sums s_j, cd_j, ck_j (for the BatchNorm's gradient): a dropped entry
+    x_ij = kk_ij (a d_ij + b), dk_ij = kk_ij d_ij ((a, b) = ab_in, :func:`_input_map`) and their
+    column sums s_j, cd_j, ck_j (for the BatchNorm's gradient): a dropped entry
     costs one store, not a correction of five arrays."""
     if not bn:
         for e in range(count):
@@ -221,7 +228,7 @@ def _layer_input(n, codes, count, ab, s_in, bn, x, dk, kk, s, cd, ck):
         kk[i, n:npad] = 0.0
     for e in range(count):
         kk[codes[e] >> 16, codes[e] & 0xFFFF] = 0.0
-    a, b = f32(ab[0] * s_in), f32(ab[1] * s_in)  # float32, the layer's precision: 8 lanes, not 4
+    a, b = ab_in[0], ab_in[1]
     for j in range(npad):
         s[j] = cd[j] = ck[j] = 0.0
     for i in range(n):
@@ -368,9 +375,10 @@ def _on(z, top, quant):
 @njit(inline="always")
 def _grad_rows(x, dk, kk, kr, i, w0, r, ch, acc, npad, top, gs, quant, bn, keep):
     """dz_ij = dL/dz_ij along rows i..i+3 (recomputing z; kr: the channel's hidden keep flags,
-    read with ``keep`` only): returns the four rows' sums of dz and adds, per column j, dz,
-    dz x and (with ``bn``) dz dk, dz kk into acc[0..3]. Four rows per pass, as in
-    :func:`_add_rows`; the flags are literals at each call."""
+    read with ``keep`` only): returns the four rows' sums of dz and adds, per column j, dz and
+    dz x, or with ``bn`` dz dk and dz kk instead of dz x (x = a dk + b kk then gives its sum),
+    into acc[0..3]. Four rows per pass, as in :func:`_add_rows`; the flags are literals at each
+    call."""
     g1, g2, g3 = gs
     xa, xb, xc, xd = x[i], x[i + 1], x[i + 2], x[i + 3]
     ra, rb, rc, rd = r[i], r[i + 1], r[i + 2], r[i + 3]
@@ -391,18 +399,21 @@ def _grad_rows(x, dk, kk, kr, i, w0, r, ch, acc, npad, top, gs, quant, bn, keep)
         dc, dd = gc if _on(zc, top, quant) else ZERO, gd if _on(zd, top, quant) else ZERO
         sa, sb, sc, sd = sa + da, sb + db, sc + dc, sd + dd
         col[j] += (da + db) + (dc + dd)
-        cx[j] += (da * xa[j] + db * xb[j]) + (dc * xc[j] + dd * xd[j])
         if bn:
             ce[j] += (da * dk[i, j] + db * dk[i + 1, j]) + (dc * dk[i + 2, j] + dd * dk[i + 3, j])
             cf[j] += (da * kk[i, j] + db * kk[i + 1, j]) + (dc * kk[i + 2, j] + dd * kk[i + 3, j])
+        else:
+            cx[j] += (da * xa[j] + db * xb[j]) + (dc * xc[j] + dd * xd[j])
     return sa, sb, sc, sd
 
 
 @njit(inline="always")
-def _backward_pairs(x, dk, kk, n, wk, r, c, dg, top, quant, bn, k, g, kh, hd, rows, acc, diag, ef):
+def _backward_pairs(x, dk, kk, ab, n, wk, r, c, dg, top, quant, bn, k, g, kh, hd, rows, acc, diag, ef):
     """dz_ij^h = dL/dz_ij^h from g[h] = dL/dK1..K6, recomputing z, summed into rows[h, i],
     acc[h, 0, j] (the column sums), diag[h, i] (dz_ii) and ef[h] = (sum dz x, sum dz dk,
-    sum dz kk); the hidden keep flags and the blocks of four rows as in :func:`_forward_sums`."""
+    sum dz kk); with ``bn`` the loops sum only dz dk and dz kk, as x = a dk + b kk ((a, b) = ab,
+    :func:`_input_map`). The hidden keep flags and the blocks of four rows as in
+    :func:`_forward_sums`."""
     npad = (n + 7) // 8 * 8
     for h in range(wk.shape[0]):
         w0, ch, rh, kr, ah = wk[h, 0], c[h], r[h], kh[h], acc[h]
@@ -428,10 +439,13 @@ def _backward_pairs(x, dk, kk, n, wk, r, c, dg, top, quant, bn, k, g, kh, hd, ro
                 rows[h, i + e] = sums[e]
         ex_all = e_all = f_all = 0.0
         for j in range(npad):
-            ex_all += ah[1, j]
             if bn:
                 e_all += ah[2, j]
                 f_all += ah[3, j]
+            else:
+                ex_all += ah[1, j]
+        if bn:
+            ex_all = ab[0] * e_all + ab[1] * f_all
         for i in range(n):
             z = w0 * x[i, i] + rh[i] + ch[i]
             zd, kii = z + dg[h, i], f32(kr[i if hd else 0, i])
@@ -541,7 +555,7 @@ def _train_forward(p, l1, scale, beams, qin, shift, qg, ab, s_in, seeds_in, gaps
     its dropped entries for the backward pass: their numbers (input, hidden), the input's codes
     (:func:`_input_drops`) and the hidden's offsets in the keep flags (:func:`_hidden_drops`)."""
     n_jets, ch, m, mpad, quant, k, top = _sizes(p, beams, qg, w)
-    wk, unit = (w * k).astype(np.float32), np.array([1.0, 0.0])
+    wk, unit, ab_in = (w * k).astype(np.float32), np.array([1.0, 0.0]), _input_map(ab, s_in)
     for task in prange((n_jets + JETS_PER_TASK - 1) // JETS_PER_TASK):
         x, dk, kk, q, pos, rowof, s, cd, ck, r, c, dg, kh, agg = _scratch(m, mpad, p.shape[2], ch, draws_h > 0)
         drops = np.empty(max(draws_in, draws_h, 1), np.int64)
@@ -552,7 +566,7 @@ def _train_forward(p, l1, scale, beams, qin, shift, qg, ab, s_in, seeds_in, gaps
                                 x, s)
             last, (codes, flat) = _last_row(pos, n), _drop_slots(dl[jet], draws_in)
             dl[jet, 0] = ni = _input_drops(seeds_in[jet], gaps_in, draws_in, last * m, m, rowof, drops, codes)
-            _layer_input(n, codes, ni, ab, s_in, bn, x, dk, kk, s, cd, ck)
+            _layer_input(n, codes, ni, ab_in, bn, x, dk, kk, s, cd, ck)
             hidden_terms(n, s, t[jet], w, bias[jet], dbias[jet], k, qg[AGG2], agg, r, c, dg)
             if draws_h > 0:
                 _keep_offsets(m, mpad, ch, rowof, rowoff, coloff)
@@ -568,7 +582,7 @@ def _train_backward(p, l1, scale, beams, qin, shift, qg, ab, s_in, dl, draws_in,
     """Per jet, dL/d(w, t, bias, diag bias, (a, b)) into gw (B, C, 6), gt (B, 5), gb, gdb (B, C),
     gab (B, 2), from g = dL/dK (B, C, 6) and the drop lists dl of :func:`_train_forward`."""
     n_jets, ch, m, mpad, quant, k, top = _sizes(p, beams, qg, w)
-    wk, unit = (w * k).astype(np.float32), np.array([1.0, 0.0])
+    wk, unit, ab_in = (w * k).astype(np.float32), np.array([1.0, 0.0]), _input_map(ab, s_in)
     for task in prange((n_jets + JETS_PER_TASK - 1) // JETS_PER_TASK):
         x, dk, kk, q, pos, rowof, s, cd, ck, r, c, dg, kh, agg = _scratch(m, mpad, p.shape[2], ch, hidden_drops)
         rows, acc, diag, ef = np.empty((ch, m + 3)), np.zeros((ch, 4, mpad), np.float32), np.empty((ch, m)), np.empty((ch, 3))
@@ -576,10 +590,10 @@ def _train_backward(p, l1, scale, beams, qin, shift, qg, ab, s_in, dl, draws_in,
             n = _jet_invariants(p[jet], l1, scale, beams, qin, shift, qg[INVARIANT], s_in, bn, unit, q, pos, rowof,
                                 x, s)
             codes, flat = _drop_slots(dl[jet], draws_in)
-            _layer_input(n, codes, dl[jet, 0], ab, s_in, bn, x, dk, kk, s, cd, ck)
+            _layer_input(n, codes, dl[jet, 0], ab_in, bn, x, dk, kk, s, cd, ck)
             tsum = hidden_terms(n, s, t[jet], w, bias[jet], dbias[jet], k, qg[AGG2], agg, r, c, dg)
             _keep(kh, dl[jet, 1], flat, 0)
-            _backward_pairs(x, dk, kk, n, wk, r, c, dg, top, quant, bn, k, g[jet], kh, hidden_drops,
+            _backward_pairs(x, dk, kk, ab_in, n, wk, r, c, dg, top, quant, bn, k, g[jet], kh, hidden_drops,
                             rows, acc, diag, ef)
             _keep(kh, dl[jet, 1], flat, 1)
             _backward_weights(n, s, tsum, t[jet], w, qg[AGG2], rows, acc[:, 0], diag, ef, cd, ck, s_in, bn,
