@@ -214,8 +214,8 @@ def _layer_input(n, codes, count, ab_in, bn, x, dk, kk, s, cd, ck):
     :func:`_input_drops`): without ``bn`` they are zeroed in x and taken out of its column sums s.
     With ``bn``, x holds d: the flags kk_ij (1 kept, 0 dropped) are set first, then one pass makes
     x_ij = kk_ij (a d_ij + b), dk_ij = kk_ij d_ij ((a, b) = ab_in, :func:`_input_map`) and their
-    column sums s_j, cd_j, ck_j (for the BatchNorm's gradient): a dropped entry
-    costs one store, not a correction of five arrays."""
+    column sums s_j, cd_j, ck_j (for the BatchNorm's gradient): a dropped entry costs one store,
+    not a correction of five arrays."""
     if not bn:
         for e in range(count):
             i, j = codes[e] >> 16, codes[e] & 0xFFFF
