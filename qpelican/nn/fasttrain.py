@@ -32,13 +32,16 @@ it replays the same kernels.
 Dropout costs one draw and one decoding per dropped entry, in the forward pass only: without
 branches (a dropped padding entry is written, then overwritten by the next), the draws
 ending after the last real row, the gap table uint8 at the paper's rate so that it stays in
-cache, each position split into row and column by a multiply and a shift. The forward kernel
-hands the decoded entries to the backward one as a small int32 tensor per jet (the input
-dropout's (i, j), the hidden dropout's offsets in the keep flags). The input dropout's entries
-are zeroed in the layer's input; the hidden dropout's are scattered as zeros into a uint8 keep
-array (C, M + 3, Mpad) that the vectorised pair loops read (a variant of each loop without it,
-for models without hidden dropout), and set back to ones after the jet: no dropped entry is
-recomputed.
+cache, each position split into row and column by a multiply and a shift, in unsigned
+integers (numba tests every signed index for a negative one). The forward pass keeps the
+decoded entries, one code (channel, i, j) per dropped real entry, in a buffer the backward
+pass of the same step reads (not a tensor: TensorFlow spent as long on one as the kernels on
+the entries). The input dropout's entries are zeroed in the layer's input. The forward pair
+loops take every hidden entry as kept; K3..K6 then lose the dropped ones' h, recomputed at
+those entries alone. The backward pass scatters them as zeros into a uint8 keep array
+(C, M + 3, Mpad) that its vectorised pair loops read (a variant of each loop without it, for
+models without hidden dropout), and sets them back to ones after the jet: a correction of dz
+there would add to a row sum entry after entry, each waiting for the last.
 
 Supported: what :func:`qpelican.nn.fastpath.plan` supports, with at most one BatchNorm and one
 dropout (in that order) before each equivariant layer, as :func:`qpelican.nn.models.build_model`
@@ -59,7 +62,10 @@ N_SUMS = 6  # K1..K6 (module docstring)
 JETS_PER_TASK = 8  # jets per parallel task: per-jet results, so the split changes no value
 FASTMATH = {"reassoc", "contract", "nsz"}
 f32, ZERO = np.float32, np.float32(0.0)  # the pair loops' arrays are float32: 8 lanes of AVX2
-OUT = -(1 << 30)  # a padding row's or column's offset in the keep flags: any sum with it is negative
+u32, u64 = np.uint32, np.uint64  # the dropout's indices: numba tests every signed index for a negative one
+CODE_BITS = 12  # a dropped entry's code: (h << 2 CODE_BITS) | (i << CODE_BITS) | j, its channel and real pair
+MAX_ROWS, MAX_CHANNELS = 1 << CODE_BITS, 64  # so that a code is below 2^30
+OUT = -(1 << 30)  # a padding row's or column's part of a code: any sum with it is negative
 
 
 @dataclass
@@ -122,6 +128,8 @@ def train_plan(model):
         return "trainable weights outside the equivariant layers and BatchNorms"
     front = fastpath.front_constants(ch["front"])
     n = int(model.inputs[0].shape[1])
+    if n + len(front["beams"]) > MAX_ROWS or eq2.channels > MAX_CHANNELS:
+        return f"more than {MAX_ROWS} rows or {MAX_CHANNELS} hidden channels (the dropped entries' codes)"
     inv = ch["inv"]
     l1 = type(inv) is L1Invariants
     return TrainPlan(eq2=eq2, eq0=eq0, bn_in=regs[0][0], bn_h=regs[1][0], drop_in=regs[0][1], drop_h=regs[1][1],
@@ -136,27 +144,28 @@ def train_plan(model):
 @njit(inline="always")
 def _dropped(seed, gaps, draws, entries, out):
     """The dropped entries of a jet (positions < ``entries`` in the layer's row-major order) into
-    out: ``qpelican.nn.layers.dropout.keep_mask``'s geometric gaps, in 64-bit integers; returns
-    their number."""
-    p, count = -1, 0
+    out (uint64): ``qpelican.nn.layers.dropout.keep_mask``'s geometric gaps, in unsigned 64-bit
+    integers; returns their number."""
+    end, after, count, s = u64(entries), u64(0), u64(0), u64(seed)  # after: 1 + the last position
     for k in range(draws):
-        h = (k * 0x9E3779B9 + seed) & 0xFFFFFFFF
-        h = ((h ^ (h >> 15)) * 0x2C1B3C6D) & 0xFFFFFFFF
-        p += gaps[h >> 16]
-        if p >= entries:
+        h = (u64(k) * u64(0x9E3779B9) + s) & u64(0xFFFFFFFF)
+        h = ((h ^ (h >> u64(15))) * u64(0x2C1B3C6D)) & u64(0xFFFFFFFF)
+        after += u64(gaps[h >> u64(16)])
+        if after > end:
             break
-        out[count] = p
-        count += 1
+        out[count] = after - u64(1)
+        count += u64(1)
     return count
 
 
 @njit(inline="always")
 def _magic(d):
-    """(magic, shift) of :func:`_divmod` by d: shift = 31 + ceil(log2 d), magic = ceil(2^shift / d) < 2^32."""
+    """(magic, shift) of :func:`_divmod` by d: shift = 31 + ceil(log2 d), magic = ceil(2^shift / d) < 2^32
+    (unsigned)."""
     shift = 31
     while (1 << (shift - 31)) < d:
         shift += 1
-    return ((1 << shift) + d - 1) // d, shift
+    return u64(((1 << shift) + d - 1) // d), u64(shift)
 
 
 @njit(inline="always")
@@ -165,8 +174,8 @@ def _divmod(p, d, magic):
     as the product's error is below p / 2^shift < 1 / d, and p magic < 2^63 (an integer division
     costs ~30 cycles, a float64 product with its conversions more than this, and the dropped
     entries are decoded one by one)."""
-    q = (p * magic[0]) >> magic[1]
-    return q, p - q * d
+    q = (u64(p) * magic[0]) >> magic[1]
+    return q, u64(p) - q * u64(d)
 
 
 @njit(inline="always")
@@ -187,17 +196,24 @@ def _jet_invariants(p, l1, scale, beams, qin, shift, gi, s_in, bn, unit, q, pos,
 
 
 @njit(inline="always")
+def _entry(code):
+    """(h, i, j) of a dropped entry's code (:data:`CODE_BITS`), unsigned."""
+    u, mask = u32(code), u32((1 << CODE_BITS) - 1)
+    return u >> u32(2 * CODE_BITS), (u >> u32(CODE_BITS)) & mask, u & mask
+
+
+@njit(inline="always")
 def _input_drops(seed, gaps, draws, entries, m, rowof, drops, codes):
-    """The input dropout's dropped real entries (i, j) of one jet, as codes i 2^16 + j; returns
-    their number."""
+    """The input dropout's dropped real entries (i, j) of one jet, as codes (:func:`_entry`, h = 0);
+    returns their number."""
     count = _dropped(seed, gaps, draws, entries, drops)
     magic_m = _magic(m)
-    real = 0
+    real = u64(0)
     for e in range(count):  # without branches (a padding entry is written, then overwritten)
         row, col = _divmod(drops[e], m, magic_m)
         i, j = rowof[row], rowof[col]
-        codes[real] = (i << 16) | (j & 0xFFFF)
-        real += (i | j) >= 0
+        codes[real] = (i << CODE_BITS) | (j & ((1 << CODE_BITS) - 1))
+        real += u64((i | j) >= 0)
     return real
 
 
@@ -218,7 +234,7 @@ def _layer_input(n, codes, count, ab_in, bn, x, dk, kk, s, cd, ck):
     not a correction of five arrays."""
     if not bn:
         for e in range(count):
-            i, j = codes[e] >> 16, codes[e] & 0xFFFF
+            _, i, j = _entry(codes[e])
             s[j] -= x[i, j]
             x[i, j] = 0.0
         return
@@ -227,7 +243,8 @@ def _layer_input(n, codes, count, ab_in, bn, x, dk, kk, s, cd, ck):
         kk[i, :n] = 1.0
         kk[i, n:npad] = 0.0
     for e in range(count):
-        kk[codes[e] >> 16, codes[e] & 0xFFFF] = 0.0
+        _, i, j = _entry(codes[e])
+        kk[i, j] = 0.0
     a, b = ab_in[0], ab_in[1]
     for j in range(npad):
         s[j] = cd[j] = ck[j] = 0.0
@@ -252,44 +269,32 @@ def _last_row(pos, n):
 
 
 @njit(inline="always")
-def _keep_offsets(m, mpad, ch, rowof, rowoff, coloff):
-    """A jet's offsets in the keep flags (C, M + 3, Mpad): rowoff[row] = i Mpad for the layer row
-    holding real particle i, coloff[col C + h] = h (M + 3) Mpad + j for the column holding j, and
-    OUT for padding, so that a dropped entry's offset is one sum, negative on padding."""
-    for row in range(m):
-        i = rowof[row]
-        rowoff[row] = i * mpad if i >= 0 else OUT
+def _code_parts(m, ch, rowof, rowcode, colcode):
+    """A jet's parts of the hidden dropout's codes (:func:`_entry`): rowcode[row] = i << CODE_BITS
+    for the layer row holding real particle i, colcode[col C + h] = (h << 2 CODE_BITS) | j for the
+    column holding j, and OUT for padding, so that a dropped entry's code is one sum, negative on
+    padding."""
+    for line in range(m):  # a row and a column of the layer
+        i = rowof[line]
+        rowcode[line] = i << CODE_BITS if i >= 0 else OUT
         for h in range(ch):
-            coloff[row * ch + h] = h * (m + 3) * mpad + i if i >= 0 else OUT
+            colcode[line * ch + h] = (h << (2 * CODE_BITS)) | i if i >= 0 else OUT
 
 
 @njit(inline="always")
-def _hidden_drops(m, ch, last, rowoff, coloff, seed_h, gaps_h, draws_h, drops, flat):
-    """The hidden dropout's dropped real entries of one jet, as their offsets in the keep flags
-    (:func:`_keep_offsets`) into flat; returns their number."""
+def _hidden_drops(m, ch, last, rowcode, colcode, seed_h, gaps_h, draws_h, drops, codes):
+    """The hidden dropout's dropped real entries of one jet, as codes (:func:`_code_parts`) into
+    codes; returns their number."""
     count = _dropped(seed_h, gaps_h, draws_h, last * m * ch, drops)
     mc = m * ch
     magic = _magic(mc)
-    real = 0
+    real = u64(0)
     for e in range(count):  # without branches (a padding entry is written, then overwritten)
         row, rem = _divmod(drops[e], mc, magic)
-        off = rowoff[row] + coloff[rem]
-        flat[real] = off
-        real += off >= 0
+        code = rowcode[row] + colcode[rem]
+        codes[real] = code
+        real += u64(code >= 0)
     return real
-
-
-@njit(inline="always")
-def _dropped_per_channel(flat, nd, ch, stride, out):
-    """out[h] = the number of the nd offsets flat in channel h (offsets h stride to (h + 1) stride):
-    one vectorised count per channel of those at or above its start."""
-    above = 0
-    for h in range(ch - 1, -1, -1):
-        lo, cnt = np.int32(h * stride), 0
-        for e in range(nd):
-            cnt += flat[e] >= lo
-        out[h] = cnt - above
-        above = cnt
 
 
 @njit(inline="always")
@@ -299,77 +304,93 @@ def _hidden(z, top, quant):
 
 
 @njit(inline="always")
-def _add_rows(x, kr, i, w0, r, ch, cols, npad, top, quant, keep):
-    """Adds rows i..i+3 of the hidden array into the column sums cols: h, h^2 and, with ``keep``,
-    k h (kr: the channel's keep flags). Four rows per pass, so that each column sum is loaded and
-    stored once per four rows and no row ends in a horizontal reduction; the flags are literals
-    at each call, so each variant is its own vectorised loop."""
+def _on(z, top, quant):
+    """Where the straight-through gradient of Q_act(relu(z)) is 1: z > 0, and z <= max quantized."""
+    return (z > ZERO) & (z <= top) if quant else z > ZERO
+
+
+@njit(inline="always")
+def _drops_forward(codes, nd, n, x, wk, r, c, top, quant, kd, cc, cnt):
+    """The hidden dropout's nd dropped entries (codes, :func:`_entry`) for :func:`_forward_sums`:
+    cc[h, j] = the sum of their h in column j (z recomputed as the pair loops compute it, without
+    the diagonal terms), cnt[h] their number in channel h, and kd[h, i] = 0 where a diagonal one
+    is dropped (1 elsewhere). Scattered into columns, where two entries rarely meet, and read from
+    flat arrays at unsigned offsets (a few instructions per entry)."""
+    kd[:, :n] = 1.0
+    cc[:, :] = ZERO
+    xf, rf, cf, ccf, kdf = x.reshape(-1), r.reshape(-1), c.reshape(-1), cc.reshape(-1), kd.reshape(-1)
+    xw, rw, cw, kw = u32(x.shape[1]), u32(r.shape[1]), u32(c.shape[1]), u32(kd.shape[1])
+    for e in range(nd):
+        h, i, j = _entry(codes[e])
+        ccf[h * cw + j] += _hidden(wk[h, 0] * xf[i * xw + j] + rf[h * rw + i] + cf[h * cw + j], top, quant)
+        if i == j:
+            kdf[h * kw + i] = ZERO
+    for h in range(cnt.shape[0]):  # one vectorised count per channel
+        cnt[h] = 0
+        for e in range(nd):
+            cnt[h] += (codes[e] >> (2 * CODE_BITS)) == h
+
+
+@njit(inline="always")
+def _add_rows(x, i, w0, r, ch, cols, npad, top, quant):
+    """Adds rows i..i+3 of the hidden array into the column sums cols: h and h^2. Four rows per
+    pass, so that each column sum is loaded and stored once per four rows and no row ends in a
+    horizontal reduction; ``quant`` is a literal at each call, so each variant is its own
+    vectorised loop."""
     xa, xb, xc, xd = x[i], x[i + 1], x[i + 2], x[i + 3]
     ra, rb, rc, rd = r[i], r[i + 1], r[i + 2], r[i + 3]
-    c1, c2, c3 = cols[0], cols[1], cols[2]
+    c1, c2 = cols[0], cols[1]
     for j in range(npad):
         cj = ch[j]
         va, vb = _hidden(w0 * xa[j] + ra + cj, top, quant), _hidden(w0 * xb[j] + rb + cj, top, quant)
         vc, vd = _hidden(w0 * xc[j] + rc + cj, top, quant), _hidden(w0 * xd[j] + rd + cj, top, quant)
         c1[j] += (va + vb) + (vc + vd)
         c2[j] += (va * va + vb * vb) + (vc * vc + vd * vd)
-        if keep:
-            c3[j] += ((f32(kr[i, j]) * va + f32(kr[i + 1, j]) * vb)
-                      + (f32(kr[i + 2, j]) * vc + f32(kr[i + 3, j]) * vd))
 
 
 @njit(inline="always")
-def _keep(kh, nd, flat, value):
-    """Set the keep flags kh (C, M + 3, Mpad) at the nd offsets flat (the dropped entries of
-    :func:`_hidden_drops`) to value (0: drop; 1: restore)."""
-    k = kh.reshape(-1)
-    for e in range(nd):
-        k[flat[e]] = value
-
-
-@njit(inline="always")
-def _forward_sums(x, n, wk, r, c, dg, top, quant, k, kh, hd, nd, flat, cols, out):
-    """out[h] = K1..K6 (module docstring) of one jet, the keep flags of row i in kh[h, i] (with
-    ``hd``, the hidden dropout; else kh[h, 0] is all ones) and the nd dropped entries (their
-    offsets flat in kh) counted out of K4. The pair loops count h in units of k, four rows at a
-    time into the column sums cols (rows n..n+2 are padding: r = -1e30 there, so h = 0 and
-    dz = 0), and take z_ii without its diagonal terms, corrected row by row."""
+def _forward_sums(x, n, wk, r, c, dg, top, quant, k, kd, cc, cnt, cols, out):
+    """out[h] = K1..K6 (module docstring) of one jet, the hidden dropout's entries as
+    :func:`_drops_forward` gives them (kd, cc, cnt): the pair loops take every entry as kept,
+    K3 loses cc and K4 cnt. The pair loops count h in units of k, four rows at a time into the
+    column sums cols (rows n..n+2 are padding: r = -1e30 there, so h = 0 and dz = 0), and take
+    z_ii without its diagonal terms, corrected row by row."""
     npad = (n + 7) // 8 * 8
-    _dropped_per_channel(flat, nd, wk.shape[0], kh.shape[1] * kh.shape[2], out[:, 3])
-    out[:, 3] = n * n - out[:, 3]
     for h in range(wk.shape[0]):
-        w0, ch, rh, kr = wk[h, 0], c[h], r[h], kh[h]
+        w0, ch, rh = wk[h, 0], c[h], r[h]
         cols[:, :npad] = ZERO
         for i in range(0, n, 4):
             if quant:
-                if hd:
-                    _add_rows(x, kr, i, w0, rh, ch, cols, npad, top, True, True)
-                else:
-                    _add_rows(x, kr, i, w0, rh, ch, cols, npad, top, True, False)
-            elif hd:
-                _add_rows(x, kr, i, w0, rh, ch, cols, npad, top, False, True)
+                _add_rows(x, i, w0, rh, ch, cols, npad, top, True)
             else:
-                _add_rows(x, kr, i, w0, rh, ch, cols, npad, top, False, False)
-        k1 = k2 = k3 = k5 = k6 = 0.0
+                _add_rows(x, i, w0, rh, ch, cols, npad, top, False)
+        k1 = k2 = dropped = k5 = k6 = 0.0
         for j in range(npad):
             k1 += cols[0, j]
             k2 += cols[1, j]
-            k3 += cols[2, j] if hd else cols[0, j]
+            dropped += cc[h, j]
+        k3 = k1 - dropped
         for i in range(n):
             z = w0 * x[i, i] + rh[i] + ch[i]
-            v0, vd, kii = _hidden(z, top, quant), _hidden(z + dg[h, i], top, quant), f32(kr[i if hd else 0, i])
+            v0, vd, kii = _hidden(z, top, quant), _hidden(z + dg[h, i], top, quant), kd[h, i]
             k1 += vd - v0
             k2 += vd * vd - v0 * v0
             k3 += kii * (vd - v0)
             k5 += kii * vd
             k6 += kii
         out[h, 0], out[h, 1], out[h, 2], out[h, 4], out[h, 5] = k1 / k, k2 / (k * k), k3 / k, k5 / k, k6
+        out[h, 3] = n * n - cnt[h]
 
 
 @njit(inline="always")
-def _on(z, top, quant):
-    """Where the straight-through gradient of Q_act(relu(z)) is 1: z > 0, and z <= max quantized."""
-    return (z > ZERO) & (z <= top) if quant else z > ZERO
+def _keep(kh, codes, nd, value):
+    """Set the keep flags kh (C, M + 3, Mpad) of the backward pass at the hidden dropout's nd
+    dropped entries (codes, :func:`_entry`) to value (0: drop; 1: restore)."""
+    rows, cols = u32(kh.shape[1]), u32(kh.shape[2])
+    k = kh.reshape(-1)
+    for e in range(nd):
+        h, i, j = _entry(codes[e])
+        k[(h * rows + i) * cols + j] = value
 
 
 @njit(inline="always")
@@ -412,8 +433,8 @@ def _backward_pairs(x, dk, kk, ab, n, wk, r, c, dg, top, quant, bn, k, g, kh, hd
     """dz_ij^h = dL/dz_ij^h from g[h] = dL/dK1..K6, recomputing z, summed into rows[h, i],
     acc[h, 0, j] (the column sums), diag[h, i] (dz_ii) and ef[h] = (sum dz x, sum dz dk,
     sum dz kk); with ``bn`` the loops sum only dz dk and dz kk, as x = a dk + b kk ((a, b) = ab,
-    :func:`_input_map`). The hidden keep flags and the blocks of four rows as in
-    :func:`_forward_sums`."""
+    :func:`_input_map`). kh: the hidden keep flags of :func:`_keep` (with ``hd``); the blocks of
+    four rows as in :func:`_forward_sums`."""
     npad = (n + 7) // 8 * 8
     for h in range(wk.shape[0]):
         w0, ch, rh, kr, ah = wk[h, 0], c[h], r[h], kh[h], acc[h]
@@ -530,21 +551,19 @@ def _sizes(p, beams, qg, w):
 
 
 @njit(inline="always")
-def _scratch(m, mpad, nf, ch, hidden_drops):
-    """A task's arrays; the last two, the hidden keep flags (uint8), (C, M + 3, Mpad) with a hidden
-    dropout, else one row of ones (C, 1, Mpad), and the aggregates of ``fastpath.hidden_terms``.
-    x, dk, kk, r and the flags have rows up to M + 2, for the pair loops' blocks of four rows
-    (:func:`_forward_sums`); x's row M stays zero."""
+def _scratch(m, mpad, nf, ch):
+    """A task's arrays; the last, the aggregates of ``fastpath.hidden_terms``. x, dk, kk and r
+    have rows up to M + 2, for the pair loops' blocks of four rows (:func:`_forward_sums`); x's
+    row M stays zero."""
     return (np.zeros((m + 3, mpad), f32), np.zeros((m + 3, mpad), f32), np.zeros((m + 3, mpad), f32),
             np.empty((nf, mpad)), np.empty(m, np.int64), np.empty(m, np.int64),
             np.zeros(mpad), np.zeros(mpad), np.zeros(mpad),
-            np.empty((ch, m + 3), f32), np.full((ch, mpad), f32(-1e30)), np.empty((ch, m), f32),
-            np.ones((ch, m + 3 if hidden_drops else 1, mpad), np.uint8), np.empty((3, m)))
+            np.empty((ch, m + 3), f32), np.full((ch, mpad), f32(-1e30)), np.empty((ch, m), f32), np.empty((3, m)))
 
 
 @njit(inline="always")
 def _drop_slots(dl, draws_in):
-    """A jet's row of the drop lists: (input codes, hidden offsets), after the two counts."""
+    """A jet's row of the drop lists: (input codes, hidden codes), after the two counts."""
     return dl[2:2 + draws_in], dl[2 + draws_in:]
 
 
@@ -552,28 +571,27 @@ def _drop_slots(dl, draws_in):
 def _train_forward(p, l1, scale, beams, qin, shift, qg, ab, s_in, seeds_in, gaps_in, draws_in, seeds_h, gaps_h, draws_h,
                    bn, w, t, bias, dbias, out, dl):
     """out[jet] = K1..K6 (C, 6) of each jet of p (B, N, F); dl[jet] (2 + draws_in + draws_h,) int32
-    its dropped entries for the backward pass: their numbers (input, hidden), the input's codes
-    (:func:`_input_drops`) and the hidden's offsets in the keep flags (:func:`_hidden_drops`)."""
+    its dropped entries for the backward pass: their numbers (input, hidden) and their codes
+    (:func:`_input_drops`, :func:`_hidden_drops`)."""
     n_jets, ch, m, mpad, quant, k, top = _sizes(p, beams, qg, w)
     wk, unit, ab_in = (w * k).astype(np.float32), np.array([1.0, 0.0]), _input_map(ab, s_in)
     for task in prange((n_jets + JETS_PER_TASK - 1) // JETS_PER_TASK):
-        x, dk, kk, q, pos, rowof, s, cd, ck, r, c, dg, kh, agg = _scratch(m, mpad, p.shape[2], ch, draws_h > 0)
-        drops = np.empty(max(draws_in, draws_h, 1), np.int64)
-        rowoff, coloff = np.empty(m, np.int64), np.empty(m * ch, np.int64)
-        cols = np.zeros((3, mpad), np.float32)
+        x, dk, kk, q, pos, rowof, s, cd, ck, r, c, dg, agg = _scratch(m, mpad, p.shape[2], ch)
+        drops = np.empty(max(draws_in, draws_h, 1), u64)
+        rowcode, colcode = np.empty(m, np.int64), np.empty(m * ch, np.int64)
+        cols, cc, cnt, kd = np.zeros((2, mpad), f32), np.zeros((ch, mpad), f32), np.zeros(ch, np.int64), np.ones((ch, m), f32)
         for jet in range(task * JETS_PER_TASK, min(n_jets, (task + 1) * JETS_PER_TASK)):
             n = _jet_invariants(p[jet], l1, scale, beams, qin, shift, qg[INVARIANT], s_in, bn, unit, q, pos, rowof,
                                 x, s)
-            last, (codes, flat) = _last_row(pos, n), _drop_slots(dl[jet], draws_in)
+            last, (codes, codes_h) = _last_row(pos, n), _drop_slots(dl[jet], draws_in)
             dl[jet, 0] = ni = _input_drops(seeds_in[jet], gaps_in, draws_in, last * m, m, rowof, drops, codes)
             _layer_input(n, codes, ni, ab_in, bn, x, dk, kk, s, cd, ck)
             hidden_terms(n, s, t[jet], w, bias[jet], dbias[jet], k, qg[AGG2], agg, r, c, dg)
             if draws_h > 0:
-                _keep_offsets(m, mpad, ch, rowof, rowoff, coloff)
-            dl[jet, 1] = nd = _hidden_drops(m, ch, last, rowoff, coloff, seeds_h[jet], gaps_h, draws_h, drops, flat)
-            _keep(kh, nd, flat, 0)
-            _forward_sums(x, n, wk, r, c, dg, top, quant, k, kh, draws_h > 0, nd, flat, cols, out[jet])
-            _keep(kh, nd, flat, 1)
+                _code_parts(m, ch, rowof, rowcode, colcode)
+            dl[jet, 1] = nd = _hidden_drops(m, ch, last, rowcode, colcode, seeds_h[jet], gaps_h, draws_h, drops, codes_h)
+            _drops_forward(codes_h, nd, n, x, wk, r, c, top, quant, kd, cc, cnt)
+            _forward_sums(x, n, wk, r, c, dg, top, quant, k, kd, cc, cnt, cols, out[jet])
 
 
 @njit(parallel=True, cache=True, fastmath=FASTMATH)
@@ -584,18 +602,19 @@ def _train_backward(p, l1, scale, beams, qin, shift, qg, ab, s_in, dl, draws_in,
     n_jets, ch, m, mpad, quant, k, top = _sizes(p, beams, qg, w)
     wk, unit, ab_in = (w * k).astype(np.float32), np.array([1.0, 0.0]), _input_map(ab, s_in)
     for task in prange((n_jets + JETS_PER_TASK - 1) // JETS_PER_TASK):
-        x, dk, kk, q, pos, rowof, s, cd, ck, r, c, dg, kh, agg = _scratch(m, mpad, p.shape[2], ch, hidden_drops)
-        rows, acc, diag, ef = np.empty((ch, m + 3)), np.zeros((ch, 4, mpad), np.float32), np.empty((ch, m)), np.empty((ch, 3))
+        x, dk, kk, q, pos, rowof, s, cd, ck, r, c, dg, agg = _scratch(m, mpad, p.shape[2], ch)
+        rows, acc, diag, ef = np.empty((ch, m + 3)), np.zeros((ch, 4, mpad), f32), np.empty((ch, m)), np.empty((ch, 3))
+        kh = np.ones((ch, m + 3 if hidden_drops else 1, mpad), np.uint8)  # the hidden keep flags (:func:`_keep`)
         for jet in range(task * JETS_PER_TASK, min(n_jets, (task + 1) * JETS_PER_TASK)):
             n = _jet_invariants(p[jet], l1, scale, beams, qin, shift, qg[INVARIANT], s_in, bn, unit, q, pos, rowof,
                                 x, s)
-            codes, flat = _drop_slots(dl[jet], draws_in)
+            codes, codes_h = _drop_slots(dl[jet], draws_in)
             _layer_input(n, codes, dl[jet, 0], ab_in, bn, x, dk, kk, s, cd, ck)
             tsum = hidden_terms(n, s, t[jet], w, bias[jet], dbias[jet], k, qg[AGG2], agg, r, c, dg)
-            _keep(kh, dl[jet, 1], flat, 0)
+            _keep(kh, codes_h, dl[jet, 1], 0)
             _backward_pairs(x, dk, kk, ab_in, n, wk, r, c, dg, top, quant, bn, k, g[jet], kh, hidden_drops,
                             rows, acc, diag, ef)
-            _keep(kh, dl[jet, 1], flat, 1)
+            _keep(kh, codes_h, dl[jet, 1], 1)
             _backward_weights(n, s, tsum, t[jet], w, qg[AGG2], rows, acc[:, 0], diag, ef, cd, ck, s_in, bn,
                               gw[jet], gt[jet], gb[jet], gdb[jet], gab[jet])
 
@@ -654,6 +673,8 @@ class _Kernels:
         self.drop_in, self.s_in = self._dropout(tp.drop_in, m * m)
         self.drop_h, self.s_h = self._dropout(tp.drop_h, m * m * self.channels)
         self.front = (tp.l1, np.float32(tp.front_scale), tp.beams, tp.qin, tp.l1_shift)
+        self.width = 2 + self.drop_in[1] + self.drop_h[1]  # of a row of the drop lists
+        self._drop_lists, self._ticket = np.empty((0, self.width), np.int32), 0
 
     @staticmethod
     def _dropout(layer, entries):
@@ -681,17 +702,25 @@ class _Kernels:
         return out
 
     def forward(self, x, seeds_in, seeds_h, ab, *weights):
-        """(K (B, C, 6), the drop lists (B, 2 + draws) int32 the backward pass reads)."""
-        out = np.zeros((len(x), self.channels, N_SUMS))
-        dl = np.empty((len(x), 2 + self.drop_in[1] + self.drop_h[1]), np.int32)
+        """(K (B, C, 6), a ticket for :meth:`backward`). The drop lists (B, 2 + draws) int32 that
+        the backward pass reads stay in this object, in one buffer reused from step to step: as a
+        tensor (2.7 MB at N = 80) they cost TensorFlow about half a millisecond a step, half the
+        cost of dropout."""
+        b = len(x)
+        if len(self._drop_lists) < b:
+            self._drop_lists = np.empty((b, self.width), np.int32)
+        out, dl = np.zeros((b, self.channels, N_SUMS)), self._drop_lists[:b]
         _train_forward(*self._front(x, ab), _unsigned(seeds_in), *self.drop_in, _unsigned(seeds_h), *self.drop_h,
                        self.bn, *self._weights(*weights), out, dl)
-        return out, dl
+        self._ticket += 1
+        return out, np.int64(self._ticket)
 
-    def backward(self, x, dl, ab, w, t, bias, dbias, g):
+    def backward(self, x, ticket, ab, w, t, bias, dbias, g):
         b, ch = len(x), self.channels
+        if ticket != self._ticket:  # a step's backward pass follows its own forward pass, nothing between
+            raise RuntimeError(f"drop lists of forward pass {self._ticket}, not {ticket}")
         gw, gt, gb, gdb, gab = np.zeros((b, ch, 6)), np.zeros((b, 5)), np.zeros((b, ch)), np.zeros((b, ch)), np.zeros((b, 2))
-        _train_backward(*self._front(x, ab), dl, self.drop_in[1], self.drop_h[1] > 0, self.bn,
+        _train_backward(*self._front(x, ab), self._drop_lists[:b], self.drop_in[1], self.drop_h[1] > 0, self.bn,
                         *self._weights(w, t, bias, dbias), np.ascontiguousarray(g, np.float64), gw, gt, gb, gdb, gab)
         return gab.sum(axis=0), gw.sum(axis=0), gt, gb, gdb  # the order of the inputs (ab, w, t, bias, dbias)
 
@@ -773,11 +802,11 @@ def loss_and_gradients(model, tp=None):
             stats_in = _moments_of(tf.reduce_sum(mom[:, 1:2], 0), tf.reduce_sum(mom[:, 2:3], 0), n2)
             bn_in.update_moving(*stats_in)
         weights = head(n, stats_in)
-        k, dl = tf.numpy_function(kern.forward, [x, seeds_in, seeds_h, *weights], [f64, tf.int32], stateful=False)
+        k, ticket = tf.numpy_function(kern.forward, [x, seeds_in, seeds_h, *weights], [f64, tf.int64], stateful=True)
         loss, g_k, g_tail, stats_h = tail(tf.ensure_shape(k, [None, kern.channels, N_SUMS]), n, n2, y)
         if bn_h is not None:
             bn_h.update_moving(*stats_h)
-        g_weights = tf.numpy_function(kern.backward, [x, dl, *weights, g_k], [f64] * 5, stateful=False)
+        g_weights = tf.numpy_function(kern.backward, [x, ticket, *weights, g_k], [f64] * 5, stateful=True)
         g_head = head_grads(n, stats_in, g_weights)
         return loss, [(g_head, g_tail)[part][i] for part, i in order]
 
