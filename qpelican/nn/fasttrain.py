@@ -34,14 +34,15 @@ branches (a dropped padding entry is written, then overwritten by the next), the
 ending after the last real row, the gap table uint8 at the paper's rate so that it stays in
 cache, each position split into row and column by a multiply and a shift, in unsigned
 integers (numba tests every signed index for a negative one). The forward pass keeps the
-decoded entries, one code (channel, i, j) per dropped real entry, in a buffer the backward
-pass of the same step reads (not a tensor: TensorFlow spent as long on one as the kernels on
-the entries). The input dropout's entries are zeroed in the layer's input. The forward pair
-loops take every hidden entry as kept; K3..K6 then lose the dropped ones' h, recomputed at
-those entries alone. The backward pass scatters them as zeros into a uint8 keep array
-(C, M + 3, Mpad) that its vectorised pair loops read (a variant of each loop without it, for
-models without hidden dropout), and sets them back to ones after the jet: a correction of dz
-there would add to a row sum entry after entry, each waiting for the last.
+decoded entries, one code (channel, i, j) per dropped real entry, in a buffer that the
+backward pass of the same step reads: as a tensor, the lists cost TensorFlow about as much
+as the kernels spend on them. The input dropout's entries are zeroed in the layer's input.
+The forward pair loops take every hidden entry as kept; K3..K6 then lose the dropped ones'
+h, recomputed at those entries alone, and each hidden code becomes the entry's offset in a
+uint8 keep array (C, M + 3, Mpad) of the backward pass. There the entries are set to zero
+before the jet and back to one after it, and the vectorised pair loops read the flags (a
+variant of each loop without them, for models without hidden dropout): a correction of dz at
+the dropped entries would add to a row sum entry after entry, each waiting for the last.
 
 Supported: what :func:`qpelican.nn.fastpath.plan` supports, with at most one BatchNorm and one
 dropout (in that order) before each equivariant layer, as :func:`qpelican.nn.models.build_model`
@@ -315,20 +316,24 @@ def _drops_forward(codes, nd, n, x, wk, r, c, top, quant, kd, cc, cnt):
     cc[h, j] = the sum of their h in column j (z recomputed as the pair loops compute it, without
     the diagonal terms), cnt[h] their number in channel h, and kd[h, i] = 0 where a diagonal one
     is dropped (1 elsewhere). Scattered into columns, where two entries rarely meet, and read from
-    flat arrays at unsigned offsets (a few instructions per entry)."""
+    flat arrays at unsigned offsets (a few instructions per entry). Each code is then replaced by
+    the entry's offset in the backward pass's keep flags (:func:`_keep`: (C, M + 3, Mpad), x's
+    rows and columns)."""
     kd[:, :n] = 1.0
     cc[:, :] = ZERO
     xf, rf, cf, ccf, kdf = x.reshape(-1), r.reshape(-1), c.reshape(-1), cc.reshape(-1), kd.reshape(-1)
     xw, rw, cw, kw = u32(x.shape[1]), u32(r.shape[1]), u32(c.shape[1]), u32(kd.shape[1])
-    for e in range(nd):
-        h, i, j = _entry(codes[e])
-        ccf[h * cw + j] += _hidden(wk[h, 0] * xf[i * xw + j] + rf[h * rw + i] + cf[h * cw + j], top, quant)
-        if i == j:
-            kdf[h * kw + i] = ZERO
     for h in range(cnt.shape[0]):  # one vectorised count per channel
         cnt[h] = 0
         for e in range(nd):
             cnt[h] += (codes[e] >> (2 * CODE_BITS)) == h
+    for e in range(nd):
+        h, i, j = _entry(codes[e])
+        at = i * xw + j
+        ccf[h * cw + j] += _hidden(wk[h, 0] * xf[at] + rf[h * rw + i] + cf[h * cw + j], top, quant)
+        if i == j:
+            kdf[h * kw + i] = ZERO
+        codes[e] = h * u32(xf.size) + at
 
 
 @njit(inline="always")
@@ -383,14 +388,12 @@ def _forward_sums(x, n, wk, r, c, dg, top, quant, k, kd, cc, cnt, cols, out):
 
 
 @njit(inline="always")
-def _keep(kh, codes, nd, value):
+def _keep(kh, offsets, nd, value):
     """Set the keep flags kh (C, M + 3, Mpad) of the backward pass at the hidden dropout's nd
-    dropped entries (codes, :func:`_entry`) to value (0: drop; 1: restore)."""
-    rows, cols = u32(kh.shape[1]), u32(kh.shape[2])
+    dropped entries (their offsets in kh, :func:`_drops_forward`) to value (0: drop; 1: restore)."""
     k = kh.reshape(-1)
     for e in range(nd):
-        h, i, j = _entry(codes[e])
-        k[(h * rows + i) * cols + j] = value
+        k[u32(offsets[e])] = value
 
 
 @njit(inline="always")
@@ -563,7 +566,7 @@ def _scratch(m, mpad, nf, ch):
 
 @njit(inline="always")
 def _drop_slots(dl, draws_in):
-    """A jet's row of the drop lists: (input codes, hidden codes), after the two counts."""
+    """A jet's row of the drop lists: (input codes, hidden codes or offsets), after the two counts."""
     return dl[2:2 + draws_in], dl[2 + draws_in:]
 
 
@@ -571,8 +574,8 @@ def _drop_slots(dl, draws_in):
 def _train_forward(p, l1, scale, beams, qin, shift, qg, ab, s_in, seeds_in, gaps_in, draws_in, seeds_h, gaps_h, draws_h,
                    bn, w, t, bias, dbias, out, dl):
     """out[jet] = K1..K6 (C, 6) of each jet of p (B, N, F); dl[jet] (2 + draws_in + draws_h,) int32
-    its dropped entries for the backward pass: their numbers (input, hidden) and their codes
-    (:func:`_input_drops`, :func:`_hidden_drops`)."""
+    its dropped entries for the backward pass: their numbers (input, hidden), the input's codes
+    (:func:`_input_drops`) and the hidden's offsets in the keep flags (:func:`_drops_forward`)."""
     n_jets, ch, m, mpad, quant, k, top = _sizes(p, beams, qg, w)
     wk, unit, ab_in = (w * k).astype(np.float32), np.array([1.0, 0.0]), _input_map(ab, s_in)
     for task in prange((n_jets + JETS_PER_TASK - 1) // JETS_PER_TASK):
