@@ -146,3 +146,12 @@ def test_the_dropout_decoding_divides_exactly(d):
     for p in np.concatenate([k * d - 1, k * d, k * d + 1, rng.integers(0, 2**31, 300), 2**31 - 1 - np.arange(50)]):
         if 0 <= p < 2**31:
             assert divide(int(p), d) == divmod(int(p), d)
+
+
+def test_a_backward_pass_reads_only_its_own_forward_passs_drop_lists():
+    """The drop lists stay in the kernels' buffer between the two passes of a step: a backward pass
+    with another step's ticket is refused before it reads them."""
+    model = compiled({"n_constituents": 16, "channels": 2, "dropout": 0.05})
+    kern = fasttrain._Kernels(fasttrain.train_plan(model))
+    with pytest.raises(RuntimeError, match="forward pass 0, not 1"):
+        kern.backward(momenta(np.random.default_rng(0), 4, 16), np.int64(1), *[None] * 6)
