@@ -41,8 +41,9 @@ The forward pair loops take every hidden entry as kept; K3..K6 then lose the dro
 h, recomputed at those entries alone, and each hidden code becomes the entry's offset in a
 uint8 keep array (C, M + 3, Mpad) of the backward pass. There the entries are set to zero
 before the jet and back to one after it, and the vectorised pair loops read the flags (a
-variant of each loop without them, for models without hidden dropout): a correction of dz at
-the dropped entries would add to a row sum entry after entry, each waiting for the last.
+variant of each loop without them, for models without hidden dropout): correcting dz at the
+dropped entries instead, a row sum and two column sums updated in memory per entry, measured
+three times dearer.
 
 Supported: what :func:`qpelican.nn.fastpath.plan` supports, with at most one BatchNorm and one
 dropout (in that order) before each equivariant layer, as :func:`qpelican.nn.models.build_model`
