@@ -707,8 +707,8 @@ class _Kernels:
 
     def forward(self, x, seeds_in, seeds_h, ab, *weights):
         """(K (B, C, 6), a ticket for :meth:`backward`). The drop lists (B, 2 + draws) int32 that
-        the backward pass reads stay in this object, in one buffer reused from step to step: as a
-        tensor (2.7 MB at N = 80) they cost ~0.3 ms a step, 5% of it."""
+        the backward pass reads stay in this object, in one buffer reused from step to step (why:
+        the module docstring)."""
         b = len(x)
         if len(self._drop_lists) < b:
             self._drop_lists = np.empty((b, self.width), np.int32)
