@@ -26,7 +26,7 @@ import yaml
 
 from qpelican.config.recipe import load_recipe
 from qpelican.nn import fasttrain
-from qpelican.training.session import build_training, phases_of
+from qpelican.training.session import build_training, phases_of, prepare_threads
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
@@ -80,6 +80,8 @@ def main():
     a = ap.parse_args()
     if not 0.0 < a.rate < 1.0:
         ap.error(f"--rate {a.rate}: a dropout rate is above 0 and below 1")
+    for recipe in a.recipes:  # before TensorFlow's first op, as fit does (every recipe here trains on the kernels)
+        prepare_threads(load_recipe(recipe))
     with tempfile.TemporaryDirectory() as tmp:
         for recipe in a.recipes:
             batch = load_recipe(recipe).training.batch_size

@@ -95,7 +95,15 @@ def bench_one(a):
     with open(path, "w") as f:
         yaml.safe_dump(rec.to_dict(), f)
     r = load_recipe(path)
+    try:  # before TensorFlow's first op, as fit and tune do
+        from qpelican.training.session import prepare_threads
+    except ImportError:  # a checkout from before it (--compare): TensorFlow's default pools
+        prepare_threads = None
+    one_tf_thread = bool(prepare_threads and prepare_threads(r))
     bs, quantized = r.training.batch_size, r.quantized
+    if not a.no_train and max(a.steps, a.warmup) * bs > len(y):  # an epoch's jets are drawn from the dataset
+        raise SystemExit(f"--steps {a.steps} (or --warmup {a.warmup}) batches of {bs} need more than the {len(y)} "
+                         f"jets of the dataset: raise --jets or lower --steps")
     if not a.no_train and max(a.steps, a.warmup) * bs > len(y):  # an epoch's jets are drawn from the dataset
         raise SystemExit(f"--steps {a.steps} (or --warmup {a.warmup}) batches of {bs} need more than the {len(y)} "
                          f"jets of the dataset: raise --jets or lower --steps")
@@ -137,7 +145,7 @@ def bench_one(a):
         row[f"{name}_jets_per_second"] = round(len(p4) / s, 1)
         row[f"{name}_jets_per_cpu_second"] = round(len(p4) / cpu, 1)
     row.update(peak_rss_mb=round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
-               load_after=os.getloadavg()[0], cpus=os.cpu_count(),
+               load_after=os.getloadavg()[0], cpus=os.cpu_count(), one_tf_thread=one_tf_thread,
                threads=fastpath.threads() if fastpath else None)
     return row
 
@@ -188,6 +196,7 @@ def main():
                 rows.append(row)
                 code = "this" if repo == a.repo else os.path.basename(os.path.normpath(repo))
                 path = "" if row["infer_path"] == "fast" else row["infer_path"]
+                path += ", TF 1 thread" if row.get("one_tf_thread") else ""
                 print(f"{row['recipe'][:22]:<22} {code[:10]:<10} {row['load_before']:>5.1f}  "
                       f"{_fmt(row, 'train_jets_per_second', 12)} {_fmt(row, 'train_jets_per_cpu_second', 11)} "
                       f"{_fmt(row, 'float_phase_train_jets_per_second', 11)}  "

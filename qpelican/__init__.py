@@ -24,10 +24,6 @@ def _select_tf_keras():
             )
     os.environ["TF_USE_LEGACY_KERAS"] = "1"
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    # One inter-op thread (read when TensorFlow starts; the variable set by hand wins): a training
-    # step's TensorFlow ops are small and in sequence, and a second inter-op worker only takes a
-    # core from the numba kernels between them (fit's step 1.3-1.5x slower on 2 cores).
-    os.environ.setdefault("TF_NUM_INTEROP_THREADS", "1")
 
 
 _select_tf_keras()

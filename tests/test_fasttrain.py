@@ -155,3 +155,44 @@ def test_a_backward_pass_reads_only_its_own_forward_passs_drop_lists():
     kern = fasttrain._Kernels(fasttrain.train_plan(model))
     with pytest.raises(RuntimeError, match="forward pass 0, not 1"):
         kern.backward(momenta(np.random.default_rng(0), 4, 16), np.int64(1), *[None] * 6)
+
+
+THREADS = """
+import os, sys
+import qpelican
+import tensorflow as tf
+from qpelican.config.recipe import recipe_from_dict
+from qpelican.training.session import prepare_threads
+if sys.argv[2] == "after-start":
+    tf.constant(1.0) + 1
+took = prepare_threads(recipe_from_dict({"model": {"architecture": sys.argv[1]}}))
+tf.function(lambda a: a * 2 + 1)(tf.constant(1.0))
+names = [open(f"/proc/self/task/{t}/comm").read().strip() for t in os.listdir("/proc/self/task")]
+print(took, names.count("tf_Compute"), tf.config.threading.get_intra_op_parallelism_threads())
+"""
+
+
+@pytest.mark.parametrize("arch, when, env, expect", [
+    ("nano", "before-start", None, (True, 1, 1)),
+    ("pelican", "before-start", None, (False, None, 0)),
+    ("nano", "after-start", None, (False, None, 0)),
+    ("nano", "before-start", "3", (False, 3, 0)),
+])
+def test_a_nano_run_gives_tensorflow_one_thread_before_it_starts(arch, when, env, expect):
+    """fit and tune give TensorFlow one inter-op worker (threads named tf_Compute) and one intra-op
+    thread for a nanoPELICAN, whose steps run on the kernels' numba workers; not for full PELICAN
+    (its XLA step uses TensorFlow's pools), not once TensorFlow has started (no error then), and not
+    where the user set TF_NUM_INTEROP_THREADS."""
+    import os
+    import subprocess
+    import sys
+
+    env_vars = {k: v for k, v in os.environ.items() if k not in ("TF_NUM_INTEROP_THREADS", "TF_NUM_INTRAOP_THREADS")}
+    if env:
+        env_vars["TF_NUM_INTEROP_THREADS"] = env
+    res = subprocess.run([sys.executable, "-c", THREADS, arch, when], env=env_vars, capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr[-2000:]
+    took, workers, intra = res.stdout.split()[-3:]
+    assert (took == "True", int(intra)) == (expect[0], expect[2])
+    if expect[1] is not None:
+        assert int(workers) == expect[1]

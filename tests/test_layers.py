@@ -462,27 +462,6 @@ def test_import_after_keras3_tensorflow_is_a_clear_error():
     assert "TF_USE_LEGACY_KERAS=1" in res.stderr
 
 
-@pytest.mark.parametrize("setting, workers", [(None, 1), ("3", 3)])
-def test_importing_qpelican_leaves_tensorflow_one_inter_op_worker_unless_set(setting, workers):
-    """TensorFlow's inter-op pool (threads named tf_Compute) has one worker after `import qpelican`,
-    so that it does not take a core from the training kernels; TF_NUM_INTEROP_THREADS set by hand
-    wins."""
-    import os
-    import subprocess
-    import sys
-
-    env = {k: v for k, v in os.environ.items() if k != "TF_NUM_INTEROP_THREADS"}
-    if setting:
-        env["TF_NUM_INTEROP_THREADS"] = setting
-    code = ("import os, qpelican, tensorflow as tf\n"
-            "tf.function(lambda a: a * 2 + 1)(tf.constant(1.0))\n"
-            "print(sum(open(f'/proc/self/task/{t}/comm').read().strip() == 'tf_Compute'"
-            " for t in os.listdir('/proc/self/task')))")
-    res = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
-    assert res.returncode == 0, res.stderr[-2000:]
-    assert int(res.stdout.split()[-1]) == workers
-
-
 @pytest.mark.parametrize("channels", [1, 2, 3])
 def test_pair_dropout_rate_scale_and_determinism(channels):
     """PairDropout drops round(rate * 2^16) / 2^16 of the entries (every channel, odd C included),

@@ -4,6 +4,7 @@ import numpy as np
 import tensorflow as tf
 import tf_keras
 
+from qpelican.config.model import DEFAULTS as MODEL_DEFAULTS
 from qpelican.core.errors import QpelicanError
 from qpelican.core.io import run_model_path
 from qpelican.nn import fasttrain
@@ -12,6 +13,14 @@ from qpelican.nn.fold import transfer_weights
 from qpelican.nn.models import build_model
 from qpelican.nn.serialize import load_model
 from qpelican.training.schedule import make_schedule
+
+
+def prepare_threads(recipe):
+    """Before a run's first TensorFlow op: a nanoPELICAN trains on the kernels, so TensorFlow gets
+    one thread (:func:`qpelican.nn.fasttrain.leave_cores_to_kernels`); full PELICAN keeps
+    TensorFlow's pools, which its XLA step uses. Returns whether TensorFlow's threads were set."""
+    nano = (recipe.model.architecture or MODEL_DEFAULTS["architecture"]) == "nano"
+    return nano and fasttrain.leave_cores_to_kernels()
 
 
 def phases_of(recipe):

@@ -48,8 +48,8 @@ from qpelican.nn.models import count_parameters, predict
 from qpelican.nn.serialize import load_model
 from qpelican.training import checkpoint
 from qpelican.training.results import mass_baselines, write_run_results
-from qpelican.training.session import (build_training, init_from, phase_at, phases_of, reseed, train_epoch,
-                                      training_path)
+from qpelican.training.session import (build_training, init_from, phase_at, phases_of, prepare_threads, reseed,
+                                       train_epoch, training_path)
 from qpelican.training.splits import Splits, load_splits
 
 __all__ = ["Splits", "load_splits", "predict", "train_one", "fit_recipe", "model_cost_or_none"]
@@ -336,6 +336,7 @@ def fit_recipe(recipe, out_dir, data=None, resume=False, progress=True, log=None
     elif not isinstance(recipe, Recipe):
         raise QpelicanError(f"fit_recipe: expected a Recipe, a path or a dict, got {type(recipe).__name__}")
     log = log or (lambda s: print(s, flush=True))
+    prepare_threads(recipe)
     out_dir = os.fspath(out_dir)
     os.makedirs(out_dir, exist_ok=True)
     recipe_path = os.path.join(out_dir, "recipe.yaml")

@@ -78,6 +78,7 @@ from qpelican.config.search import (COST_AXES, DEFAULT_COST_AXIS, DEFAULT_COST_W
                                    DEFAULT_TRIALS, ORACLES)
 from qpelican.core.errors import QpelicanError
 from qpelican.core.io import write_json
+from qpelican.training.session import prepare_threads
 from qpelican.training.splits import load_splits
 from qpelican.tune.front import write_outputs
 from qpelican.tune.space import hyperparameters, recipe_cost, search_space
@@ -148,6 +149,7 @@ def tune(recipe, out_dir, data=None, epochs=None, jets=None, trials=DEFAULT_TRIA
     if max_cost is not None and max_cost <= 0:
         raise QpelicanError(f"--max-cost must be a positive number of {COST_AXES[cost][0]}.")
     base = recipe.with_overrides(data=data, jets=jets)
+    prepare_threads(base)
     space = search_space(base)
     if pretrain_epochs is None and epochs:
         # as in `fit`: --epochs scales a finetune recipe's float pre-training with the QAT epochs
