@@ -94,14 +94,16 @@ def test_fit_end_to_end_two_seeds_and_evaluate(tmp_path, sim_dir, capsys):
     assert code == 2 and "--resume" in err and "Traceback" not in err
 
 
-def test_resume_gives_same_weights(tmp_path, sim_dir, capsys, monkeypatch):
+@pytest.mark.parametrize("jit", [False, True])
+def test_resume_gives_same_weights(tmp_path, sim_dir, capsys, monkeypatch, jit):
     """float pre-training (1 epoch) + QAT (2 epochs) with dropout; interrupted after epoch 2 (across the
-    phase change) and resumed: same final weights as an uninterrupted run."""
+    phase change) and resumed: same final weights as an uninterrupted run. With XLA (the TensorFlow
+    side of the step and the optimizer compiled, as in runs of 500 steps or more) and without."""
     from qpelican.config.recipe import load_recipe
     from qpelican.training.train import fit_recipe, load_splits, train_one
 
     recipe = _recipe(tmp_path, sim_dir, quantization=Q8,
-                     training={"qat": "finetune", "pretrain_epochs": 1, "epochs": 2})
+                     training={"qat": "finetune", "pretrain_epochs": 1, "epochs": 2, "jit_compile": jit})
     r = load_recipe(recipe)
     ref, _ = train_one(r, load_splits(r), 0, str(tmp_path / "ref"), progress=False)
     run = tmp_path / "run"

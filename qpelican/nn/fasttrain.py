@@ -847,10 +847,14 @@ def train_step(model):
     grads = loss_and_gradients(model, tp)
     opt, variables = model.optimizer, model.trainable_variables
 
+    @tf.function(jit_compile=bool(getattr(model, "jit_compile", False)))
+    def apply(g):  # with XLA, as in model.fit's compiled step: a dozen small ops per variable, one call
+        opt.apply_gradients(zip(g, variables))
+
     @tf.function(reduce_retracing=True)
     def step(x_all, y_all, idx):
         loss, g = grads(tf.gather(x_all, idx), tf.gather(y_all, idx)[:, None])
-        opt.apply_gradients(zip(g, variables))
+        apply(g)
         return loss
 
     model._qpelican_train_step = (opt, step)
