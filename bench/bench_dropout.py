@@ -26,7 +26,7 @@ import yaml
 
 from qpelican.config.recipe import load_recipe
 from qpelican.nn import fasttrain
-from qpelican.training.session import build_training, phases_of, prepare_threads
+from qpelican.training.session import XLA_MIN_STEPS, build_training, phases_of, prepare_threads
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
@@ -45,7 +45,7 @@ def steps_of(recipe, n, rate, tmp):
             yaml.safe_dump(rec.to_dict(), f)
         r = load_recipe(path)
         for name, quantized, _, lr in phases_of(r):
-            model = build_training(r, quantized, 0, BATCHES, 1, lr)[0]
+            model = build_training(r, quantized, 0, XLA_MIN_STEPS, 1, lr)[0]  # XLA as in a fit of 500+ steps
             step = fasttrain.train_step(model)
             if isinstance(step, str):
                 raise SystemExit(f"{recipe}: the model trains through model.fit ({step}); nothing to compare")
