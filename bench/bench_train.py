@@ -104,9 +104,6 @@ def bench_one(a):
     if not a.no_train and max(a.steps, a.warmup) * bs > len(y):  # an epoch's jets are drawn from the dataset
         raise SystemExit(f"--steps {a.steps} (or --warmup {a.warmup}) batches of {bs} need more than the {len(y)} "
                          f"jets of the dataset: raise --jets or lower --steps")
-    if not a.no_train and max(a.steps, a.warmup) * bs > len(y):  # an epoch's jets are drawn from the dataset
-        raise SystemExit(f"--steps {a.steps} (or --warmup {a.warmup}) batches of {bs} need more than the {len(y)} "
-                         f"jets of the dataset: raise --jets or lower --steps")
     load = os.getloadavg()[0]
     row = {"recipe": os.path.basename(a.one), "repo": os.path.abspath(a.repo), "quantized": quantized, "batch": bs,
            "n_constituents": a.n, "overrides": a.set, "load_before": load}

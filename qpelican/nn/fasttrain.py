@@ -666,10 +666,10 @@ def kernels_ready():
 def leave_cores_to_kernels():
     """Give TensorFlow one inter-op and one intra-op thread in this process, so that the kernels'
     numba workers have the cores: a step's TensorFlow ops are small and follow one another, and
-    TensorFlow's idle workers only took cores from the kernels between them (fit's step 1.3-1.8x
-    slower on 2 cores with its default pools). Possible only before TensorFlow's first op, and left
-    alone where TF_NUM_INTEROP_THREADS or TF_NUM_INTRAOP_THREADS is set; returns whether it took
-    effect."""
+    TensorFlow's idle workers only took cores from the kernels between them (c2 at N = 80 on 2
+    cores, processes alternated: epochs 1.05-1.8x slower with its default pools). Possible only
+    before TensorFlow's first op, and left alone where TF_NUM_INTEROP_THREADS or
+    TF_NUM_INTRAOP_THREADS is set; returns whether it took effect."""
     if any(os.environ.get(v) for v in ("TF_NUM_INTEROP_THREADS", "TF_NUM_INTRAOP_THREADS")):
         return False
     try:
