@@ -108,7 +108,7 @@ class _Run:
         path = training_path(model)
         if path.startswith("model.fit"):
             path = f"XLA {'on' if jit else 'off'}"
-        elif not fasttrain.kernels_ready():
+        elif not fasttrain.kernels_ready(model):
             path = "kernels (compiling them first: a few minutes, once per installation)"
         self.log(f"seed {self.label}: phase {pname} ({'quantized' if quantized else 'float'}), {pepochs} epochs, "
                  f"{self.n_train} training jets, batch {self.batch_size}, lr {plr:g}, {path}")
