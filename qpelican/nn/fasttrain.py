@@ -794,6 +794,11 @@ class _Kernels:
         return gab.sum(axis=0), gw.sum(axis=0), gt, gb, gdb  # the order of the inputs (ab, w, t, bias, dbias)
 
 
+def _pairs(mult):
+    """The entries a masked BatchNorm averages over: n^2 per jet of multiplicity n (at least 1)."""
+    return tf.maximum(tf.reduce_sum(tf.square(mult)), 1.0)
+
+
 def _moments_of(first, second, count):
     """(mean, variance) over ``count`` entries from their sums of x and x^2 (``MaskedBatchNorm``'s
     training statistics)."""
@@ -839,42 +844,42 @@ def _halves(model, tp):
         bias, dbias = eq2.multiplicity_biases(f64)
         return ab, w, tf.cast(eq2.scale_table(), f64)[:, :, 0], bias, dbias
 
-    head = tf.function(head_tables, jit_compile=jit)
+    @tf.function(jit_compile=jit)
+    def head(mom):  # the BatchNorms' updates in the XLA calls too: a dozen small ops each
+        stats_in = ()
+        if bn_in is not None:
+            stats_in = _moments_of(tf.reduce_sum(mom[:, 1:2], 0), tf.reduce_sum(mom[:, 2:3], 0), _pairs(mom[:, 0]))
+            bn_in.update_moving(*stats_in)
+        return stats_in, head_tables(stats_in)
 
     @tf.function(jit_compile=jit)
-    def tail(k, n, n2, y):
+    def tail(k, mult, y):
+        n = tf.cast(mult, tf.int32)
         with tf.GradientTape() as tape:
             tape.watch(k)
             if bn_h is not None:
-                stats = _moments_of(tf.reduce_sum(k[:, :, 0], 0), tf.reduce_sum(k[:, :, 1], 0), n2)
+                stats = _moments_of(tf.reduce_sum(k[:, :, 0], 0), tf.reduce_sum(k[:, :, 1], 0), _pairs(mult))
                 a, c = bn_h.affine(*stats)
             else:
-                stats, a, c = (tf.zeros([kern.channels], f64),) * 2, 1.0, 0.0
+                a, c = 1.0, 0.0
             total = kern.s_h * (a * k[:, :, 2] + c * k[:, :, 3])
             trace = kern.s_h * (a * k[:, :, 4] + c * k[:, :, 5])
             logits = tf.ensure_shape(tf.cast(eq0.readout(total, trace, n, f64), tf.float32), [None, 1])
             loss = model.loss(tf.ensure_shape(y, [None, 1]), logits)
+        if bn_h is not None:
+            bn_h.update_moving(*stats)
         g = tape.gradient(loss, [k] + tail_vars)
-        return loss, g[0], g[1:], stats
+        return loss, g[0], g[1:], n
 
     def run(x, y):
         b = tf.shape(x)[0]
         seeds_in = tp.drop_in.draw_seeds(b) if kern.drop_in[1] else tf.zeros([b], tf.int32)
         seeds_h = tp.drop_h.draw_seeds(b) if kern.drop_h[1] else tf.zeros([b], tf.int32)
-        stats_in = ()
-        if bn_in is not None:
-            mom = tf.numpy_function(kern.moments, [x], f64, stateful=False)
-            n2 = tf.maximum(tf.reduce_sum(tf.square(mom[:, 0])), 1.0)
-            stats_in = _moments_of(tf.reduce_sum(mom[:, 1:2], 0), tf.reduce_sum(mom[:, 2:3], 0), n2)
-            bn_in.update_moving(*stats_in)
-        weights = head(stats_in)
+        mom = tf.numpy_function(kern.moments, [x], f64, stateful=False) if bn_in is not None else None
+        stats_in, weights = head(mom)
         k, mult, ticket = tf.numpy_function(kern.forward, [x, seeds_in, seeds_h, *weights], [f64, f64, tf.int64],
                                             stateful=True)
-        n = tf.cast(mult, tf.int32)
-        n2 = tf.maximum(tf.reduce_sum(tf.square(mult)), 1.0)
-        loss, g_k, g_tail, stats_h = tail(tf.ensure_shape(k, [None, kern.channels, N_SUMS]), n, n2, y)
-        if bn_h is not None:
-            bn_h.update_moving(*stats_h)
+        loss, g_k, g_tail, n = tail(tf.ensure_shape(k, [None, kern.channels, N_SUMS]), mult, y)
         g_weights = tf.numpy_function(kern.backward, [x, ticket, *weights, g_k], [f64] * 5, stateful=True)
         return loss, (n, stats_in, g_weights, g_tail)
 
