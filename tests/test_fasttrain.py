@@ -162,7 +162,7 @@ def test_the_batchnorm_moments_equal_the_sums_over_the_pairs(spread):
     p4[:, :, 0] = np.linalg.norm(p4[:, :, 1:], axis=-1) * (p4[:, :, 0] != 0)
     p4 = p4.astype(np.float32)
     out = np.zeros((40, 3))
-    fasttrain._moments(p4, False, np.float32(1.0), np.zeros((0, 4), np.float32), np.zeros(6, np.float32), 1.0,
+    fasttrain._moments(p4, np.arange(40), False, np.float32(1.0), np.zeros((0, 4), np.float32), np.zeros(6, np.float32), 1.0,
                        np.zeros(4), out)  # no beams, no grid
     for jet, p in enumerate(p4.astype(np.float64)):
         p = p[p[:, 0] != 0]
@@ -179,7 +179,7 @@ def test_a_backward_pass_reads_only_its_own_forward_passs_drop_lists():
     model = compiled({"n_constituents": 16, "channels": 2, "dropout": 0.05})
     kern = fasttrain._Kernels(fasttrain.train_plan(model))
     with pytest.raises(RuntimeError, match="forward pass 0, not 1"):
-        kern.backward(momenta(np.random.default_rng(0), 4, 16), np.int64(1), *[None] * 6)
+        kern.backward(momenta(np.random.default_rng(0), 4, 16), np.arange(4), np.int64(1), *[None] * 6)
 
 
 THREADS = """

@@ -546,13 +546,13 @@ def _backward_weights(n, s, tsum, t, w, gq, rows, cols, diag, ef, cd, ck, s_in, 
 
 
 @njit(inline="always")
-def _sizes(p, beams, qg, w):
+def _sizes(p, batch, beams, qg, w):
     """(jets, channels, rows M, M padded to 8, quantized, the activation's 2^F (1 in float), its
-    top in LSBs) of a kernel call."""
+    top in LSBs) of a kernel call on the jets p[batch]."""
     m = p.shape[1] + beams.shape[0]
     ga = qg[ACT2]
     quant = ga[3] != 0.0
-    return p.shape[0], w.shape[0], m, (m + 7) // 8 * 8, quant, ga[0] if quant else 1.0, np.float32(ga[2] * ga[0])
+    return batch.shape[0], w.shape[0], m, (m + 7) // 8 * 8, quant, ga[0] if quant else 1.0, np.float32(ga[2] * ga[0])
 
 
 @njit(inline="always")
@@ -573,13 +573,13 @@ def _drop_slots(dl, draws_in):
 
 
 @njit(parallel=True, cache=True, fastmath=FASTMATH)
-def _train_forward(p, l1, scale, beams, qin, shift, qg, ab, s_in, seeds_in, gaps_in, draws_in, seeds_h, gaps_h, draws_h,
+def _train_forward(p, batch, l1, scale, beams, qin, shift, qg, ab, s_in, seeds_in, gaps_in, draws_in, seeds_h, gaps_h, draws_h,
                    bn, w, t, bias, dbias, out, dl, mult):
-    """out[jet] = K1..K6 (C, 6) of each jet of p (B, N, F), mult[jet] its multiplicity n (the row of
+    """out[jet] = K1..K6 (C, 6) of each jet p[batch[jet]] of p (jets, N, F), mult[jet] its multiplicity n (the row of
     the tables t (N+1, 5), bias, dbias (N+1, C) it reads); dl[jet] (2 + draws_in + draws_h,) int32
     its dropped entries for the backward pass: their numbers (input, hidden), the input's codes
     (:func:`_input_drops`) and the hidden's offsets in the keep flags (:func:`_drops_forward`)."""
-    n_jets, ch, m, mpad, quant, k, top = _sizes(p, beams, qg, w)
+    n_jets, ch, m, mpad, quant, k, top = _sizes(p, batch, beams, qg, w)
     wk, unit, ab_in = (w * k).astype(np.float32), np.array([1.0, 0.0]), _input_map(ab, s_in)
     for task in prange((n_jets + JETS_PER_TASK - 1) // JETS_PER_TASK):
         x, dk, kk, q, pos, rowof, s, cd, ck, r, c, dg, agg = _scratch(m, mpad, p.shape[2], ch)
@@ -587,7 +587,7 @@ def _train_forward(p, l1, scale, beams, qin, shift, qg, ab, s_in, seeds_in, gaps
         rowcode, colcode = np.empty(m, np.int64), np.empty(m * ch, np.int64)
         cols, cc, cnt, kd = np.zeros((2, mpad), f32), np.zeros((ch, mpad), f32), np.zeros(ch, np.int64), np.ones((ch, m), f32)
         for jet in range(task * JETS_PER_TASK, min(n_jets, (task + 1) * JETS_PER_TASK)):
-            n = _jet_invariants(p[jet], l1, scale, beams, qin, shift, qg[INVARIANT], s_in, bn, unit, q, pos, rowof,
+            n = _jet_invariants(p[batch[jet]], l1, scale, beams, qin, shift, qg[INVARIANT], s_in, bn, unit, q, pos, rowof,
                                 x, s)
             last, (codes, codes_h) = _last_row(pos, n), _drop_slots(dl[jet], draws_in)
             dl[jet, 0] = ni = _input_drops(seeds_in[jet], gaps_in, draws_in, last * m, m, rowof, drops, codes)
@@ -602,19 +602,19 @@ def _train_forward(p, l1, scale, beams, qin, shift, qg, ab, s_in, seeds_in, gaps
 
 
 @njit(parallel=True, cache=True, fastmath=FASTMATH)
-def _train_backward(p, l1, scale, beams, qin, shift, qg, ab, s_in, dl, draws_in, hidden_drops, bn, w, t, bias, dbias,
+def _train_backward(p, batch, l1, scale, beams, qin, shift, qg, ab, s_in, dl, draws_in, hidden_drops, bn, w, t, bias, dbias,
                     g, gw, gt, gb, gdb, gab):
-    """Per jet, dL/d(w, t, bias, diag bias, (a, b)) into gw (B, C, 6), gt (B, 5), gb, gdb (B, C),
+    """Per jet p[batch[jet]], dL/d(w, t, bias, diag bias, (a, b)) into gw (B, C, 6), gt (B, 5), gb, gdb (B, C),
     gab (B, 2) (t, bias, diag bias: the rows of the jet's multiplicity), from g = dL/dK (B, C, 6)
     and the drop lists dl of :func:`_train_forward`."""
-    n_jets, ch, m, mpad, quant, k, top = _sizes(p, beams, qg, w)
+    n_jets, ch, m, mpad, quant, k, top = _sizes(p, batch, beams, qg, w)
     wk, unit, ab_in = (w * k).astype(np.float32), np.array([1.0, 0.0]), _input_map(ab, s_in)
     for task in prange((n_jets + JETS_PER_TASK - 1) // JETS_PER_TASK):
         x, dk, kk, q, pos, rowof, s, cd, ck, r, c, dg, agg = _scratch(m, mpad, p.shape[2], ch)
         rows, acc, diag, ef = np.empty((ch, m + 3)), np.zeros((ch, 4, mpad), f32), np.empty((ch, m)), np.empty((ch, 3))
         kh = np.ones((ch, m + 3 if hidden_drops else 1, mpad), np.uint8)  # the hidden keep flags (:func:`_keep`)
         for jet in range(task * JETS_PER_TASK, min(n_jets, (task + 1) * JETS_PER_TASK)):
-            n = _jet_invariants(p[jet], l1, scale, beams, qin, shift, qg[INVARIANT], s_in, bn, unit, q, pos, rowof,
+            n = _jet_invariants(p[batch[jet]], l1, scale, beams, qin, shift, qg[INVARIANT], s_in, bn, unit, q, pos, rowof,
                                 x, s)
             codes, codes_h = _drop_slots(dl[jet], draws_in)
             _layer_input(n, codes, dl[jet, 0], ab_in, bn, x, dk, kk, s, cd, ck)
@@ -669,11 +669,11 @@ def _lorentz_moments(q, n, mm, tot):
 
 
 @njit(parallel=True, cache=True, fastmath=FASTMATH)
-def _moments(p, l1, scale, beams, qin, shift, gi, out):
-    """out[jet] = (n, sum_ij d_ij, sum_ij d_ij^2) over the real pairs of each jet (d_ii = 0): from
+def _moments(p, batch, l1, scale, beams, qin, shift, gi, out):
+    """out[jet] = (n, sum_ij d_ij, sum_ij d_ij^2) over the real pairs of each jet p[batch[jet]] (d_ii = 0): from
     the momenta's Lorentz moments (:func:`_lorentz_moments`) where d_ij is a float Minkowski
     product (the p4 format, its grid off), else summed over the pairs."""
-    n_jets, nf = p.shape[0], p.shape[2]
+    n_jets, nf = batch.shape[0], p.shape[2]
     m = p.shape[1] + beams.shape[0]
     mpad = (m + 7) // 8 * 8
     unit = np.array([1.0, 0.0])
@@ -681,7 +681,7 @@ def _moments(p, l1, scale, beams, qin, shift, gi, out):
         x, q, pos, s = np.empty((m, mpad)), np.empty((nf, mpad)), np.empty(m, np.int64), np.empty(mpad)
         mm, tot = np.empty((5, 5)), np.empty(5)
         for jet in range(task * JETS_PER_TASK, min(n_jets, (task + 1) * JETS_PER_TASK)):
-            n = front_rows(p[jet], l1, scale, beams, qin, q, pos)
+            n = front_rows(p[batch[jet]], l1, scale, beams, qin, q, pos)
             out[jet, 0] = n
             if not l1 and nf == 4 and gi[3] == 0.0:
                 out[jet, 1], out[jet, 2] = _lorentz_moments(q, n, mm, tot)
@@ -728,6 +728,20 @@ def leave_cores_to_kernels():
     return True
 
 
+def _inputs(x):
+    """The jets the kernels read (the whole training set: they index it by the batch's rows), as
+    float32; a copy only for another type."""
+    return np.ascontiguousarray(x, np.float32)
+
+
+def _rows(rows, x):
+    """A batch's rows of the jets x, as the kernels index them (checked: they do not)."""
+    rows = np.asarray(rows, np.int64)
+    if len(rows) and not 0 <= rows.min() <= rows.max() < len(x):
+        raise IndexError(f"rows {rows.min()}..{rows.max()} of {len(x)} jets")
+    return rows
+
+
 def _unsigned(seeds):
     """int32 jet seeds as the uint32 values the dropout hash adds (in int64)."""
     return np.asarray(seeds, np.int64) & 0xFFFFFFFF
@@ -759,37 +773,37 @@ class _Kernels:
         narrow = next(t for t in (np.uint8, np.uint16, gaps.dtype) if gaps.max() <= np.iinfo(t).max)
         return (gaps.astype(narrow), draws(entries, thr)), LEVELS / (LEVELS - thr)
 
-    def _front(self, x, ab):
-        return (np.ascontiguousarray(x, np.float32), *self.front, self.tp.qgrid, np.asarray(ab, np.float64), self.s_in)
+    def _front(self, x, rows, ab):
+        return (_inputs(x), _rows(rows, x), *self.front, self.tp.qgrid, np.asarray(ab, np.float64), self.s_in)
 
     @staticmethod
     def _weights(w, t, bias, dbias):
         return tuple(np.ascontiguousarray(v) for v in (w, t, bias, dbias))
 
-    def moments(self, x):
-        out = np.zeros((len(x), 3))
-        _moments(np.ascontiguousarray(x, np.float32), *self.front, self.tp.qgrid[INVARIANT], out)
+    def moments(self, x, rows):
+        out = np.zeros((len(rows), 3))
+        _moments(_inputs(x), _rows(rows, x), *self.front, self.tp.qgrid[INVARIANT], out)
         return out
 
-    def forward(self, x, seeds_in, seeds_h, ab, *weights):
+    def forward(self, x, rows, seeds_in, seeds_h, ab, *weights):
         """(K (B, C, 6), the multiplicities (B,), a ticket for :meth:`backward`). The drop lists
         (B, 2 + draws) int32 that the backward pass reads stay in this object, in one buffer reused
         from step to step (why: the module docstring)."""
-        b = len(x)
+        b = len(rows)
         if len(self._drop_lists) < b:
             self._drop_lists = np.empty((b, self.width), np.int32)
         out, dl, mult = np.zeros((b, self.channels, N_SUMS)), self._drop_lists[:b], np.zeros(b)
-        _train_forward(*self._front(x, ab), _unsigned(seeds_in), *self.drop_in, _unsigned(seeds_h), *self.drop_h,
+        _train_forward(*self._front(x, rows, ab), _unsigned(seeds_in), *self.drop_in, _unsigned(seeds_h), *self.drop_h,
                        self.bn, *self._weights(*weights), out, dl, mult)
         self._ticket += 1
         return out, mult, np.int64(self._ticket)
 
-    def backward(self, x, ticket, ab, w, t, bias, dbias, g):
-        b, ch = len(x), self.channels
+    def backward(self, x, rows, ticket, ab, w, t, bias, dbias, g):
+        b, ch = len(rows), self.channels
         if ticket != self._ticket:  # a step's backward pass follows its own forward pass, nothing between
             raise RuntimeError(f"drop lists of forward pass {self._ticket}, not {ticket}")
         gw, gt, gb, gdb, gab = np.zeros((b, ch, 6)), np.zeros((b, 5)), np.zeros((b, ch)), np.zeros((b, ch)), np.zeros((b, 2))
-        _train_backward(*self._front(x, ab), self._drop_lists[:b], self.drop_in[1], self.drop_h[1] > 0, self.bn,
+        _train_backward(*self._front(x, rows, ab), self._drop_lists[:b], self.drop_in[1], self.drop_h[1] > 0, self.bn,
                         *self._weights(w, t, bias, dbias), np.ascontiguousarray(g, np.float64), gw, gt, gb, gdb, gab)
         return gab.sum(axis=0), gw.sum(axis=0), gt, gb, gdb  # the order of the inputs (ab, w, t, bias, dbias)
 
@@ -813,7 +827,8 @@ def _jit(model):
 
 def _halves(model, tp):
     """The two halves of a step of a compiled model (``tp``: its :func:`train_plan`), to be called
-    inside a ``tf.function``: ``run(x, y) -> (loss, rest)`` (everything up to the kernel's
+    inside a ``tf.function``: ``run(x, rows, y) -> (loss, rest)`` on the jets ``x[rows]`` and their
+    labels ``y`` (B, 1) (everything up to the kernel's
     backward pass; it moves the BatchNorms' inference statistics, as a training step does) and
     ``gradients(*rest)``, the gradients of ``model.trainable_variables``, a function of TensorFlow
     ops alone that the caller compiles with what follows it (the optimizer's update in a step).
@@ -871,16 +886,16 @@ def _halves(model, tp):
         g = tape.gradient(loss, [k] + tail_vars)
         return loss, g[0], g[1:], n
 
-    def run(x, y):
-        b = tf.shape(x)[0]
+    def run(x, rows, y):
+        b = tf.shape(rows)[0]
         seeds_in = tp.drop_in.draw_seeds(b) if kern.drop_in[1] else tf.zeros([b], tf.int32)
         seeds_h = tp.drop_h.draw_seeds(b) if kern.drop_h[1] else tf.zeros([b], tf.int32)
-        mom = tf.numpy_function(kern.moments, [x], f64, stateful=False) if bn_in is not None else None
+        mom = tf.numpy_function(kern.moments, [x, rows], f64, stateful=False) if bn_in is not None else None
         stats_in, weights = head(mom)
-        k, mult, ticket = tf.numpy_function(kern.forward, [x, seeds_in, seeds_h, *weights], [f64, f64, tf.int64],
-                                            stateful=True)
+        k, mult, ticket = tf.numpy_function(kern.forward, [x, rows, seeds_in, seeds_h, *weights],
+                                            [f64, f64, tf.int64], stateful=True)
         loss, g_k, g_tail, n = tail(tf.ensure_shape(k, [None, kern.channels, N_SUMS]), mult, y)
-        g_weights = tf.numpy_function(kern.backward, [x, ticket, *weights, g_k], [f64] * 5, stateful=True)
+        g_weights = tf.numpy_function(kern.backward, [x, rows, ticket, *weights, g_k], [f64] * 5, stateful=True)
         return loss, (n, stats_in, g_weights, g_tail)
 
     def gradients(n, stats_in, g_weights, g_tail):
@@ -903,7 +918,7 @@ def loss_and_gradients(model, tp=None):
 
     @tf.function(reduce_retracing=True)
     def step(x, y):
-        loss, rest = run(x, y)
+        loss, rest = run(x, tf.range(tf.shape(x)[0]), y)
         return loss, grads(*rest)
 
     return step
@@ -943,7 +958,10 @@ def train_step(model):
 
     @tf.function
     def step(x_all, y_all, idx):
-        loss, rest = run(tf.gather(x_all, idx), tf.gather(y_all, idx)[:, None])
+        y = tf.gather(y_all, idx)[:, None]
+        if x_all.dtype != tf.float32:  # the batch alone converted, not the whole set at every step
+            x_all, idx = tf.cast(tf.gather(x_all, idx), tf.float32), tf.range(tf.size(idx))
+        loss, rest = run(x_all, idx, y)  # the kernels read the batch's rows themselves: no gather
         update(*rest)
         return loss
 
