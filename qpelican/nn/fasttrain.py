@@ -828,10 +828,11 @@ def _jit(model):
 def _halves(model, tp):
     """The two halves of a step of a compiled model (``tp``: its :func:`train_plan`), to be called
     inside a ``tf.function``: ``run(x, rows, y) -> (loss, rest)`` on the jets ``x[rows]`` and their
-    labels ``y`` (B, 1) (everything up to the kernel's
-    backward pass; it moves the BatchNorms' inference statistics, as a training step does) and
-    ``gradients(*rest)``, the gradients of ``model.trainable_variables``, a function of TensorFlow
-    ops alone that the caller compiles with what follows it (the optimizer's update in a step).
+    labels ``y`` (B, 1), everything up to the kernel's backward pass (it moves the BatchNorms'
+    inference statistics, as a training step does; the kernels read the rows of ``x`` themselves),
+    and ``gradients(*rest)``, the gradients of ``model.trainable_variables``, a function of
+    TensorFlow ops alone that the caller compiles with what follows it (the optimizer's update in a
+    step).
 
     The TensorFlow parts are ``head`` (the 2->2 layer's effective weights: its rounded coefficients,
     its tables of multiplicity n = 0..N, which the kernel indexes by each jet's n, and the input
