@@ -7,6 +7,9 @@ path for nanoPELICAN), on N constituents per jet (default 80, the paper's), the 
 (512). Inference is also timed through the XLA path (`xla_predict`, what predict used before the
 fast path and still uses for other models), on the same jets, for comparison. The fast path's
 figure is the fastest of three calls over all the jets; XLA's, slower and steadier, one call.
+Training is timed over --epochs epochs of --steps steps (after --warmup steps); the median epoch
+is printed, the fastest and slowest are in the JSON (an epoch of 30 steps takes a few tenths of a
+second, so one stall of a shared machine moves a single epoch's figure by tens of percent).
 
     python bench/bench_train.py                 # c2, c10, alpha; float and 8-bit; synthetic jets
     python bench/bench_train.py --data /tmp/sim125k      # real jets (train split)
@@ -115,18 +118,23 @@ def bench_one(a):
             if train_epoch is None:  # a checkout from before train_epoch (--compare): its fit was model.fit
                 ds = epoch_dataset(p4_t, y_t, len(y), bs, 0, 0).repeat()
                 compile_s, _ = _timed(lambda: model.fit(ds, steps_per_epoch=a.warmup, epochs=1, verbose=0))
-                train_s, train_cpu = _timed(lambda: model.fit(ds, steps_per_epoch=a.steps, epochs=1, verbose=0))
+                epochs = [_timed(lambda: model.fit(ds, steps_per_epoch=a.steps, epochs=1, verbose=0))
+                          for _ in range(a.epochs)]
                 path = f"model.fit (XLA {'on' if jit else 'off'})"
             else:  # what qpelican fit and tune run
                 compile_s, _ = _timed(lambda: train_epoch(model, p4_t, y_t, a.warmup * bs, bs, 0, 0))
-                train_s, train_cpu = _timed(lambda: train_epoch(model, p4_t, y_t, a.steps * bs, bs, 0, 1))
+                epochs = [_timed(lambda e=e: train_epoch(model, p4_t, y_t, a.steps * bs, bs, 0, e))
+                          for e in range(1, 1 + a.epochs)]
                 path = training_path(model)
-            trained = a.steps * bs
+            trained, epochs = a.steps * bs, sorted(epochs)
+            train_s, train_cpu = epochs[len(epochs) // 2]
             key = "" if pquant == quantized else f"{pname}_phase_"
             row.update({f"{key}train_path": path, f"{key}train_jets_per_second": round(trained / train_s, 1),
                         f"{key}train_jets_per_cpu_second": round(trained / train_cpu, 1),
                         f"{key}ms_per_batch": round(1000 * train_s / a.steps, 2),
-                        f"{key}first_steps_seconds": round(compile_s, 2)})
+                        f"{key}first_steps_seconds": round(compile_s, 2),
+                        f"{key}train_jets_per_second_range": [round(trained / epochs[-1][0], 1),
+                                                               round(trained / epochs[0][0], 1)]})
         row["peak_rss_mb_train"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
         infer.set_weights(model.get_weights())  # inference: a fresh model of the recipe with the trained weights
     plan = fastpath.model_plan(infer) if fastpath else "no fast path in this checkout"
@@ -160,6 +168,7 @@ def main():
     ap.add_argument("--n", type=int, default=80, help="constituents per jet")
     ap.add_argument("--steps", type=int, default=30)
     ap.add_argument("--warmup", type=int, default=5)
+    ap.add_argument("--epochs", type=int, default=5, help="timed epochs of --steps steps (the median is printed)")
     ap.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                     help="recipe override for every recipe, e.g. model.dropout=0.05 or training.jit_compile=false")
     ap.add_argument("--compare", default=None, metavar="REPO",
@@ -182,7 +191,8 @@ def main():
         for recipe in a.recipes:
             for repo in repos:
                 cmd = [sys.executable, os.path.abspath(__file__), "--one", recipe, "--repo", repo, "--n", str(a.n),
-                       "--jets", str(a.jets), "--steps", str(a.steps), "--warmup", str(a.warmup)]
+                       "--jets", str(a.jets), "--steps", str(a.steps), "--warmup", str(a.warmup),
+                       "--epochs", str(a.epochs)]
                 cmd += ["--no-train"] if a.no_train else []
                 cmd += [f"--set={s}" for s in a.set] + (["--data", a.data] if a.data else [])
                 res = subprocess.run(cmd, capture_output=True, text=True)
