@@ -24,8 +24,9 @@ is run on are shared: every row prints the 1-minute load average before it, and 
 the process used (jets per CPU-second is far steadier than jets per second when other jobs take
 the cores). With --compare the two checkouts alternate, recipe by recipe, --rounds times.
 
-Synthetic jets: 30-79 massless constituents with exponential momenta (throughput does not depend
-on the physics). Writes JSON with --out.
+Synthetic jets: 30-79 massless constituents with exponential momenta, float32 as the readers give
+them (throughput does not depend on the physics, but float64 inputs would cost a conversion of
+every batch). Writes JSON with --out.
 """
 import argparse
 import json
@@ -50,7 +51,7 @@ def synthetic(n_jets, n, seed=0):
     p4 = np.concatenate([e, p], -1)
     mult = rng.integers(30, n, size=n_jets)
     p4[np.arange(n)[None, :] >= mult[:, None]] = 0
-    return p4, rng.integers(0, 2, n_jets).astype(np.float32)
+    return p4.astype(np.float32), rng.integers(0, 2, n_jets).astype(np.float32)  # float32, as the readers give
 
 
 INFER_CALLS = 3  # predict is timed as the fastest of this many calls: one call of ~0.1 s swings by 1.5x
