@@ -128,6 +128,26 @@ def test_an_epoch_follows_model_fit():
     assert moved >= 5
 
 
+def test_an_epoch_on_float64_inputs_ends_at_the_same_weights():
+    """The kernels read the batch's rows of a float32 training set in place; another type is
+    converted a batch at a time, to the same values (float64 copies of float32 inputs here): the
+    same weights, bit for bit. Rows outside the set are refused before a kernel reads them."""
+    cfg = {"n_constituents": 12, "channels": 2, "dropout": 0.05, "batchnorm": True}
+    rng = np.random.default_rng(6)
+    x, y = momenta(rng, 300, 12), rng.integers(0, 2, 300).astype(np.float32)
+    ends = []
+    for dtype in (np.float32, np.float64):
+        model = compiled(cfg)
+        reseed(model, 0, 0)
+        train_epoch(model, tf.constant(x.astype(dtype)), tf.constant(y), 300, 64, 0, 0)
+        ends.append(model.get_weights())
+    for a, b in zip(*ends):
+        np.testing.assert_array_equal(a, b)
+    kern = fasttrain._Kernels(fasttrain.train_plan(model))
+    with pytest.raises(IndexError, match="rows 0..300 of 300 jets"):
+        kern.moments(x, np.array([0, 300]))
+
+
 def test_full_pelican_trains_through_model_fit():
     model = compiled({"architecture": "pelican", "n_constituents": 8, "blocks": [2], "embedding": 2, "mlp": [2]})
     assert "not a LinEq2to0" in training_path(model) and isinstance(fasttrain.train_step(model), str)
