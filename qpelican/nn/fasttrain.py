@@ -730,7 +730,8 @@ def leave_cores_to_kernels():
 
 def _inputs(x):
     """The jets the kernels read (the whole training set: they index it by the batch's rows), as
-    float32; a copy only for another type."""
+    float32. Another type would be copied whole at every call, so :func:`train_step` converts a
+    set that is not float32 a batch at a time in TensorFlow before it gets here."""
     return np.ascontiguousarray(x, np.float32)
 
 
