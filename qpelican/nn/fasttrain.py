@@ -829,22 +829,22 @@ def _jit(model):
 
 def _halves(model, tp):
     """The two halves of a step of a compiled model (``tp``: its :func:`train_plan`), to be called
-    inside a ``tf.function``: ``run(x, rows, y, mom=None) -> (loss, rest)`` on the jets ``x[rows]``
-    and their labels ``y`` (B, 1) (mom: their moments for the input BatchNorm,
-    :meth:`_Kernels.moments`, taken if not given), everything up to the kernel's backward pass (it moves the BatchNorms'
-    inference statistics, as a training step does; the kernels read the rows of ``x`` themselves),
-    and ``gradients(*rest)``, the gradients of ``model.trainable_variables``, a function of
-    TensorFlow ops alone that the caller compiles with what follows it (the optimizer's update in a
-    step).
+    inside a ``tf.function``, and the kernels (:class:`_Kernels`): ``run(x, rows, y, mom=None) ->
+    (loss, rest)`` on the jets ``x[rows]`` and their labels ``y`` (B, 1) (mom: their moments for
+    the input BatchNorm, :meth:`_Kernels.moments`, taken if not given), everything up to the
+    kernel's backward pass (it moves the BatchNorms' inference statistics, as a training step
+    does; the kernels read the rows of ``x`` themselves), and ``gradients(*rest)``, the gradients
+    of ``model.trainable_variables``, a function of TensorFlow ops alone that the caller compiles
+    with what follows it (the optimizer's update in a step).
 
-    The TensorFlow parts are ``head`` (the 2->2 layer's effective weights: its rounded coefficients,
-    its tables of multiplicity n = 0..N, which the kernel indexes by each jet's n, and the input
-    BatchNorm's map, from the variables), ``tail`` (hidden BatchNorm, readout and loss from the
-    kernel's sums: the loss, dL/dK and the gradients of its variables), compiled with XLA when the
-    model was, and, in ``gradients``, the head's gradients from the kernel's per-jet dL/d(weights),
-    by ``output_gradients``. The multiplicities come from the forward kernel; with an input
-    BatchNorm, whose batch statistics the forward pass needs, from a first pass (``moments``).
-    Also returns the kernels (:class:`_Kernels`)."""
+    The TensorFlow parts are ``head`` (the jets' dropout seeds and the 2->2 layer's effective
+    weights: its rounded coefficients, its tables of multiplicity n = 0..N, which the kernel
+    indexes by each jet's n, and the input BatchNorm's map, from the variables), ``tail`` (hidden
+    BatchNorm, readout and loss from the kernel's sums: the loss, dL/dK and the gradients of its
+    variables), compiled with XLA when the model was, and, in ``gradients``, the head's gradients
+    from the kernel's per-jet dL/d(weights), by ``output_gradients``. The multiplicities come from
+    the forward kernel; with an input BatchNorm, whose batch statistics the forward pass needs,
+    from a first pass (``moments``)."""
     kern = _Kernels(tp)
     eq2, eq0, bn_in, bn_h = tp.eq2, tp.eq0, tp.bn_in, tp.bn_h
     f64 = tf.float64
@@ -865,12 +865,14 @@ def _halves(model, tp):
         return ab, w, tf.cast(eq2.scale_table(), f64)[:, :, 0], bias, dbias
 
     @tf.function(jit_compile=jit)
-    def head(mom):  # the BatchNorms' updates in the XLA calls too: a dozen small ops each
+    def head(mom, b):  # the dropout's draws and the BatchNorms' updates in the XLA calls too: a dozen small ops each
+        seeds_in = tp.drop_in.draw_seeds(b) if kern.drop_in[1] else tf.zeros([b], tf.int32)
+        seeds_h = tp.drop_h.draw_seeds(b) if kern.drop_h[1] else tf.zeros([b], tf.int32)
         stats_in = ()
         if bn_in is not None:
             stats_in = _moments_of(tf.reduce_sum(mom[:, 1:2], 0), tf.reduce_sum(mom[:, 2:3], 0), _pairs(mom[:, 0]))
             bn_in.update_moving(*stats_in)
-        return stats_in, head_tables(stats_in)
+        return seeds_in, seeds_h, stats_in, head_tables(stats_in)
 
     @tf.function(jit_compile=jit)
     def tail(k, mult, y):
@@ -892,12 +894,9 @@ def _halves(model, tp):
         return loss, g[0], g[1:], n
 
     def run(x, rows, y, mom=None):
-        b = tf.shape(rows)[0]
-        seeds_in = tp.drop_in.draw_seeds(b) if kern.drop_in[1] else tf.zeros([b], tf.int32)
-        seeds_h = tp.drop_h.draw_seeds(b) if kern.drop_h[1] else tf.zeros([b], tf.int32)
         if bn_in is not None and mom is None:
             mom = tf.numpy_function(kern.moments, [x, rows], f64, stateful=False)
-        stats_in, weights = head(mom)
+        seeds_in, seeds_h, stats_in, weights = head(mom, tf.shape(rows)[0])
         k, mult, ticket = tf.numpy_function(kern.forward, [x, rows, seeds_in, seeds_h, *weights],
                                             [f64, f64, tf.int64], stateful=True)
         loss, g_k, g_tail, n = tail(tf.ensure_shape(k, [None, kern.channels, N_SUMS]), mult, y)
