@@ -2,6 +2,8 @@
 same gradients as ``model(x, training=True)`` under a GradientTape (the same dropout masks: the
 layers' own seeds), for every option of the nano chain; an epoch through them against an epoch
 of ``model.fit``; models outside the chain fall back to ``model.fit``."""
+import gc
+
 import numba
 import numpy as np
 import pytest
@@ -149,6 +151,37 @@ def test_an_epoch_on_float64_inputs_ends_at_the_same_weights():
     kern = fasttrain._Kernels(fasttrain.train_plan(model))
     with pytest.raises(IndexError, match="rows 0..300 of 300 jets"):
         kern.moments(x, np.array([0, 300]))
+
+
+def test_a_sets_moments_are_taken_once_and_dropped_with_it():
+    """The step takes a float32 tensor's per-jet moments in one pass and keeps them for that set
+    only: the same set again is not read twice, another set is, and a set's death frees them (not
+    those of the set in use)."""
+    passes = []
+
+    class Kernels:  # moments = the row numbers, so that each answer says which rows it is
+        @staticmethod
+        def moments(x, rows):
+            passes.append(len(x))
+            return np.repeat(np.asarray(rows, np.float64)[:, None], 3, axis=1)
+
+    keep = fasttrain._SetMoments(Kernels())
+    a, b = tf.zeros([10, 2, 4]), tf.zeros([7, 2, 4])
+    np.testing.assert_array_equal(keep(a, tf.constant([3, 1]))[:, 0], [3, 1])
+    np.testing.assert_array_equal(keep(a, tf.constant([9]))[:, 0], [9])
+    assert passes == [10]
+    np.testing.assert_array_equal(keep(b, tf.constant([6]))[:, 0], [6])
+    assert passes == [10, 7]
+    del a
+    gc.collect()
+    assert keep(b, tf.constant([0, 2])).shape == (2, 3) and passes == [10, 7]  # a's death left b's moments
+    del b
+    gc.collect()
+    assert keep.values is None
+    assert keep(tf.zeros([5, 2, 4], tf.float64), tf.constant([0])) is None  # per batch, in the step
+    assert keep(np.zeros((5, 2, 4), np.float32), tf.constant([0])) is None
+    with pytest.raises(IndexError, match="rows 0..5 of 5 jets"):
+        keep(tf.zeros([5, 2, 4]), tf.constant([0, 5]))
 
 
 def test_full_pelican_trains_through_model_fit():

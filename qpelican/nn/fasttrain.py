@@ -937,7 +937,9 @@ class _SetMoments:
         return self.values[_rows(idx, self.values)]
 
     def forget(self):
-        self.of = self.values = None
+        """Drop the moments if the set they belong to has died (called as each set kept dies)."""
+        if self.of is not None and self.of() is None:
+            self.of = self.values = None
 
 
 def loss_and_gradients(model, tp=None):
