@@ -1001,7 +1001,9 @@ def train_step(model):
         update(*rest)
         return loss
 
-    with_moments, without = _concrete(tf.function(step)), _concrete(tf.function(lambda *args: step(*args)))
+    # one tf.function per form: a concrete function traced without ``mom`` still asks for it when called
+    with_moments = _concrete(tf.function(step))
+    without = _concrete(tf.function(lambda x_all, y_all, idx: step(x_all, y_all, idx)))
 
     def call(x_all, y_all, idx):
         mom = set_moments(x_all, idx) if set_moments is not None else None
