@@ -277,3 +277,49 @@ def test_a_nano_run_gives_tensorflow_one_thread_before_it_starts(arch, when, env
     assert (took == "True", int(intra)) == (expect[0], expect[2])
     if expect[1] is not None:
         assert int(workers) == expect[1]
+
+
+SCHEDULE = """
+import hashlib, os, sys
+import qpelican
+import numpy as np
+import tensorflow as tf
+import tf_keras
+sys.path.insert(0, sys.argv[1])
+from test_fasttrain import CASES, compiled, momenta
+from qpelican.nn import fasttrain
+digest = hashlib.sha256()
+for case in ("8-bit, folded BatchNorm, dropout, beams, alpha", "float, BatchNorm, dropout, beams, alpha"):
+    model = compiled({"n_constituents": 16, **CASES[case]})
+    model.compile(optimizer=model.optimizer, loss=model.loss, jit_compile=True)  # the steps' XLA programs
+    step = fasttrain.train_step(model)
+    x = tf.constant(momenta(np.random.default_rng(1), 96, 16))
+    y = tf.constant(np.random.default_rng(2).integers(0, 2, 96).astype(np.float32))
+    for k in range(6):
+        digest.update(np.float32(step(x, y, tf.range(32 * (k % 3), 32 * (k % 3 + 1)))).tobytes())
+    for v in model.variables + model.optimizer.variables():
+        digest.update(np.asarray(v.numpy()).tobytes())
+print(os.environ["XLA_FLAGS"], digest.hexdigest())
+"""
+
+
+def test_the_xla_schedule_qpelican_asks_for_leaves_every_result_unchanged():
+    """Importing qpelican asks XLA:CPU for its memory-optimised schedule (the steps' small XLA
+    programs then run in the calling thread), unless the user's XLA_FLAGS chose one; both schedules
+    train to the same weights, optimizer state and losses, bit for bit (quantized and float with
+    BatchNorm, dropout and beams)."""
+    import os
+    import subprocess
+    import sys
+
+    def run(flags):
+        env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"} | ({"XLA_FLAGS": flags} if flags else {})
+        res = subprocess.run([sys.executable, "-c", SCHEDULE, os.path.dirname(__file__)], env=env, capture_output=True,
+                             text=True, timeout=900)
+        assert res.returncode == 0, res.stderr[-2000:]
+        return res.stdout.split()[-2:]
+
+    ours, theirs = run(None), run("--xla_cpu_enable_concurrency_optimized_scheduler=true")
+    assert ours[0] == qpelican.XLA_SCHEDULE_FLAG
+    assert theirs[0] == "--xla_cpu_enable_concurrency_optimized_scheduler=true"
+    assert ours[1] == theirs[1]
