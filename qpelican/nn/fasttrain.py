@@ -229,38 +229,40 @@ def _input_map(ab, s_in):
 
 
 @njit(inline="always")
-def _layer_input(n, codes, count, ab_in, bn, x, dk, kk, s, cd, ck):
+def _layer_input(n, codes, count, ab_in, bn, grads, x, dk, kk, s, cd, ck):
     """The 2->2 layer's input after the input dropout's dropped entries (codes of
-    :func:`_input_drops`): without ``bn`` they are zeroed in x and taken out of its column sums s.
-    With ``bn``, x holds d: the flags kk_ij (1 kept, 0 dropped) are set first, then one pass makes
-    x_ij = kk_ij (a d_ij + b), dk_ij = kk_ij d_ij ((a, b) = ab_in, :func:`_input_map`) and their
-    column sums s_j, cd_j, ck_j (for the BatchNorm's gradient): a dropped entry costs one store,
-    not a correction of five arrays."""
-    if not bn:
-        for e in range(count):
-            _, i, j = _entry(codes[e])
-            s[j] -= x[i, j]
-            x[i, j] = 0.0
-        return
-    npad = (n + 7) // 8 * 8
-    for i in range(n):
-        kk[i, :n] = 1.0
-        kk[i, n:npad] = 0.0
+    :func:`_input_drops`), which are zeroed in x and taken out of its column sums s. With ``bn``,
+    x holds d and one pass over the real entries makes x_ij = a d_ij + b ((a, b) = ab_in,
+    :func:`_input_map`) and s_j first; with ``grads`` (the backward pass) it also makes the
+    BatchNorm gradient's dk_ij = kk_ij d_ij, with kk_ij the flags (1 kept, 0 dropped), and their
+    column sums cd_j, ck_j. Both passes take s in the same order, so the backward pass recomputes
+    the forward pass's x and s bit for bit; the forward pass writes x alone."""
+    if bn:
+        a, b = ab_in[0], ab_in[1]
+        npad = (n + 7) // 8 * 8
+        s[:npad] = 0.0
+        if grads:
+            cd[:npad] = ck[:npad] = 0.0
+        for i in range(n):
+            xi, dki, kki = x[i], dk[i], kk[i]
+            for j in range(n):
+                d = xi[j]
+                xi[j] = a * d + b
+                s[j] += xi[j]
+                if grads:
+                    dki[j], kki[j] = d, 1.0
+                    cd[j] += d
+                    ck[j] += 1.0
+            if grads:
+                dki[n:npad] = kki[n:npad] = 0.0
     for e in range(count):
         _, i, j = _entry(codes[e])
-        kk[i, j] = 0.0
-    a, b = ab_in[0], ab_in[1]
-    for j in range(npad):
-        s[j] = cd[j] = ck[j] = 0.0
-    for i in range(n):
-        xi, dki, kki = x[i], dk[i], kk[i]
-        for j in range(npad):
-            d, k = xi[j], kki[j]
-            dki[j] = k * d
-            xi[j] = k * (a * d + b)
-            s[j] += xi[j]
-            cd[j] += dki[j]
-            ck[j] += k
+        s[j] -= x[i, j]
+        x[i, j] = 0.0
+        if bn and grads:  # by the entry's own values, as s: an entry listed twice is taken out once
+            cd[j] -= dk[i, j]
+            ck[j] -= kk[i, j]
+            dk[i, j] = kk[i, j] = 0.0
 
 
 @njit(inline="always")
@@ -593,7 +595,7 @@ def _train_forward(p, batch, l1, scale, beams, qin, shift, qg, ab, s_in, seeds_i
             last, (codes, codes_h) = _last_row(pos, n), _drop_slots(dl[jet], draws_in)
             dl[jet, 0] = ni = _input_drops(seeds_in[jet], gaps_in, draws_in, last * m, m, rowof, drops, codes)
             mult[jet] = n
-            _layer_input(n, codes, ni, ab_in, bn, x, dk, kk, s, cd, ck)
+            _layer_input(n, codes, ni, ab_in, bn, False, x, dk, kk, s, cd, ck)
             hidden_terms(n, s, t[n], w, bias[n], dbias[n], k, qg[AGG2], agg, r, c, dg)
             if draws_h > 0:
                 _code_parts(m, ch, rowof, rowcode, colcode)
@@ -618,7 +620,7 @@ def _train_backward(p, batch, l1, scale, beams, qin, shift, qg, ab, s_in, dl, dr
             n = _jet_invariants(p[batch[jet]], l1, scale, beams, qin, shift, qg[INVARIANT], s_in, bn, unit, q, pos, rowof,
                                 x, s)
             codes, codes_h = _drop_slots(dl[jet], draws_in)
-            _layer_input(n, codes, dl[jet, 0], ab_in, bn, x, dk, kk, s, cd, ck)
+            _layer_input(n, codes, dl[jet, 0], ab_in, bn, True, x, dk, kk, s, cd, ck)
             tsum = hidden_terms(n, s, t[n], w, bias[n], dbias[n], k, qg[AGG2], agg, r, c, dg)
             _keep(kh, codes_h, dl[jet, 1], 0)
             _backward_pairs(x, dk, kk, ab_in, n, wk, r, c, dg, top, quant, bn, k, g[jet], kh, hidden_drops,
