@@ -926,8 +926,8 @@ class _SetMoments:
         self.kern, self.of, self.values = kern, None, None
 
     def __call__(self, x_all, idx):
-        """The moments (B, 3) of the jets x_all[idx], or None for a set that is not a float32
-        tensor (the step then takes them per batch)."""
+        """The moments (B, 3) of the jets x_all[idx] (a tensor), or None for a set that is not a
+        float32 tensor (the step then takes them per batch)."""
         if not (isinstance(x_all, tf.Tensor) and x_all.dtype == tf.float32):
             return None
         if self.of is None or self.of() is not x_all:
@@ -936,7 +936,7 @@ class _SetMoments:
                                             stateful=False).numpy()
             self.of = weakref.ref(x_all)
             weakref.finalize(x_all, self.forget)
-        return self.values[_rows(idx, self.values)]
+        return tf.constant(self.values[_rows(idx, self.values)])  # a tensor: the step's call then binds nothing
 
     def forget(self):
         """Drop the moments if the set they belong to has died (called as each set kept dies)."""
