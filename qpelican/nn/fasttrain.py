@@ -236,7 +236,7 @@ def _layer_input(n, codes, count, ab_in, bn, grads, x, dk, kk, s, cd, ck):
     :func:`_input_map`) and s_j first; with ``grads`` (the backward pass) it also makes the
     BatchNorm gradient's dk_ij = kk_ij d_ij, with kk_ij the flags (1 kept, 0 dropped), and their
     column sums cd_j, ck_j. Both passes take s in the same order, so the backward pass recomputes
-    the forward pass's x and s bit for bit; the forward pass writes x alone."""
+    the forward pass's x and s bit for bit; the forward pass writes only x and s."""
     if bn:
         a, b = ab_in[0], ab_in[1]
         npad = (n + 7) // 8 * 8
